@@ -1,0 +1,154 @@
+"""Checkpoint directories: model.safetensors + config.json (+ optimizer.safetensors to resume).
+
+Loading never unpickles: weights come from safetensors, or from ``torch.load(weights_only=True)`` for foreign .pt
+state dicts. Directories are written beside the target and renamed into place, so a crash leaves no half checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .data.spec import PreprocessSpec
+from .errors import UserError
+from .models.zoo import ModelConfig, build_model
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    spec: PreprocessSpec
+    meta: dict = field(default_factory=dict)  # data set, epochs, metrics, toolkit version
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target`` in one rename."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise UserError(f"cannot write to {target.parent}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(out: Path, model, config: ModelConfig, spec: PreprocessSpec, meta: dict,
+                    optimizer=None) -> Path:
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    with atomic_dir(Path(out)) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        if optimizer is not None:
+            _save_optimizer(optimizer, tmp / OPTIMIZER_FILE)
+        doc = {"model": config.to_dict(), "preprocessing": spec.to_dict(), "toolkit_version": __version__, **meta}
+        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
+    return Path(out)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint's config, spec and metadata, without loading weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"checkpoint directory {path} does not exist")
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise UserError(f"{path} is not a checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        doc = json.loads(config_file.read_text())
+        config = ModelConfig.from_dict(doc["model"])
+        spec = PreprocessSpec.from_dict(doc["preprocessing"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{config_file} is corrupt: {e}") from None
+    meta = {k: v for k, v in doc.items() if k not in ("model", "preprocessing")}
+    return Checkpoint(path, config, spec, meta)
+
+
+def load_checkpoint(path: str | Path, view: str | None = None):
+    """(model in eval mode, Checkpoint) from a checkpoint directory."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt.config, view)
+    load_weights_into(model, ckpt.path / WEIGHTS_FILE, ckpt.config.name)
+    return model.eval(), ckpt
+
+
+def load_state_dict_file(path: str | Path) -> dict:
+    """A state dict from .safetensors, or a foreign .pt/.pth read with weights_only=True (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise many types for a damaged file
+        raise UserError(f"cannot read weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds no state dict")
+    return state
+
+
+def load_weights_into(model, path: Path, name: str) -> None:
+    state = load_state_dict_file(path)
+    expected = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if mismatched or missing or unexpected:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} of another shape"
+                  f" (e.g. {next(iter(sorted(missing | unexpected) or mismatched))})")
+        raise UserError(f"weights in {path} do not fit model {name}: {detail}")
+    model.load_state_dict(state)
+
+
+def _save_optimizer(optimizer, path: Path) -> None:
+    """Optimizer state as safetensors (tensors) + JSON (the rest), so resuming never unpickles."""
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
+    save_file(tensors, str(path), metadata={"param_groups": json.dumps(sd["param_groups"])})
+
+
+def load_optimizer(optimizer, path: Path) -> bool:
+    """Restore optimizer state saved by _save_optimizer; False when the checkpoint has none."""
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    state: dict = {}
+    with safe_open(str(path), framework="pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+        for key in f.keys():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = f.get_tensor(key)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return True

@@ -1,0 +1,86 @@
+"""Data sets and the preprocessing spec.
+
+`open_split` is what the trainer and evaluator use: a torch Dataset of preprocessed (image, target) pairs plus the
+spec that produced them. `load_arrays` gives the same as numpy arrays, for calibration and parity.
+Segmentation data sets live in `scenes.py` / `segmentation.py` and are dispatched here by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .spec import PreprocessSpec
+
+SEGMENTATION_DATASETS = ("digit-scenes", "ade20k")
+
+
+@dataclass
+class Split:
+    name: str
+    split: str
+    spec: PreprocessSpec
+    dataset: object  # torch.utils.data.Dataset yielding (float32 CHW tensor, target tensor)
+    natural: bool  # photos: crop/flip augmentation is safe
+
+
+def is_segmentation_data(name: str) -> bool:
+    path = Path(name)
+    return name in SEGMENTATION_DATASETS or ((path / "images").is_dir() and (path / "masks").is_dir())
+
+
+def open_split(name: str, split: str, task: str, img_size: int, root=None, download: bool = False) -> Split:
+    from ..errors import UserError
+
+    if task == "segmentation":
+        if not is_segmentation_data(name):
+            raise UserError(f"{name} is not a segmentation data set; valid: {', '.join(SEGMENTATION_DATASETS)}, "
+                            "or a folder with images/ and masks/")
+        from .segmentation import open_segmentation_split
+
+        return open_segmentation_split(name, split, img_size, root, download)
+    if is_segmentation_data(name):
+        raise UserError(f"{name} is a segmentation data set, but the model is a classifier")
+    from .datasets import open_source, spec_for
+
+    source = open_source(name, split, root, download)
+    spec = spec_for(source, img_size)
+    return Split(name, split, spec, _classification_dataset(source, spec), source.natural)
+
+
+def load_arrays(name: str, split: str, spec: PreprocessSpec, root=None, download: bool = False,
+                limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A split as numpy (x float32 NCHW preprocessed by ``spec``, targets); ``limit`` takes a seeded subset."""
+    if spec.task == "segmentation":
+        from .segmentation import load_segmentation_arrays
+
+        return load_segmentation_arrays(name, split, spec, root, download, limit, seed)
+    from .datasets import load_arrays as load_classification_arrays
+
+    return load_classification_arrays(name, split, spec, root, download, limit, seed)
+
+
+IN_MEMORY_LIMIT = 20_000  # small sets are preprocessed once up front; large ones per item in loader workers
+
+
+def _classification_dataset(source, spec: PreprocessSpec):
+    import torch
+    from torch.utils.data import Dataset, TensorDataset
+
+    from .datasets import preprocess_all
+
+    if len(source) <= IN_MEMORY_LIMIT:
+        x = torch.from_numpy(preprocess_all(source, spec))
+        return TensorDataset(x, torch.from_numpy(source.labels))
+
+    class LazyImages(Dataset):
+        def __len__(self) -> int:
+            return len(source)
+
+        def __getitem__(self, i: int):
+            x = spec.preprocess([source.read(i)])[0]
+            return torch.from_numpy(x), torch.tensor(source.labels[i])
+
+    return LazyImages()

@@ -1,0 +1,87 @@
+"""The preprocessing spec: how raw images become model inputs.
+
+It is saved with every checkpoint and copied into every bundle, so the torch-free runtime reproduces training-time
+preprocessing with numpy and PIL alone. Keep this module free of torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    input_size: tuple[int, int]  # (H, W) the model takes
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] = field(default_factory=tuple)
+    resize: str = "bilinear"  # how an image of another size reaches input_size
+    task: str = "classification"  # or "segmentation"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        return cls(
+            input_size=tuple(d["input_size"]),
+            channels=int(d["channels"]),
+            mean=tuple(float(m) for m in d["mean"]),
+            std=tuple(float(s) for s in d["std"]),
+            class_names=tuple(d.get("class_names", ())),
+            resize=d.get("resize", "bilinear"),
+            task=d.get("task", "classification"),
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.input_size)
+
+    def to_pil(self, image) -> "PIL.Image.Image":  # noqa: F821
+        """A path, PIL image or HxW[xC] uint8 array as a PIL image in this spec's mode (L or RGB)."""
+        from PIL import Image
+
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                im.load()
+                image = im.copy()
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(_as_uint8(image))
+        mode = "L" if self.channels == 1 else "RGB"
+        return image if image.mode == mode else image.convert(mode)
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """Images (paths, PIL images or uint8 arrays) -> float32 NCHW, resized and normalised per this spec."""
+        from PIL import Image
+
+        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[self.resize]
+        h, w = self.input_size
+        batch = np.empty((len(images), self.channels, h, w), dtype=np.float32)
+        for i, image in enumerate(images):
+            pil = self.to_pil(image)
+            if pil.size != (w, h):
+                pil = pil.resize((w, h), resample)
+            arr = np.asarray(pil, dtype=np.float32) / 255.0
+            batch[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return self.normalize(batch)
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """Pixels in [0, 1], NCHW -> the model's input range."""
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((batch - mean) / std).astype(np.float32)
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "f" and array.max(initial=0) <= 1.0:
+        array = array * 255.0
+    return np.clip(array, 0, 255).astype(np.uint8)

@@ -1,0 +1,21 @@
+"""Tasks: the small object that brings what differs between classification and segmentation.
+
+A task gives the trainer its loss, augmentation and metric; everything else (trainer, export, backends, reports,
+bundle, predictor) takes the task and never forks on it.
+"""
+
+from __future__ import annotations
+
+TASKS = ("classification", "segmentation")
+
+
+def get_task(name: str):
+    if name == "classification":
+        from .classification import ClassificationTask
+
+        return ClassificationTask()
+    if name == "segmentation":
+        from .segmentation import SegmentationTask
+
+        return SegmentationTask()
+    raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")

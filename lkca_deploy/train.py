@@ -1,0 +1,217 @@
+"""Training and evaluation: one loop for every task, read top to bottom.
+
+AdamW, cosine schedule with linear warm-up, the task's loss and augmentation, mixed precision on CUDA, seeded.
+Several GPUs: run under torchrun (DistributedDataParallel), e.g.
+    torchrun --nproc_per_node=4 -m lkca_deploy.cli train lkca_vit_tiny --data cifar10 --device cuda
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, read_checkpoint, save_checkpoint
+from .data import open_split
+from .errors import UserError
+from .models.zoo import build_model, get_config
+from .tasks import get_task
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    device: str = "cpu"
+    seed: int = 0
+    view: str | None = None  # None: the faster view for the grid (see models.lkca.default_view)
+    workers: int = 0
+    data_root: str | None = None
+    download: bool = False
+    progress: bool = True
+
+
+def train(model: str, data: str = "digits", out: str | Path | None = None, resume: str | Path | None = None,
+          opts: TrainOptions | None = None) -> dict:
+    """Train a zoo model (or resume a checkpoint) on a data set; save the checkpoint; return the final metrics."""
+    opts = opts or TrainOptions()
+    dist = _Distributed.setup(opts.device)
+    device = dist.device
+    torch.manual_seed(opts.seed + dist.rank)
+
+    start_epoch, ckpt = 0, None
+    if resume is not None:
+        net, ckpt = load_checkpoint(resume, opts.view)
+        if ckpt.config.name != model:
+            raise UserError(f"checkpoint {resume} holds {ckpt.config.name}, not {model}")
+        start_epoch = int(ckpt.meta.get("epochs", 0))
+        config = ckpt.config
+    config_probe = ckpt.config if ckpt else get_config(model)
+    train_split = open_split(data, "train", config_probe.task, config_probe.img_size, opts.data_root, opts.download)
+    test_split = open_split(data, "test", config_probe.task, config_probe.img_size, opts.data_root, opts.download)
+    spec = train_split.spec
+    if ckpt is None:
+        config = get_config(model, num_classes=len(spec.class_names), in_chans=spec.channels)
+        net = build_model(config, opts.view)
+    task = get_task(config.task)
+    net = net.to(device).train()
+
+    sampler = dist.sampler(train_split.dataset, opts.seed)
+    loader = DataLoader(train_split.dataset, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=len(train_split.dataset) > opts.batch_size, num_workers=opts.workers,
+                        generator=torch.Generator().manual_seed(opts.seed))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    if ckpt is not None:
+        load_optimizer(optimizer, ckpt.path / OPTIMIZER_FILE)
+    total_epochs = start_epoch + opts.epochs
+    steps_per_epoch = len(loader)
+    schedule = _cosine_with_warmup(optimizer, opts.lr, round(opts.warmup_epochs * steps_per_epoch),
+                                   total_epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    amp = _Autocast(device)
+    model_for_step = dist.wrap(net)
+
+    started = time.perf_counter()
+    metrics: dict = {}
+    for epoch in range(start_epoch, total_epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        running_loss, seen = 0.0, 0
+        for x, y in loader:
+            x, y = task.augment(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                                train_split.natural)
+            with amp.context():
+                loss = task.loss(model_for_step(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            amp.backward(loss, optimizer)
+            schedule.step()
+            running_loss += loss.item() * len(x)
+            seen += len(x)
+        metrics = evaluate_model(net, test_split, task, device, opts.batch_size * 2)
+        if dist.is_main and opts.progress:
+            _report_epoch(epoch + 1, total_epochs, running_loss / max(seen, 1), metrics, task.headline,
+                          time.perf_counter() - started, epoch + 1 - start_epoch, opts.epochs)
+
+    seconds = time.perf_counter() - started
+    if dist.is_main and out is not None:
+        meta = {"data": data, "epochs": total_epochs, "metrics": metrics, "train_seconds": round(seconds, 1),
+                "view": _view_of(net), "train_options": {"batch_size": opts.batch_size, "lr": opts.lr,
+                                                         "seed": opts.seed}}
+        save_checkpoint(Path(out), net.cpu(), config, spec, meta, optimizer)
+    dist.teardown()
+    return {**metrics, "seconds": seconds, "view": _view_of(net)}
+
+
+@torch.no_grad()
+def evaluate_model(net, split, task, device, batch_size: int = 256) -> dict:
+    net.eval()
+    meter = task.meter(split.spec.class_names)
+    for x, y in DataLoader(split.dataset, batch_size=batch_size):
+        meter.update(net(x.to(device)).float(), y.to(device))
+    return meter.result()
+
+
+def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", data_root=None,
+             download: bool = False, device: str = "cpu", batch_size: int = 256) -> dict:
+    """Evaluate a checkpoint on a split of its data set (or another one with the same classes)."""
+    ckpt = read_checkpoint(checkpoint)
+    net, ckpt = load_checkpoint(checkpoint)
+    data = data or ckpt.meta.get("data", "digits")
+    ds = open_split(data, split, ckpt.config.task, ckpt.config.img_size, data_root, download)
+    if len(ds.spec.class_names) != ckpt.config.num_classes:
+        raise UserError(f"{data} has {len(ds.spec.class_names)} classes, the checkpoint {ckpt.config.num_classes}")
+    return evaluate_model(net.to(device), ds, get_task(ckpt.config.task), device, batch_size)
+
+
+def _cosine_with_warmup(optimizer, lr: float, warmup: int, total: int, done: int):
+    def factor(step: int) -> float:
+        step += done
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _Autocast:
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); plain fp32 on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+    def context(self):
+        return torch.autocast("cuda", dtype=self.dtype, enabled=self.enabled)
+
+    def backward(self, loss, optimizer) -> None:
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+class _Distributed:
+    """DistributedDataParallel when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
+
+    def __init__(self, device: torch.device, rank: int = 0, world: int = 1):
+        self.device, self.rank, self.world = device, rank, world
+
+    @classmethod
+    def setup(cls, device: str) -> "_Distributed":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(torch.device(device))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        dev = torch.device(f"cuda:{local}") if device.startswith("cuda") else torch.device("cpu")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return cls(dev, torch.distributed.get_rank(), world)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sampler(self, dataset, seed: int):
+        if self.world == 1:
+            return None
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(dataset, seed=seed)
+
+    def wrap(self, net):
+        if self.world == 1:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def teardown(self) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _view_of(net) -> str | None:
+    from .models.lkca import LKCA
+
+    return next((m.view for m in net.modules() if isinstance(m, LKCA)), None)
+
+
+def _report_epoch(epoch: int, total: int, loss: float, metrics: dict, headline: str, elapsed: float,
+                  done: int, todo: int) -> None:
+    eta = elapsed / done * (todo - done)
+    print(f"epoch {epoch:>3}/{total}  loss {loss:.4f}  test {headline} {metrics[headline]:.4f}  "
+          f"elapsed {elapsed:5.1f}s  eta {eta:5.1f}s", file=sys.stderr, flush=True)
