@@ -1,0 +1,113 @@
+"""Read and write ONNX files safely: a UserError for a bad file, external data kept inside the model's folder,
+atomic writes.
+
+The loader checks every external-data location *before* reading any of it, so a crafted model cannot make
+us open files outside its own directory ("../../etc/passwd", absolute paths, symlinks that lead out).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from lkca_deploy.errors import UserError
+from lkca_deploy.exporters.base import atomic_output
+
+
+def load_onnx(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """The validated model at `path`, or a UserError saying what is wrong with the file and how to fix it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"ONNX file not found: {path}; check the path or export the model first")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file; give the path of an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as err:
+        raise UserError(
+            f"{path} is not a readable ONNX model (not ONNX, or truncated: {type(err).__name__}); "
+            "re-export it"
+        ) from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise UserError(f"{path} is not an ONNX model (empty or no graph); re-export it")
+    check_external_data_locations(model, path.parent)
+    if load_external_data:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as err:
+            raise UserError(f"cannot read the external data of {path}: {_first_line(err)}") from None
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise UserError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
+    return model
+
+
+def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write `model` (all tensors inline) to a temp file beside `path`, then rename it into place."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return path
+
+
+def check_external_data_locations(model: onnx.ModelProto, model_dir: Path) -> None:
+    """Refuse external-data locations that are absolute or resolve outside `model_dir` (path traversal)."""
+    base = Path(model_dir).resolve()
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        # Backslashes count as separators too: a model written on Windows must not smuggle "..\" past us.
+        parts = PurePosixPath(location.replace("\\", "/"))
+        escapes = (
+            not location
+            or parts.is_absolute()
+            or ".." in parts.parts
+            or (len(location) > 1 and location[1] == ":")  # a Windows drive letter
+            or not (base / location).resolve().is_relative_to(base)  # e.g. a symlink that leads out
+        )
+        if escapes:
+            raise UserError(
+                f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder {base}; "
+                "refusing to read it (re-export the model with its data beside it)"
+            )
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from _attribute_tensors(node)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _attribute_tensors(node)
+
+
+def _attribute_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("sparse_tensor"):
+            yield attr.sparse_tensor.values
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for sub in attr.graphs:
+            yield from _graph_tensors(sub)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,470 @@
+"""Static checks of an ONNX model against what a target can run, each finding with the fix to apply.
+
+No backend is imported: the rules are tables from the vendors' documents (sources in
+research/backend-limits.md): onnx-tensorrt docs/operators.md (TensorRT 10 parser), TensorRT "DLA supported
+layers and restrictions", the OpenVINO NPU compiler's conv kernel limit, and what was measured on CPUs here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lkca_deploy.exporters.lowering import ConvSite, constant_tensors, find_conv_sites, static_shapes
+from lkca_deploy.exporters.planner import Plan, check_target, choose_lowering
+
+# onnx-tensorrt docs/operators.md (TensorRT 10): every operator marked supported; others fail the parse.
+_TENSORRT_OPS_TABLE = """
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
+    CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+    DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten
+    Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
+    GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If
+    ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
+    LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization
+    Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
+    QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal
+    ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+    ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter
+    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu
+    Unsqueeze Upsample Where Xor
+"""
+TENSORRT_OPS = frozenset(_TENSORRT_OPS_TABLE.split())
+
+# TensorRT "DLA supported layers and restrictions": ONNX ops whose TensorRT layer has a DLA implementation.
+# Shuffle (Reshape/Transpose), MatMul, normalization and reductions have none, so they run on the GPU.
+_DLA_ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "PRelu"}
+_DLA_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"}
+_DLA_ANY_SHAPE = {
+    "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LRN",
+    "Resize",
+    "Equal",
+    "Greater",
+    "Less",
+    "Abs",
+    "Sin",
+    "Cos",
+    "Atan",
+}
+DLA_LIMITS = {"kernel": 32, "pad": 31, "stride": 8, "dilation": 32, "groups": 8192, "channels": 8192}
+DLA_SUBGRAPHS_PER_CORE = 16
+NPU_KERNEL_LIMIT = 11
+_NEUTRAL = {"Constant", "Identity"}  # no layer of their own: folded or aliased by the builder
+
+_OP_FIXES = {
+    "DFT": "export with the conv view (lower --strategy conv); the FFT view is for training only",
+    "STFT": "export with the conv view (lower --strategy conv)",
+    "Einsum": "lower --strategy matmul (plain MatMul) or re-export without einsum",
+}
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" (target fails) | "warning" (runs, but badly) | "info"
+    node: str
+    op: str
+    problem: str
+    fix: str = ""
+
+
+@dataclass
+class CheckReport:
+    target: str
+    findings: list[Finding] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "stats": self.stats,
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+    def format_text(self, max_nodes: int = 3) -> str:
+        """Human lines; findings that differ only by node are folded into one line with a count."""
+        counts = Counter(f.severity for f in self.findings)
+        verdict = "OK" if self.ok else "FAILED"
+        tally = ", ".join(f"{counts[s]} {s}(s)" for s in ("error", "warning", "info") if counts[s])
+        extras = "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in self.stats.items())
+        lines = [f"{self.target}: {verdict} ({tally or 'no findings'}{extras})"]
+        folded: dict[tuple, list[str]] = {}
+        for f in self.findings:
+            folded.setdefault((f.severity, f.op, f.problem, f.fix), []).append(f.node)
+        for (severity, op, problem, fix), nodes in folded.items():
+            shown = ", ".join(nodes[:max_nodes]) + (
+                f", ... ({len(nodes)} nodes)" if len(nodes) > max_nodes else ""
+            )
+            lines.append(f"  {severity:<7} {op} [{shown}]: {problem}" + (f" -> fix: {fix}" if fix else ""))
+        return "\n".join(lines)
+
+
+def check_model(model: onnx.ModelProto, target: str, allow_gpu_fallback: bool = False) -> CheckReport:
+    """Every rule of `target` over the main graph; `.ok` is False when the model cannot run there as is."""
+    check_target(target)
+    context = _Context(model)
+    report = CheckReport(target)
+    report.findings += _standard_ops(context)
+    if target in ("tensorrt", "jetson-dla"):
+        report.findings += _tensorrt_parser(context)
+        report.findings += _qdq_zero_points(context)
+    if target == "jetson-dla":
+        report.findings += _static_inputs(context)
+        findings, stats = _dla_placement(context, allow_gpu_fallback)
+        report.findings += findings
+        report.stats.update(stats)
+    if target.startswith("openvino-"):
+        report.findings += _openvino_dft(context)
+    if target == "openvino-npu":
+        report.findings += _kernel_limit(context, target, NPU_KERNEL_LIMIT, "the NPU's hardware conv")
+    if target == "openvino-gpu":
+        report.findings += _huge_filters(context)
+    if target == "onnxruntime-cpu":
+        report.findings += _onnxruntime_cpu(context)
+    return report
+
+
+class _Context:
+    """The model's facts every rule reads, computed once."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.nodes = list(model.graph.node)
+        self.shapes = static_shapes(model)
+        self.constants = constant_tensors(model.graph)
+        self.convs = {site.index: site for site in find_conv_sites(model, grouped_only=False)}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def name(self, index: int) -> str:
+        """The node's name, or the stand-in lowering reports use ("Conv_12")."""
+        return self.nodes[index].name or f"{self.nodes[index].op_type}_{index}"
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shapes.get(tensor)
+        return None if shape is None else len(shape)
+
+    def attr(self, node: onnx.NodeProto, name: str, default=None):
+        found = next((a for a in node.attribute if a.name == name), None)
+        return default if found is None else helper.get_attribute_value(found)
+
+
+def _is_default_domain(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+# ---------------------------------------------------------------- every target
+
+
+def _standard_ops(ctx: _Context) -> Iterable[Finding]:
+    for index, node in enumerate(ctx.nodes):
+        if _is_default_domain(node) and not onnx.defs.has(node.op_type):
+            yield Finding(
+                "error", ctx.name(index), node.op_type, "not a standard ONNX operator", "re-export the model"
+            )
+
+
+# ---------------------------------------------------------------- TensorRT and the DLA
+
+
+def _tensorrt_parser(ctx: _Context) -> Iterable[Finding]:
+    for index, node in enumerate(ctx.nodes):
+        if not _is_default_domain(node):
+            yield Finding(
+                "error",
+                ctx.name(index),
+                node.op_type,
+                f"custom-domain op ({node.domain}) needs a TensorRT plugin",
+                "export without runtime-specific fusions (save the ONNX before onnxruntime optimizes it)",
+            )
+        elif node.op_type not in TENSORRT_OPS and onnx.defs.has(node.op_type):
+            yield Finding(
+                "error",
+                ctx.name(index),
+                node.op_type,
+                "not supported by TensorRT's ONNX parser",
+                _OP_FIXES.get(node.op_type, "replace it in the export, or write a TensorRT plugin"),
+            )
+
+
+def _qdq_zero_points(ctx: _Context) -> Iterable[Finding]:
+    """TensorRT quantizes symmetrically to signed int8: every Q/DQ zero-point must be an int8 zero."""
+    fix = "quantize with the tensorrt INT8 flavour (signed int8, zero-point 0)"
+    for index, node in enumerate(ctx.nodes):
+        if (
+            node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            or len(node.input) < 3
+            or not node.input[2]
+        ):
+            continue
+        tensor = ctx.constants.get(node.input[2])
+        if tensor is None:
+            yield Finding(
+                "warning", ctx.name(index), node.op_type, "zero-point is computed: cannot verify it is 0"
+            )
+            continue
+        zero_point = numpy_helper.to_array(tensor)
+        if np.any(zero_point != 0):
+            yield Finding(
+                "error", ctx.name(index), node.op_type, "non-zero zero-point (TensorRT needs 0)", fix
+            )
+        elif zero_point.dtype == np.uint8:
+            yield Finding(
+                "error", ctx.name(index), node.op_type, "uint8 zero-point (TensorRT takes int8)", fix
+            )
+
+
+def _static_inputs(ctx: _Context) -> Iterable[Finding]:
+    initializers = {t.name for t in ctx.graph.initializer}
+    for value in ctx.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        dynamic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+        if dynamic:
+            yield Finding(
+                "error",
+                value.name,
+                "input",
+                f"dynamic dimension(s) {', '.join(dynamic)}: the DLA builds one shape",
+                "export with a static batch and image size",
+            )
+
+
+def _dla_placement(ctx: _Context, allow_gpu_fallback: bool) -> tuple[list[Finding], dict]:
+    """Which nodes the DLA runs, the others as GPU fallbacks, and how many DLA subgraphs that leaves."""
+    findings = []
+    folded = _build_time_constants(ctx)
+    on_dla: list[int] = []
+    fallbacks = 0
+    for index, node in enumerate(ctx.nodes):
+        if node.op_type in _NEUTRAL or all(t in folded for t in node.output):
+            continue
+        problem = _dla_problem(ctx, index)
+        if problem is None:
+            on_dla.append(index)
+            continue
+        fallbacks += 1
+        problem_text, fix = problem
+        if allow_gpu_fallback:
+            findings.append(
+                Finding("info", ctx.name(index), node.op_type, f"runs on the GPU: {problem_text}", fix)
+            )
+        else:
+            findings.append(
+                Finding(
+                    "error",
+                    ctx.name(index),
+                    node.op_type,
+                    f"falls back to the GPU: {problem_text}",
+                    fix or "allow GPU fallback (--allow-gpu-fallback)",
+                )
+            )
+    subgraphs = count_dla_subgraphs(ctx.nodes, on_dla)
+    if subgraphs > DLA_SUBGRAPHS_PER_CORE:
+        findings.append(
+            Finding(
+                "error",
+                "(graph)",
+                "-",
+                f"{subgraphs} DLA subgraphs, over the {DLA_SUBGRAPHS_PER_CORE} a DLA core can load",
+                "remove the GPU-only ops between DLA layers, or run the model on the GPU (target tensorrt)",
+            )
+        )
+    stats = {
+        "dla_nodes": len(on_dla),
+        "gpu_fallback_nodes": fallbacks,
+        "dla_subgraphs": subgraphs,
+        "dla_subgraph_cap": DLA_SUBGRAPHS_PER_CORE,
+    }
+    return findings, stats
+
+
+def count_dla_subgraphs(nodes: list[onnx.NodeProto], on_dla: Iterable[int]) -> int:
+    """Connected components of DLA nodes linked by direct tensor edges: each becomes one DLA loadable."""
+    members = set(on_dla)
+    parent = {i: i for i in members}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    for i in members:
+        for tensor in nodes[i].input:
+            j = producer.get(tensor)
+            if j in members:
+                parent[root(i)] = root(j)
+    return len({root(i) for i in members})
+
+
+def _build_time_constants(ctx: _Context) -> set[str]:
+    """Tensors the builder folds before placement: constants, shapes, and anything computed only from them."""
+    known = set(ctx.constants) | {t.name for t in ctx.graph.initializer}
+    for node in ctx.nodes:
+        if node.op_type in ("Shape", "Size") or all(t in known for t in node.input if t):
+            known.update(node.output)
+    return known
+
+
+def _dla_problem(ctx: _Context, index: int) -> tuple[str, str] | None:
+    """(why the DLA cannot run node `index`, the fix) or None when it can."""
+    node = ctx.nodes[index]
+    op = node.op_type
+    four_d = ctx.rank(node.output[0]) in (None, 4)
+    if op == "Conv":
+        return _dla_conv_problem(ctx.convs[index])
+    if op in _DLA_ACTIVATIONS | _DLA_ELEMENTWISE:
+        return (
+            None
+            if four_d
+            else (f"{op} on a rank-{ctx.rank(node.output[0])} tensor: the DLA is 2-D (NCHW) only", "")
+        )
+    if op in _DLA_ANY_SHAPE:
+        return None
+    if op == "Concat":
+        axis = ctx.attr(node, "axis", 1)
+        return None if four_d and axis in (1, -3) else ("Concat off the channel axis", "")
+    if op == "Softmax":
+        axis = ctx.attr(node, "axis", -1)
+        return None if four_d and axis in (1, -3) else ("Softmax off the channel axis of an NCHW tensor", "")
+    if op == "Pad":
+        return (
+            None
+            if ctx.attr(node, "mode", b"constant") in (b"constant", "constant")
+            else ("non-constant Pad", "")
+        )
+    if op == "Slice":
+        steps = ctx.constants.get(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if steps is not None and np.any(numpy_helper.to_array(steps) != 1):
+            return "strided Slice", ""
+        return None
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        return (
+            "the DLA takes INT8 from a calibration cache, not Q/DQ",
+            "build INT8 for the DLA with a calibration cache",
+        )
+    return f"the DLA has no {op} layer", ""
+
+
+def _dla_conv_problem(site: ConvSite) -> tuple[str, str] | None:
+    if site.kernel is None:
+        return "not a 2-D convolution", ""
+    limits = DLA_LIMITS
+    if max(site.kernel) > limits["kernel"]:
+        kernel = f"{site.kernel[0]}x{site.kernel[1]}"
+        return f"kernel {kernel} outside the DLA's [1, {limits['kernel']}]", _kernel_fix(site, "jetson-dla")
+    pad_problem = [
+        p for p, k in zip(site.pads, site.kernel * 2) if not 0 <= p <= limits["pad"] or p >= k
+    ]  # pads are (top, left, bottom, right), kernel (kh, kw) repeated to match
+    if pad_problem:
+        return f"padding {site.pads} outside [0, {limits['pad']}] or not smaller than the kernel", (
+            "pad explicitly before the conv (a Pad node) or lower --strategy tiled"
+        )
+    if any(not 1 <= s <= limits["stride"] for s in site.strides):
+        return f"stride {site.strides} outside [1, {limits['stride']}]", ""
+    if any(not 1 <= d <= limits["dilation"] for d in site.dilations):
+        return f"dilation {site.dilations} outside [1, {limits['dilation']}]", ""
+    if site.group > limits["groups"]:
+        return f"{site.group} groups, over the DLA's {limits['groups']}", ""
+    if site.weight is not None and site.weight.shape[0] > limits["channels"]:
+        return f"{site.weight.shape[0]} output channels, over the DLA's {limits['channels']}", ""
+    return None
+
+
+def _kernel_fix(site: ConvSite, target: str) -> str:
+    plan = choose_lowering(target, site.grid, site.kernel, 1, pads=site.pads, dilations=site.dilations)
+    return _plan_fix(plan)
+
+
+def _plan_fix(plan: Plan) -> str:
+    if plan.strategy == "tiled":
+        return f"lower --strategy tiled --max-kernel {plan.max_kernel}"
+    return f"lower --strategy {plan.strategy}"
+
+
+# ---------------------------------------------------------------- OpenVINO and ONNX Runtime
+
+
+def _kernel_limit(ctx: _Context, target: str, limit: int, what: str) -> Iterable[Finding]:
+    for site in ctx.convs.values():
+        if site.kernel is not None and max(site.kernel) > limit:
+            yield Finding(
+                "error",
+                site.name,
+                "Conv",
+                f"kernel {site.kernel[0]}x{site.kernel[1]} over {what} limit of {limit}",
+                _kernel_fix(site, target),
+            )
+
+
+def _huge_filters(ctx: _Context) -> Iterable[Finding]:
+    for site in ctx.convs.values():
+        if site.kernel is not None and site.kernel[0] * site.kernel[1] > 1024:
+            yield Finding(
+                "warning",
+                site.name,
+                "Conv",
+                f"{site.kernel[0]}x{site.kernel[1]} = {site.kernel[0] * site.kernel[1]} taps: "
+                "some OpenVINO GPU "
+                "releases send filters over 1024 taps to a slow reference kernel",
+                "lower --strategy crop (static grid) or lower --strategy tiled --max-kernel 32",
+            )
+
+
+def _openvino_dft(ctx: _Context) -> Iterable[Finding]:
+    for index, node in enumerate(ctx.nodes):
+        if node.op_type == "DFT" and _is_default_domain(node):
+            if ctx.opset >= 20:
+                yield Finding(
+                    "error", ctx.name(index), "DFT", "OpenVINO misreads opset-20 DFT", _OP_FIXES["DFT"]
+                )
+            else:
+                yield Finding(
+                    "warning", ctx.name(index), "DFT", "DFT runs on a slow reference kernel", _OP_FIXES["DFT"]
+                )
+
+
+def _onnxruntime_cpu(ctx: _Context) -> Iterable[Finding]:
+    slow = {
+        "DFT": "about 400x slower than the conv it replaces",
+        "Einsum": "about 9x slower than the same MatMul",
+    }
+    for index, node in enumerate(ctx.nodes):
+        if node.op_type in slow and _is_default_domain(node):
+            yield Finding(
+                "warning", ctx.name(index), node.op_type, slow[node.op_type], _OP_FIXES[node.op_type]
+            )
+        elif node.domain not in ("", "ai.onnx", "com.microsoft", "ai.onnx.ml"):
+            yield Finding(
+                "error",
+                ctx.name(index),
+                node.op_type,
+                f"custom-domain op ({node.domain})",
+                "register its custom-op library with the session, or re-export without it",
+            )
