@@ -1,0 +1,653 @@
+"""Reports: report.json (a contract other tools read), report.md, report.html (self-contained) and a terminal table.
+
+report.json contract (keys are only ever added, never renamed or removed; `validate_report_dict` checks them):
+  model, task, machine, versions, passed, engines: [
+    {backend, precision, lowering, path, size_bytes, status ("ok" | "failed" | "skipped"), reason,
+     parity: null | {classification: top1, top1_reference, top1_drop, agreement, max_abs_err, cosine, passed;
+                     segmentation: miou, miou_reference, miou_drop, pixel_agreement, max_abs_err, cosine, passed},
+     latency: {"<batch>": {p50_ms, p90_ms, p99_ms, throughput, ...}}}]
+Fractions are in [0, 1], drops in percentage points, times in ms, throughput in images/s at p50. Non-finite numbers
+are written as null (strict JSON). Raw latency samples stay out of report.json; the HTML plots them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lkca_deploy.errors import UserError
+from lkca_deploy.reports.latency import LatencyStats
+from lkca_deploy.reports.machine import int8_hint, isa_summary, machine_facts
+from lkca_deploy.reports.parity import TASKS
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "skipped")
+TOP_LEVEL_KEYS = ("model", "task", "machine", "versions", "passed", "engines")
+ENGINE_KEYS = (
+    "backend",
+    "precision",
+    "lowering",
+    "path",
+    "size_bytes",
+    "parity",
+    "latency",
+    "status",
+    "reason",
+)
+PARITY_KEYS = {
+    "classification": ("top1", "top1_reference", "top1_drop", "agreement", "max_abs_err", "cosine", "passed"),
+    "segmentation": (
+        "miou",
+        "miou_reference",
+        "miou_drop",
+        "pixel_agreement",
+        "max_abs_err",
+        "cosine",
+        "passed",
+    ),
+}
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput")
+
+
+class _Columns(NamedTuple):
+    """The parity keys a task's tables and plots show."""
+
+    metric: str  # shown as the accuracy
+    reference: str
+    drop: str
+    agreement: str
+    title: str
+
+
+_TASK_COLUMNS = {
+    "classification": _Columns("top1", "top1_reference", "top1_drop", "agreement", "top-1 %"),
+    "segmentation": _Columns("miou", "miou_reference", "miou_drop", "pixel_agreement", "mIoU %"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data.
+
+
+@dataclass
+class EngineResult:
+    """One engine (backend x precision x lowering) in a report.
+
+    `parity` is parity.with_verdict(...)'s dict (metrics + passed + failures); `blocks` is
+    parity.first_divergent_block(...)[0]. A status of "ok" with failed parity becomes "failed".
+    """
+
+    backend: str
+    precision: str
+    lowering: str
+    path: str | None = None
+    size_bytes: int | None = None
+    parity: dict[str, Any] | None = None
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+    blocks: list[dict[str, Any]] | None = None
+    first_divergent: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. threads, flavour, build seconds
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"engine status {self.status!r} is not one of {STATUSES}")
+        if self.status == "skipped" and not self.reason:
+            raise ValueError(f"skipped engine {self.name} needs a reason")
+        if self.status == "ok" and self.parity is not None and self.parity.get("passed") is False:
+            self.status = "failed"
+        if self.path is not None:
+            self.path = str(self.path)
+
+    @classmethod
+    def skipped(cls, backend: str, precision: str, lowering: str, reason: str) -> EngineResult:
+        return cls(backend, precision, lowering, status="skipped", reason=reason)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.precision}/{self.lowering}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "lowering": self.lowering,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "status": self.status,
+            "reason": self.reason,
+            "parity": self.parity,
+            "latency": {batch: stats.to_dict() for batch, stats in self.latency.items()},
+        }
+        if self.blocks is not None:
+            d["blocks"] = self.blocks
+            d["first_divergent"] = self.first_divergent
+        if self.extra:
+            d["extra"] = self.extra
+        return _jsonable(d)
+
+
+def _now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Report:
+    """A parity + latency report for one model. `passed`: at least one engine ran, and none failed."""
+
+    model: str
+    task: str
+    engines: list[EngineResult]
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    reference: str = "pytorch fp32"
+    dataset: str | None = None
+    thresholds: dict[str, Any] | None = None
+    created_utc: str = field(default_factory=_now_utc)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"report task {self.task!r} is not one of {TASKS}")
+
+    @classmethod
+    def on_this_machine(cls, model: str, task: str, engines: list[EngineResult], **kwargs: Any) -> Report:
+        """A report whose machine facts and library versions are this machine's."""
+        facts = machine_facts()
+        versions = facts.pop("versions")
+        machine = {**facts, "summary": isa_summary(facts), "int8_hint": int8_hint(facts)}
+        return cls(model, task, engines, machine=machine, versions=versions, **kwargs)
+
+    @property
+    def passed(self) -> bool:
+        statuses = [e.status for e in self.engines]
+        return "ok" in statuses and "failed" not in statuses
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "model": self.model,
+                "task": self.task,
+                "passed": self.passed,
+                "reference": self.reference,
+                "dataset": self.dataset,
+                "created_utc": self.created_utc,
+                "machine": self.machine,
+                "versions": self.versions,
+                "thresholds": self.thresholds,
+                "engines": [e.to_dict() for e in self.engines],
+                **({"extra": self.extra} if self.extra else {}),
+            }
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars and arrays unwrapped, tuples as lists, NaN/inf as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array, without importing numpy for the check
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The contract check.
+
+
+def _parity_problems(where: str, parity: Any, task: str) -> list[str]:
+    if parity is None:
+        return []
+    if not isinstance(parity, dict):
+        return [f"{where} parity is not an object"]
+    return [f"{where} parity lacks {k!r}" for k in PARITY_KEYS.get(task, ()) if k not in parity]
+
+
+def _latency_problems(where: str, latency: Any) -> list[str]:
+    if latency is None:
+        return []
+    if not isinstance(latency, dict):
+        return [f"{where} latency is not an object"]
+    problems = []
+    for batch, stats in latency.items():
+        if not str(batch).isdigit():
+            problems.append(f"{where} latency key {batch!r} is not a batch size")
+        missing = [k for k in LATENCY_KEYS if not isinstance(stats, dict) or k not in stats]
+        problems += [f"{where} latency[{batch!r}] lacks {k!r}" for k in missing]
+    return problems
+
+
+def _engine_problems(i: int, engine: Any, task: str) -> list[str]:
+    if not isinstance(engine, dict):
+        return [f"engines[{i}] is not an object"]
+    where = f"engines[{i}] ({engine.get('backend')}/{engine.get('precision')}/{engine.get('lowering')})"
+    problems = [f"{where} lacks {k!r}" for k in ENGINE_KEYS if k not in engine]
+    status = engine.get("status")
+    if status not in STATUSES:
+        problems.append(f"{where} status {status!r} is not one of {STATUSES}")
+    if status == "skipped" and not engine.get("reason"):
+        problems.append(f"{where} is skipped without a reason")
+    if status == "ok" and engine.get("parity") is None:
+        problems.append(f"{where} is ok but has no parity")
+    return (
+        problems
+        + _parity_problems(where, engine.get("parity"), task)
+        + _latency_problems(where, engine.get("latency"))
+    )
+
+
+def validate_report_dict(d: Any) -> list[str]:
+    """Every way `d` breaks the report.json contract, one line each; empty when it holds."""
+    if not isinstance(d, dict):
+        return ["report is not a JSON object"]
+    problems = [f"report lacks {k!r}" for k in TOP_LEVEL_KEYS if k not in d]
+    task = d.get("task")
+    if "task" in d and task not in TASKS:
+        problems.append(f"task {task!r} is not one of {TASKS}")
+    if "passed" in d and not isinstance(d["passed"], bool):
+        problems.append("passed is not a boolean")
+    for key in ("machine", "versions"):
+        if key in d and not isinstance(d[key], dict):
+            problems.append(f"{key} is not an object")
+    engines = d.get("engines", [])
+    if not isinstance(engines, list):
+        return problems + ["engines is not a list"]
+    for i, engine in enumerate(engines):
+        problems += _engine_problems(i, engine, task)
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables (one model of each table, three renderings: markdown, HTML, fixed-width text).
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _fmt_pct(fraction: float | None) -> str:
+    return "-" if fraction is None or math.isnan(fraction) else f"{fraction * 100:.2f}"
+
+
+def _fmt_size(size_bytes: int | None) -> str:
+    if size_bytes is None:
+        return "-"
+    return f"{size_bytes / 2**20:.2f} MiB" if size_bytes >= 2**20 else f"{size_bytes / 2**10:.1f} KiB"
+
+
+def _batches(report: Report) -> list[str]:
+    return sorted({b for e in report.engines for b in e.latency}, key=int)
+
+
+def _ran(report: Report) -> list[EngineResult]:
+    return [e for e in report.engines if e.status != "skipped"]
+
+
+def _accuracy_cell(parity: dict[str, Any] | None, task: str) -> str:
+    if not parity:
+        return "-"
+    cols = _TASK_COLUMNS[task]
+    value = _fmt_pct(parity.get(cols.metric))
+    return value if parity.get(cols.drop) is None else f"{value} ({parity[cols.drop]:+.2f})"
+
+
+def engine_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the engines that ran (skipped ones have their own table)."""
+    cols = _TASK_COLUMNS[report.task]
+    batches = _batches(report)
+    top = batches[-1] if batches else None
+    headers = ["backend", "precision", "lowering", "size", f"{cols.title} (drop pt)", "agreement", "max err"]
+    headers += [f"p50 @{b} ms" for b in batches] + ([f"img/s @{top}"] if top else []) + ["result"]
+    rows = []
+    for e in _ran(report):
+        p = e.parity or {}
+        row = [
+            e.backend,
+            e.precision,
+            e.lowering,
+            _fmt_size(e.size_bytes),
+            _accuracy_cell(e.parity, report.task),
+        ]
+        row += [_fmt(p.get(cols.agreement), ".4f"), _fmt(p.get("max_abs_err"), ".2e")]
+        row += [_fmt(e.latency[b].p50_ms, ".2f") if b in e.latency else "-" for b in batches]
+        if top:
+            row.append(_fmt(e.latency[top].throughput, ".0f") if top in e.latency else "-")
+        rows.append(row + ["PASS" if e.status == "ok" else "FAIL"])
+    return headers, rows
+
+
+def skipped_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [e.backend, e.precision, e.lowering, e.reason or ""] for e in report.engines if e.status == "skipped"
+    ]
+    return ["backend", "precision", "lowering", "reason"], rows
+
+
+def _failure_lines(report: Report) -> list[str]:
+    lines = []
+    for e in report.engines:
+        if e.status != "failed":
+            continue
+        reasons = list((e.parity or {}).get("failures") or []) + ([e.reason] if e.reason else [])
+        lines.append(f"{e.name}: {'; '.join(reasons) or 'failed'}")
+    return lines
+
+
+def _with_blocks(report: Report) -> list[EngineResult]:
+    return [e for e in report.engines if e.blocks]
+
+
+def block_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Per-block error side by side: one row per block, one column per engine ('cosine / max abs err')."""
+    engines = _with_blocks(report)
+    names: list[str] = []
+    for e in engines:
+        names += [b["block"] for b in e.blocks if b["block"] not in names]
+    cells = {
+        (e.name, b["block"]): f"{_fmt(b['cosine'], '.5f')} / {_fmt(b['max_abs_err'], '.2e')}"
+        for e in engines
+        for b in e.blocks
+    }
+    rows = [[name] + [cells.get((e.name, name), "-") for e in engines] for name in names]
+    return ["block"] + [e.name for e in engines], rows
+
+
+def _reference_line(report: Report) -> str:
+    cols = _TASK_COLUMNS[report.task]
+    values = [
+        e.parity[cols.reference] for e in _ran(report) if (e.parity or {}).get(cols.reference) is not None
+    ]
+    shown = f"{cols.title.split()[0]} {_fmt_pct(values[0])} %" if values else "no labels, agreement only"
+    return f"Reference: {report.reference} ({shown})" + (f" on {report.dataset}" if report.dataset else "")
+
+
+def _header_lines(report: Report) -> list[str]:
+    machine = report.machine.get("summary") or (
+        isa_summary(report.machine) if report.machine else "not recorded"
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in report.versions.items() if v)
+    lines = [
+        f"Verdict: {'PASSED' if report.passed else 'FAILED'}",
+        _reference_line(report),
+        f"Machine: {machine}",
+    ]
+    if report.machine.get("int8_hint"):
+        lines.append(report.machine["int8_hint"])
+    return lines + ([f"Versions: {versions}"] if versions else [])
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "---|" * len(headers)] + [line(r) for r in rows])
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def summary_table(report: Report) -> str:
+    """Fixed-width text for the terminal: verdict, machine, engines, skipped engines, failures."""
+    parts = ["\n".join(_header_lines(report)), _text_table(*engine_table(report))]
+    headers, skipped = skipped_table(report)
+    if skipped:
+        parts.append("Skipped:\n" + _text_table(headers, skipped))
+    failures = _failure_lines(report)
+    if failures:
+        parts.append("Failures:\n" + "\n".join(f"  {line}" for line in failures))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_markdown(report: Report) -> str:
+    parts = [
+        f"# lkca-deploy report: {report.model} ({report.task})",
+        "\n".join(f"- {x}" for x in _header_lines(report)),
+    ]
+    parts += ["## Engines", _md_table(*engine_table(report))]
+    headers, skipped = skipped_table(report)
+    if skipped:
+        parts += ["## Skipped engines", _md_table(headers, skipped)]
+    failures = _failure_lines(report)
+    if failures:
+        parts += ["## Failures", "\n".join(f"- {line}" for line in failures)]
+    if _with_blocks(report):
+        parts += [
+            "## Per-block error (cosine / max abs err)",
+            _md_table(*block_table(report)),
+            _divergence_text(report),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _divergence_text(report: Report) -> str:
+    return "\n".join(
+        f"- {e.name}: first divergent block {e.first_divergent or 'none'}" for e in _with_blocks(report)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures (matplotlib imported only here, drawn on Agg canvases without pyplot's global state).
+
+
+def _png_base64(fig: Any) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _new_figure(width: float, height: float, panels: int = 1) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+
+
+def _accuracy_latency_figure(report: Report) -> Any | None:
+    """Accuracy (or agreement, without labels) against p50 latency at the smallest batch, one labelled point each."""
+    cols = _TASK_COLUMNS[report.task]
+    batches = _batches(report)
+    engines = [e for e in _ran(report) if e.parity and batches and batches[0] in e.latency]
+    metric, title = cols.metric, cols.title
+    if not any(e.parity.get(metric) is not None for e in engines):  # no labels: plot agreement instead
+        metric, title = cols.agreement, "agreement with reference %"
+    points = [
+        (e.latency[batches[0]].p50_ms, e.parity[metric] * 100, e)
+        for e in engines
+        if e.parity.get(metric) is not None
+    ]
+    if not points:
+        return None
+    fig, (ax,) = _new_figure(8, 4.5)
+    for x, y, e in points:
+        ax.scatter(x, y, s=50, color="tab:green" if e.status == "ok" else "tab:red", zorder=3)
+        ax.annotate(e.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ref = next(
+        (e.parity[cols.reference] for _, _, e in points if e.parity.get(cols.reference) is not None), None
+    )
+    if ref is not None and metric == cols.metric:
+        ax.axhline(ref * 100, linestyle="--", color="gray", label=report.reference)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel=f"p50 latency at batch {batches[0]} (ms)", ylabel=title, title=f"{title} against latency")
+    ax.margins(x=0.25, y=0.1)  # room for the labels of the outermost points
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _latency_box_figure(report: Report) -> Any | None:
+    """Per batch size, a box of every engine's per-call latencies."""
+    batches = [
+        b for b in _batches(report) if any(b in e.latency and e.latency[b].samples_ms for e in _ran(report))
+    ]
+    if not batches:
+        return None
+    fig, axes = _new_figure(4.5 * len(batches), 4.5, panels=len(batches))
+    for ax, batch in zip(axes, batches):
+        engines = [e for e in _ran(report) if batch in e.latency and e.latency[batch].samples_ms]
+        ax.boxplot([e.latency[batch].samples_ms for e in engines], showfliers=True)
+        ax.set_xticks(
+            range(1, len(engines) + 1), [e.name for e in engines], rotation=30, ha="right", fontsize=8
+        )
+        ax.set(ylabel="latency per call (ms)", title=f"Latency at batch {batch}")
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _blocks_figure(report: Report) -> Any | None:
+    engines = _with_blocks(report)
+    if not engines:
+        return None
+    fig, (cos_ax, err_ax) = _new_figure(10, 4, panels=2)
+    for e in engines:
+        labels = [b["block"] for b in e.blocks]
+        cos_ax.plot(labels, [b["cosine"] for b in e.blocks], marker="o", label=e.name)
+        err_ax.plot(labels, [max(b["max_abs_err"], 1e-12) for b in e.blocks], marker="o", label=e.name)
+    cos_ax.set(title="Cosine to reference per block", ylabel="mean per-sample cosine", xlabel="block")
+    err_ax.set(
+        title="Max abs error per block",
+        ylabel="max |engine - reference| (0 drawn at 1e-12)",
+        xlabel="block",
+        yscale="log",
+    )
+    for ax in (cos_ax, err_ax):
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        ax.grid(alpha=0.3)
+    err_ax.legend(fontsize=8)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HTML.
+
+_CSS = """
+body { font: 14px/1.5 system-ui, -apple-system, Segoe UI, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; white-space: nowrap; }
+th { background: #f4f4f4; } tr:nth-child(even) td { background: #fafafa; }
+.pass { color: #1a7f37; font-weight: 600; } .fail { color: #cf222e; font-weight: 600; }
+ul.facts { list-style: none; padding: 0; } img { max-width: 100%; }
+"""
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(c: str, tag: str) -> str:
+        css = {"PASS": ' class="pass"', "FAIL": ' class="fail"'}.get(c, "")
+        return f"<{tag}{css}>{html.escape(c)}</{tag}>"
+
+    head = "".join(cell(h, "th") for h in headers)
+    body = "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_figure(fig: Any | None, alt: str) -> str:
+    return (
+        ""
+        if fig is None
+        else f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png_base64(fig)}">'
+    )
+
+
+def render_html(report: Report) -> str:
+    """A self-contained page: facts, tables, and figures embedded as base64 PNG (no external assets)."""
+    title = f"lkca-deploy report: {report.model} ({report.task})"
+    verdict = '<span class="pass">PASSED</span>' if report.passed else '<span class="fail">FAILED</span>'
+    facts = "".join(f"<li>{html.escape(line)}</li>" for line in _header_lines(report)[1:])
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Verdict: {verdict}</p>",
+        f'<ul class="facts">{facts}</ul>',
+    ]
+    parts += ["<h2>Engines</h2>", _html_table(*engine_table(report))]
+    failures = _failure_lines(report)
+    if failures:
+        parts += [
+            "<h2>Failures</h2>",
+            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in failures) + "</ul>",
+        ]
+    headers, skipped = skipped_table(report)
+    if skipped:
+        parts += ["<h2>Skipped engines</h2>", _html_table(headers, skipped)]
+    figures = [
+        ("Accuracy against latency", _accuracy_latency_figure(report)),
+        ("Latency distributions", _latency_box_figure(report)),
+    ]
+    parts += [f"<h2>{name}</h2>{_html_figure(fig, name)}" for name, fig in figures if fig is not None]
+    if _with_blocks(report):
+        divergence = "".join(
+            f"<li>{html.escape(e.name)}: first divergent block {html.escape(e.first_divergent or 'none')}</li>"
+            for e in _with_blocks(report)
+        )
+        parts += ["<h2>Per-block error (cosine / max abs err)</h2>", _html_table(*block_table(report))]
+        parts += [f"<ul>{divergence}</ul>", _html_figure(_blocks_figure(report), "Per-block error")]
+    body = "\n".join(parts)
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside the target, then rename into place: readers never see half a file."""
+    # Not tempfile.mkstemp: its 0600 mode would survive the rename; open(.., "x") honours the umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into `out_dir` (created if needed); returns their paths.
+
+    Everything is rendered before the first file is written, so a rendering error leaves no new file behind.
+    """
+    d = report.to_dict()
+    problems = validate_report_dict(d)
+    if problems:
+        raise ValueError("report breaks the report.json contract: " + "; ".join(problems))
+    texts = {
+        "report.json": json.dumps(d, indent=2, allow_nan=False) + "\n",
+        "report.md": render_markdown(report),
+        "report.html": render_html(report),
+    }
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"report directory {out} is an existing file; pass a directory path")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, text in texts.items():
+        paths[name] = out / name
+        _write_atomic(paths[name], text)
+    return paths

@@ -1,0 +1,204 @@
+"""Reports written from real parity and latency numbers: the three files, the JSON contract, the HTML figures."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from lkca_deploy.errors import UserError
+from lkca_deploy.reports.latency import stats_from_samples
+from lkca_deploy.reports.parity import (
+    classification_parity,
+    first_divergent_block,
+    segmentation_parity,
+    with_verdict,
+)
+from lkca_deploy.reports.render import (
+    ENGINE_KEYS,
+    LATENCY_KEYS,
+    PARITY_KEYS,
+    TOP_LEVEL_KEYS,
+    EngineResult,
+    Report,
+    render_markdown,
+    summary_table,
+    validate_report_dict,
+    write_report,
+)
+
+
+def _latency(rng, base_ms):
+    return {str(b): stats_from_samples(base_ms * b**0.5 * (1 + rng.random(60)), batch=b) for b in (1, 32)}
+
+
+def _classification_report() -> Report:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(64, 10)).astype(np.float32)
+    labels = reference.argmax(1)
+    labels[:5] = (labels[:5] + 1) % 10
+    blocks_ref = {f"block{i}": rng.normal(size=(4, 8, 16)) for i in range(3)}
+    engines = []
+    for precision, noise, base in (("fp32", 0.0, 3.0), ("fp16", 1e-3, 2.0), ("int8", 0.8, 1.5)):
+        logits = reference + rng.normal(scale=noise, size=reference.shape).astype(np.float32)
+        parity = with_verdict(classification_parity(logits, reference, labels), precision, "classification")
+        blocks_eng = {
+            k: v + rng.normal(scale=noise * (i + 1), size=v.shape)
+            for i, (k, v) in enumerate(blocks_ref.items())
+        }
+        per_block, first = first_divergent_block(blocks_eng, blocks_ref)
+        engines.append(
+            EngineResult(
+                "onnxruntime",
+                precision,
+                "matmul",
+                path=f"/tmp/m_{precision}.onnx",
+                size_bytes=3_000_000,
+                parity=parity,
+                latency=_latency(rng, base),
+                blocks=per_block,
+                first_divergent=first,
+                extra={"threads": 2},
+            )
+        )
+    engines.append(
+        EngineResult.skipped("tensorrt", "fp16", "conv", "tensorrt is not installed (pip install tensorrt)")
+    )
+    return Report.on_this_machine(
+        "lkca_vit_nano", "classification", engines, dataset="digits val (64 images)"
+    )
+
+
+def test_write_report_writes_three_files_and_nothing_else(tmp_path):
+    out = tmp_path / "deep" / "report"
+    paths = write_report(_classification_report(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+    assert set(paths) == {"report.json", "report.md", "report.html"}
+    # rewriting in place leaves no temp files either
+    write_report(_classification_report(), out)
+    assert len(list(out.iterdir())) == 3
+
+
+def test_report_json_meets_contract(tmp_path):
+    write_report(_classification_report(), tmp_path)
+    d = json.loads((tmp_path / "report.json").read_text())
+    assert validate_report_dict(d) == []
+    for key in TOP_LEVEL_KEYS:
+        assert key in d
+    assert d["passed"] is False  # the int8 engine with noise 0.8 misses its drop threshold
+    assert "summary" in d["machine"] and d["versions"]["numpy"]
+    ran = [e for e in d["engines"] if e["status"] != "skipped"]
+    assert [e["status"] for e in ran] == ["ok", "ok", "failed"]
+    for engine in d["engines"]:
+        for key in ENGINE_KEYS:
+            assert key in engine
+    for engine in ran:
+        for key in PARITY_KEYS["classification"]:
+            assert key in engine["parity"]
+        for batch in ("1", "32"):
+            for key in LATENCY_KEYS:
+                assert key in engine["latency"][batch]
+            assert "samples_ms" not in engine["latency"][batch]  # raw samples stay out of the JSON
+    int8 = ran[2]
+    assert int8["parity"]["failures"] and int8["parity"]["failures"][0].startswith("top1_drop")
+    skipped = d["engines"][3]
+    assert skipped["status"] == "skipped" and "not installed" in skipped["reason"]
+    assert skipped["parity"] is None and skipped["latency"] == {}
+
+
+def test_validate_report_dict_names_each_problem():
+    d = _classification_report().to_dict()
+    del d["versions"]
+    del d["engines"][0]["parity"]["top1_drop"]
+    del d["engines"][1]["latency"]["32"]["p99_ms"]
+    d["engines"][3]["reason"] = ""
+    d["engines"][2]["status"] = "weird"
+    problems = validate_report_dict(d)
+    assert "report lacks 'versions'" in problems
+    assert any("engines[0]" in p and "'top1_drop'" in p for p in problems)
+    assert any("engines[1]" in p and "latency['32'] lacks 'p99_ms'" in p for p in problems)
+    assert any("engines[3]" in p and "skipped without a reason" in p for p in problems)
+    assert any("engines[2]" in p and "'weird'" in p for p in problems)
+    assert len(problems) == 5
+    assert validate_report_dict([]) == ["report is not a JSON object"]
+
+
+def test_html_is_self_contained_with_figures_and_skipped_reasons(tmp_path):
+    write_report(_classification_report(), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<img alt="') == 3  # accuracy vs latency, latency boxes, per-block error
+    assert '<img alt="Accuracy against latency" src="data:image/png;base64,' in page
+    png = page.split("data:image/png;base64,", 1)[1].split('"', 1)[0]
+    assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "tensorrt is not installed (pip install tensorrt)" in page
+    assert "first divergent block" in page
+
+
+def test_markdown_tables(tmp_path):
+    report = _classification_report()
+    md = render_markdown(report)
+    assert "| backend | precision | lowering | size | top-1 % (drop pt) |" in md
+    assert "p50 @1 ms" in md and "p50 @32 ms" in md and "img/s @32" in md
+    assert "## Skipped engines" in md and "tensorrt is not installed" in md
+    assert "## Failures" in md and "onnxruntime/int8/matmul: top1_drop" in md
+    assert "## Per-block error" in md and "| block0 |" in md
+    assert report.machine["summary"] in md
+    assert md.count("| PASS |") == 2 and md.count("| FAIL |") == 1
+
+
+def test_summary_table_is_fixed_width():
+    text = summary_table(_classification_report())
+    assert text.startswith("Verdict: FAILED")
+    table = text.split("\n\n")[1].splitlines()
+    assert table[0].startswith("backend") and set(table[1]) <= {"-", " "}
+    starts = [line.index("matmul") for line in table[2:]]
+    assert len(set(starts)) == 1  # columns line up
+    assert "Skipped:" in text and "Failures:" in text
+
+
+def test_segmentation_report_without_latency_or_labels_still_renders(tmp_path):
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(2, 4, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(2, 8, 8))
+    parity = with_verdict(segmentation_parity(reference, reference, labels), "fp32", "segmentation")
+    unlabelled = with_verdict(segmentation_parity(reference * 1.0001, reference), "fp16", "segmentation")
+    engines = [
+        EngineResult("openvino", "fp32", "conv", parity=parity, latency=_latency(rng, 5.0)),
+        EngineResult("openvino", "fp16", "tiled", parity=unlabelled),
+    ]
+    report = Report("lkca_seg_nano", "segmentation", engines, machine={"summary": "test machine"})
+    write_report(report, tmp_path)
+    d = json.loads((tmp_path / "report.json").read_text())
+    assert validate_report_dict(d) == []
+    assert d["passed"] is True and d["engines"][1]["parity"]["miou"] is None
+    assert "mIoU % (drop pt)" in (tmp_path / "report.md").read_text()
+
+
+def test_all_skipped_is_not_passed_and_status_rules():
+    report = Report("m", "classification", [EngineResult.skipped("tensorrt", "fp16", "conv", "no GPU")])
+    assert report.passed is False
+    with pytest.raises(ValueError, match="needs a reason"):
+        EngineResult("tensorrt", "fp16", "conv", status="skipped")
+    with pytest.raises(ValueError, match="status"):
+        EngineResult("onnxruntime", "fp32", "conv", status="maybe")
+
+
+def test_non_finite_numbers_become_null(tmp_path):
+    parity = with_verdict(
+        classification_parity(np.array([[np.nan, 1.0]]), np.array([[0.0, 1.0]]), np.array([1])),
+        "fp32",
+        "classification",
+    )
+    report = Report("m", "classification", [EngineResult("onnxruntime", "fp32", "conv", parity=parity)])
+    write_report(report, tmp_path)  # json.dumps(allow_nan=False) would raise on a NaN
+    d = json.loads((tmp_path / "report.json").read_text())
+    assert d["engines"][0]["parity"]["max_abs_err"] is None
+    assert d["engines"][0]["status"] == "failed"
+
+
+def test_report_dir_that_is_a_file_is_a_user_error(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    with pytest.raises(UserError, match="is an existing file"):
+        write_report(Report("m", "classification", []), target)
