@@ -7,16 +7,12 @@ state dicts. Directories are written beside the target and renamed into place, s
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .data.spec import PreprocessSpec
 from .errors import UserError
+from .fsutil import atomic_dir
 from .models.zoo import ModelConfig, build_model
 
 CONFIG_FILE = "config.json"
@@ -30,28 +26,6 @@ class Checkpoint:
     config: ModelConfig
     spec: PreprocessSpec
     meta: dict = field(default_factory=dict)  # data set, epochs, metrics, toolkit version
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target`` in one rename."""
-    target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as e:
-        raise UserError(f"cannot write to {target.parent}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_checkpoint(out: Path, model, config: ModelConfig, spec: PreprocessSpec, meta: dict,
@@ -108,7 +82,7 @@ def load_state_dict_file(path: str | Path) -> dict:
         import torch
 
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors and torch raise many types for a damaged file
+    except Exception as e:  # noqa: BLE001 - safetensors and torch raise many types for a damaged file
         raise UserError(f"cannot read weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -147,7 +121,7 @@ def load_optimizer(optimizer, path: Path) -> bool:
     state: dict = {}
     with safe_open(str(path), framework="pt") as f:
         groups = json.loads(f.metadata()["param_groups"])
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
             i, name = key.split(".", 1)
             state.setdefault(int(i), {})[name] = f.get_tensor(key)
     optimizer.load_state_dict({"state": state, "param_groups": groups})

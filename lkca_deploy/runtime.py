@@ -1,0 +1,463 @@
+"""The torch-free runtime: load one engine from a bundle and label images with numpy, PIL and one backend.
+
+Never imports torch (nor the model zoo, trainer or checkpoints, which do), so it runs on a Jetson or a small CPU box
+that has only numpy, Pillow and ONNX Runtime, OpenVINO or TensorRT. A test checks `sys.modules`.
+
+Segmentation masks: the engine's logits (at the model's input size) are upsampled bilinearly (half-pixel centres,
+as torch's align_corners=False) to the image's own size, then argmaxed. Upsampling the logits rather than the
+argmax is what the model's own head does inside the network and what whole-image evaluation does against
+full-size labels, so masks match `evaluate`; nearest upsampling of the argmax would give blocky class boundaries.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifacts
+from .data.spec import PreprocessSpec
+from .errors import UserError
+from .exporters.base import PRECISIONS, atomic_output
+
+AUTO = "auto"
+# "auto" takes the first of these that is installed here and present in the bundle: fastest where it exists.
+BACKEND_PREFERENCE = ("tensorrt", "openvino", "onnxruntime")
+# Without timings the most exact engine wins.
+_EXACTNESS = {p: i for i, p in enumerate(PRECISIONS)}
+_PREDICT_CHUNK = 32  # images preprocessed at once by predict(): bounds memory for long image lists
+_UPSAMPLE_BYTES = 64 << 20  # scores upsampled per row block when only the mask is wanted
+_UNTINTED = ("background", "other", "unlabeled")  # classes the overlay leaves as they are
+_OVERLAY_ALPHA = 0.5
+
+ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
+
+
+# ---------------------------------------------------------------- engine choice (pure)
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """(installed here, version or install hint) for a backend, without importing its library at module level."""
+    from .exporters.registry import get_backend
+
+    return get_backend(name, require_available=False).available()
+
+
+def choose_engine(
+    engines: Sequence[dict[str, Any]],
+    backend: str = AUTO,
+    precision: str | None = None,
+    status: Callable[[str], tuple[bool, str]] = backend_status,
+) -> dict[str, Any]:
+    """The engine to load: see Predictor. `status(name)` says whether a backend is installed (tests pass their own)."""
+    from .exporters.registry import BACKENDS
+
+    if not engines:
+        raise UserError("the bundle has no engines: rebuild it with lkca-deploy pipeline")
+    if precision is not None and precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    present = list(dict.fromkeys(e["backend"] for e in engines))
+    if backend == AUTO:
+        return _choose_auto(engines, present, precision, status)
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: choose auto or one of {', '.join(BACKENDS)}")
+    if backend not in present:
+        raise UserError(f"the bundle has no {backend} engine; it has: {', '.join(present)}")
+    installed, reason = status(backend)
+    if not installed:
+        raise UserError(reason)
+    return _best_of(engines, backend, precision, explicit=True)
+
+
+def _choose_auto(engines, present, precision, status) -> dict[str, Any]:
+    ordered = [b for b in BACKEND_PREFERENCE if b in present] + [
+        b for b in present if b not in BACKEND_PREFERENCE
+    ]
+    hints = {}
+    for name in ordered:
+        installed, reason = status(name)
+        if not installed:
+            hints[name] = reason
+            continue
+        engine = _best_of(engines, name, precision, explicit=False)
+        if engine is not None:
+            return engine
+    if len(hints) == len(ordered):
+        raise UserError(
+            f"none of the bundle's backends ({', '.join(present)}) is installed here: {hints[ordered[-1]]}"
+        )
+    wanted = f" at {precision}" if precision else ""
+    raise UserError(
+        f"no engine{wanted} in the bundle passed parity on an installed backend: "
+        "choose one explicitly with backend=... and precision=..."
+    )
+
+
+def _best_of(engines, backend: str, precision: str | None, *, explicit: bool) -> dict[str, Any] | None:
+    """The backend's best engine: passed first (then unjudged; failed only when asked for by precision), fastest
+    by p50 at batch 1, the most exact precision when untimed. None (auto) or UserError (explicit) when none fits."""
+    own = [e for e in engines if e["backend"] == backend]
+    if precision is not None:
+        offered = sorted({e["precision"] for e in own}, key=_EXACTNESS.get)
+        own = [e for e in own if e["precision"] == precision]
+        if not own:
+            if not explicit:
+                return None
+            raise UserError(
+                f"the bundle has no {backend} engine at {precision}; it has: {', '.join(offered)}"
+            )
+    for group in ([e for e in own if e.get("passed") is True], [e for e in own if e.get("passed") is None]):
+        if group:
+            return min(group, key=_speed_key)
+    if not explicit:
+        return None
+    if precision is None:
+        raise UserError(
+            f"every {backend} engine in the bundle failed parity: choose one explicitly with precision=..."
+        )
+    engine = min(own, key=_speed_key)
+    warnings.warn(f"the {backend} {precision} engine failed parity when the bundle was built", stacklevel=3)
+    return engine
+
+
+def _speed_key(engine: dict[str, Any]) -> tuple:
+    p50 = (engine.get("p50_ms") or {}).get("1")
+    return (p50 is None, p50 or 0.0, _EXACTNESS.get(engine["precision"], len(PRECISIONS)))
+
+
+# ---------------------------------------------------------------- images
+
+
+def image_name(image: ImageLike, index: int) -> str:
+    return str(image) if isinstance(image, (str, Path)) else f"image #{index}"
+
+
+def open_image(image: ImageLike, index: int, spec: PreprocessSpec):
+    """A path, PIL image or HxW / HxWxC (C = 1, 3, 4) array as a PIL image in the spec's mode (L or RGB).
+
+    UserError naming the input when it is not an image."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        image = _read_image_file(Path(image))
+    elif isinstance(image, np.ndarray):
+        image = _checked_array(image, index)
+    elif not isinstance(image, Image.Image):
+        raise UserError(f"image #{index} is a {type(image).__name__}, not a path, PIL image or numpy array")
+    return spec.to_pil(image)
+
+
+def _checked_array(image: np.ndarray, index: int) -> np.ndarray:
+    array = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if not shape_ok or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        raise UserError(
+            f"image #{index} is an array of shape {image.shape} and dtype {image.dtype}, not an image: "
+            "pass HxW or HxWxC (C = 1, 3 or 4) uint8"
+        )
+    return array
+
+
+def _read_image_file(path: Path):
+    from PIL import Image
+
+    if not path.exists():
+        raise UserError(f"image {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{path} is not an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(
+            f"{path} is not an image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
+
+
+# ---------------------------------------------------------------- numpy maths
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.exp(x - x.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) weights of 1-D bilinear resizing with half-pixel centres, as torch's align_corners=False."""
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    src = np.clip(src, 0.0, in_size - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, lo), 1.0 - frac)
+    np.add.at(weights, (rows, hi), frac)
+    return weights.astype(np.float32)
+
+
+def resize_bilinear(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) -> (K, H, W) for size (H, W): separable bilinear, half-pixel centres."""
+    height, width = size
+    return bilinear_matrix(height, scores.shape[1]) @ (scores @ bilinear_matrix(width, scores.shape[2]).T)
+
+
+def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """argmax over classes of the bilinearly upsampled (K, h, w) logits, in row blocks to bound memory."""
+    height, width = size
+    columns = logits @ bilinear_matrix(width, logits.shape[2]).T  # (K, h, W)
+    rows = bilinear_matrix(height, logits.shape[1])
+    step = max(1, _UPSAMPLE_BYTES // (4 * logits.shape[0] * width))
+    mask = np.empty((height, width), dtype=np.int32)
+    for start in range(0, height, step):
+        mask[start : start + step] = (rows[start : start + step] @ columns).argmax(axis=0)
+    return mask
+
+
+# ---------------------------------------------------------------- masks on disk
+
+
+def palette(n: int) -> np.ndarray:
+    """A fixed (n, 3) uint8 colour table (PASCAL VOC's bit-interleaved palette, repeating after 256)."""
+    ids = np.arange(n) % 256
+    colours = np.zeros((n, 3), dtype=np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            colours[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
+    return colours.astype(np.uint8)
+
+
+def overlay(
+    image, mask: np.ndarray, untinted: Sequence[int] = (), alpha: float = _OVERLAY_ALPHA
+) -> np.ndarray:
+    """The RGB image with each class's colour blended over its pixels (HxWx3 uint8)."""
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    if rgb.size != (mask.shape[1], mask.shape[0]):
+        rgb = rgb.resize((mask.shape[1], mask.shape[0]), Image.BILINEAR)
+    base = np.asarray(rgb, dtype=np.float32)
+    colours = palette(int(mask.max()) + 1)[mask].astype(np.float32)
+    weight = np.where(np.isin(mask, list(untinted)), 0.0, alpha)[..., None]
+    return np.clip(base * (1 - weight) + colours * weight + 0.5, 0, 255).astype(np.uint8)
+
+
+def _save_png(array: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    with atomic_output(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return path
+
+
+# ---------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """Run a bundle's engine on images: `Predictor(bundle)(image)`.
+
+    backend "auto": the first of tensorrt, openvino, onnxruntime that is installed here and in the bundle. Among
+    that backend's engines (at `precision` if given): those that passed parity, then unjudged ones; the fastest by
+    p50 at batch 1; without timings the most exact precision (fp32 first). The engine's files (artifact, sidecar,
+    OpenVINO weights) are checked against the manifest's sha256 before loading.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        backend: str = AUTO,
+        precision: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        top_k: int = 5,
+    ):
+        from .exporters.registry import get_backend
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = read_manifest(self.bundle_dir)
+        self.spec = self.manifest.spec
+        self.task = self.manifest.task
+        self.class_names = list(self.manifest.class_names or self.spec.class_names)
+        self.top_k = _check_top_k(top_k)
+        self.engine = choose_engine(self.manifest.engines, backend, precision)
+        verify_artifacts(self.bundle_dir, self.manifest, engine_files(self.manifest, self.engine))
+        artifact = inside(self.bundle_dir, self.engine["artifact"])
+        self.runner = get_backend(self.engine["backend"]).load(artifact, device=device, threads=threads)
+        self._check_input_shape()
+
+    # -- public
+
+    def __call__(
+        self, image: ImageLike | Sequence[ImageLike], top_k: int | None = None, return_scores: bool = False
+    ):
+        """Classification: [(label, score)] best first (a list of those for a list of images).
+        Segmentation: an HxW int32 mask of class ids at the image's size; (mask, (K, H, W) softmax) with
+        return_scores (a list of those for a list of images)."""
+        single = not isinstance(image, (list, tuple))
+        images = [image] if single else list(image)
+        if not images:
+            raise UserError("no images given: pass at least one image")
+        pils = [open_image(item, i, self.spec) for i, item in enumerate(images)]
+        logits = self.run(self.spec.preprocess(pils))
+        if self.task == "segmentation":
+            results = [
+                self._segment(lg, (im.height, im.width), return_scores) for lg, im in zip(logits, pils)
+            ]
+        else:
+            if return_scores:
+                raise ValueError(
+                    "return_scores is for segmentation; classification results carry their scores"
+                )
+            k = _check_top_k(self.top_k if top_k is None else top_k)
+            results = [self._top_k(p, k) for p in softmax(logits)]
+        return results[0] if single else results
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed float32 NCHW -> logits, in chunks the engine accepts (padded to a static batch size)."""
+        static = self.runner.input_shape[0]
+        limit = static or self.runner.max_batch or len(batch)
+        outputs = []
+        for start in range(0, len(batch), limit):
+            chunk = batch[start : start + limit]
+            n = len(chunk)
+            if static and n < static:
+                chunk = np.concatenate([chunk, np.zeros((static - n, *chunk.shape[1:]), chunk.dtype)])
+            outputs.append(self.runner(chunk)[:n])
+        return np.concatenate(outputs)
+
+    def save_mask(self, result, image: ImageLike, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+        """Write `<stem>.mask.png` (class ids) and `<stem>.overlay.png` (colours blended over the image)."""
+        mask = result[0] if isinstance(result, tuple) else np.asarray(result)
+        out_dir = Path(out_dir)
+        ids = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
+        untinted = [i for i, name in enumerate(self.class_names) if name.lower() in _UNTINTED]
+        mask_path = _save_png(ids, out_dir / f"{stem}.mask.png")
+        overlay_path = _save_png(
+            overlay(open_image(image, 0, replace(self.spec, channels=3)), mask, untinted),
+            out_dir / f"{stem}.overlay.png",
+        )
+        return mask_path, overlay_path
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The chosen engine (backend, precision, lowering, artifact...) and how its runner runs."""
+        return {**{k: v for k, v in self.engine.items() if k != "files"}, "runner": self.runner.info}
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals
+
+    def _check_input_shape(self) -> None:
+        expected = tuple(self.spec.input_shape)
+        got = tuple(self.runner.input_shape[1:])
+        if any(g is not None and g != e for g, e in zip(got, expected)) or len(got) != len(expected):
+            raise UserError(
+                f"engine {self.engine['artifact']} takes {got}, but the bundle's preprocessing makes {expected}: "
+                "rebuild the bundle"
+            )
+
+    def _label(self, index: int) -> str:
+        return self.class_names[index] if index < len(self.class_names) else str(index)
+
+    def _top_k(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+        best = np.argsort(-probs, kind="stable")[:k]
+        return [(self._label(int(i)), float(probs[i])) for i in best]
+
+    def _segment(self, logits: np.ndarray, size: tuple[int, int], return_scores: bool):
+        if not return_scores:
+            return upsampled_argmax(logits, size)
+        scores = softmax(resize_bilinear(logits, size), axis=0)
+        return scores.argmax(axis=0).astype(np.int32), scores
+
+
+def _check_top_k(k: int) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise UserError(f"top-k must be a positive integer, got {k!r}")
+    return k
+
+
+# ---------------------------------------------------------------- the CLI's function
+
+
+def predict(
+    bundle: str | Path,
+    images: Sequence[ImageLike],
+    backend: str = AUTO,
+    top_k: int = 5,
+    save_mask_dir: str | Path | None = None,
+    *,
+    precision: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """JSON-friendly results, one dict per image, for `lkca-deploy predict`.
+
+    Classification: {"image", "backend", "precision", "label", "score", "top_k": [{"label", "score"}]}.
+    Segmentation: {"image", "backend", "precision", "height", "width", "class_pixels": {name: count}} plus
+    "mask" and "overlay" paths with `save_mask_dir`.
+    """
+    images = list(images)
+    if not images:
+        raise UserError("no images given: pass at least one image")
+    with Predictor(
+        bundle, backend=backend, precision=precision, device=device, threads=threads, top_k=top_k
+    ) as p:
+        if save_mask_dir is not None and p.task != "segmentation":
+            raise UserError(f"--save-mask is for segmentation bundles; {bundle} is a {p.task} bundle")
+        stems = _unique_stems(images)
+        engine = {"backend": p.engine["backend"], "precision": p.engine["precision"]}
+        results = []
+        for start in range(0, len(images), _PREDICT_CHUNK):
+            chunk = images[start : start + _PREDICT_CHUNK]
+            for offset, outcome in enumerate(p(chunk)):
+                i = start + offset
+                entry = {"image": image_name(images[i], i), **engine}
+                if p.task == "segmentation":
+                    entry.update(_mask_summary(outcome, p.class_names))
+                    if save_mask_dir is not None:
+                        mask_path, overlay_path = p.save_mask(outcome, images[i], save_mask_dir, stems[i])
+                        entry.update(mask=str(mask_path), overlay=str(overlay_path))
+                else:
+                    entry.update(
+                        label=outcome[0][0],
+                        score=outcome[0][1],
+                        top_k=[{"label": label, "score": score} for label, score in outcome],
+                    )
+                results.append(entry)
+        return results
+
+
+def _mask_summary(mask: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    ids, counts = np.unique(mask, return_counts=True)
+    names = [class_names[i] if i < len(class_names) else str(i) for i in ids]
+    return {
+        "height": int(mask.shape[0]),
+        "width": int(mask.shape[1]),
+        "class_pixels": {name: int(c) for name, c in zip(names, counts)},
+    }
+
+
+def _unique_stems(images: Sequence[ImageLike]) -> list[str]:
+    """File stems for saved masks: the image file's stem, made unique; `image<i>` for in-memory images."""
+    stems, seen = [], set()
+    for i, image in enumerate(images):
+        stem = Path(image).stem if isinstance(image, (str, Path)) else f"image{i}"
+        candidate, n = stem, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{stem}-{n}"
+        seen.add(candidate)
+        stems.append(candidate)
+    return stems
