@@ -52,8 +52,9 @@ _REGISTRY: dict[str, ModelConfig] = {}
 
 
 def _register_pair(suffix: str, description: str, **kw) -> None:
-    for mixer, prefix in (("lkca", "lkca_"), ("mhsa", "")):
-        name = f"{prefix}{suffix}"
+    """lkca_<suffix> and its MHSA twin: vit_<size> for classification, vit_seg_<size> for segmentation."""
+    twin = suffix if suffix.startswith("vit_") else f"vit_{suffix}"
+    for mixer, name in (("lkca", f"lkca_{suffix}"), ("mhsa", twin)):
         _REGISTRY[name] = ModelConfig(name=name, mixer=mixer, description=description, **kw)
 
 

@@ -316,9 +316,10 @@ def engine_table(report: Report) -> tuple[list[str], list[list[str]]]:
     rows = []
     for e in _ran(report):
         p = e.parity or {}
+        quantizer = e.extra.get("quantizer")
         row = [
             e.backend,
-            e.precision,
+            f"{e.precision} ({quantizer})" if quantizer else e.precision,  # two INT8 routes per backend
             e.lowering,
             _fmt_size(e.size_bytes),
             _accuracy_cell(e.parity, report.task),

@@ -1,0 +1,349 @@
+"""The `lkca-deploy` command line: a thin typer layer; every command is a package function first.
+
+User errors (lkca_deploy.errors.UserError) end as one line on stderr and exit code 2; gates (check, parity) exit 1
+when the model or an engine fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="lkca-deploy",
+    help="Train, export, lower, quantize and deploy compact LKCA vision models, with parity and latency reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+MiB = 2**20
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+# --------------------------------------------------------------------------------------------------- models, train
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="One JSON list on stdout.")) -> None:
+    """List the model zoo: params, GFLOPs, input size, grid and kernel."""
+    from .models.zoo import list_models, model_summary
+
+    rows = [model_summary(name) for name in list_models()]
+    if as_json:
+        _echo_json(rows)
+        return
+    typer.echo(f"{'name':<18} {'task':<14} {'params':>9} {'GFLOPs':>8} {'input':>11} {'grid':>7} {'kernel':>7}")
+    for r in rows:
+        kernel = "x".join(map(str, r["kernel"])) if r["kernel"] else "-"
+        typer.echo(f"{r['name']:<18} {r['task']:<14} {r['params'] / 1e6:>8.2f}M {r['gflops']:>8.3f} "
+                   f"{'x'.join(map(str, r['input_size'])):>11} {'x'.join(map(str, r['grid'])):>7} {kernel:>7}")
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Zoo name (see `lkca-deploy models`)."),
+    data: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | tiny-imagenet | digit-scenes | "
+                                            "ade20k | a folder."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: per data set)."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine with warm-up)."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint directory (default runs/MODEL-DATA)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue training this checkpoint."),
+    download: bool = typer.Option(False, help="Download the data set where a network exists."),
+    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    view: Optional[str] = typer.Option(None, help="LKCA view for training: conv | attention | fft (default: "
+                                                  "the faster one for the grid)."),
+    workers: int = typer.Option(0, help="Data loader worker processes."),
+) -> None:
+    """Train a zoo model on a data set and save a checkpoint (safetensors + config.json)."""
+    from .train import TrainOptions, default_epochs
+    from .train import train as run_training
+
+    out = out or Path("runs") / f"{model}-{Path(data).name}"
+    opts = TrainOptions(epochs=epochs or default_epochs(data), batch_size=batch_size, lr=lr, device=device,
+                        seed=seed, view=view, workers=workers, data_root=str(data_root) if data_root else None,
+                        download=download)
+    metrics = run_training(model, data, out=out, resume=resume, opts=opts)
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "per_class_iou"}
+    typer.echo(f"saved {out}  {shown}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    data: Optional[str] = typer.Option(None, help="Data set (default: the one it was trained on)."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    download: bool = typer.Option(False, help="Download the data set where a network exists."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+) -> None:
+    """Evaluate a checkpoint: top-1/top-5 (classification) or mIoU/pixel accuracy (segmentation)."""
+    from .train import evaluate as run_evaluation
+
+    metrics = run_evaluation(checkpoint, data, split, data_root, download, device)
+    if as_json:
+        _echo_json(metrics)
+    else:
+        typer.echo("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in metrics.items() if k != "per_class_iou"))
+
+
+# ------------------------------------------------------------------------------------------ export, lower, check
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="Checkpoint directory, or a zoo name (deterministic random weights)."),
+    out: Path = typer.Option(..., help="Output .onnx file."),
+    lowering: str = typer.Option("auto", help="auto | conv | crop | matmul | tiled | tune."),
+    max_kernel: Optional[int] = typer.Option(None, help="Largest kernel side a tile may have (tiled)."),
+    target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
+    batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
+    opset: int = typer.Option(18, help="ONNX opset (>= 17: LayerNormalization as one op)."),
+    no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim."),
+    seed: int = typer.Option(0, help="Seed of a zoo model's random weights."),
+    matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
+    tune_backend: str = typer.Option("onnxruntime", help="Backend that times candidates for --lowering tune."),
+) -> None:
+    """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
+    from .exporters.onnx import export_model
+
+    result = export_model(source, out, lowering=lowering, target=target, max_kernel=max_kernel,
+                          batch=_parse_batch(batch), opset=opset, simplify=not no_simplify,
+                          budget_bytes=int(matmul_budget * MiB), seed=seed, tune_backend=tune_backend)
+    if result.lowering is not None:
+        typer.echo(result.lowering.summary())
+    typer.echo(f"wrote {result.path}  (self-check: max abs error vs PyTorch {result.max_abs_err:.2e})")
+
+
+def _parse_batch(batch: str) -> int | None:
+    if batch == "dynamic":
+        return None
+    if not batch.isdigit() or int(batch) < 1:
+        raise UserError(f"--batch takes a positive integer or 'dynamic', not {batch!r}")
+    return int(batch)
+
+
+@app.command()
+def lower(
+    src: Path = typer.Argument(..., help="Input ONNX file (any model)."),
+    out: Path = typer.Option(..., help="Output ONNX file."),
+    strategy: str = typer.Option(..., help="crop | matmul | tiled."),
+    max_kernel: Optional[int] = typer.Option(None, help="Largest kernel side after tiling."),
+    min_kernel: Optional[int] = typer.Option(None, help="Only convs with a larger kernel side are rewritten."),
+    matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
+) -> None:
+    """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
+    from .exporters.lowering import STRATEGIES, lower_file
+
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    report = lower_file(src, out, strategy, max_kernel=max_kernel, min_kernel=min_kernel,
+                        budget_bytes=int(matmul_budget * MiB))
+    typer.echo(report.summary())
+    if report.nothing_lowered:
+        typer.echo(f"nothing to lower in {src}: no depthwise/grouped conv needed the {strategy} rewrite "
+                   f"({out} is an unchanged copy)")
+
+
+@app.command()
+def check(
+    file: Path = typer.Argument(..., help="ONNX file."),
+    target: str = typer.Option(..., help="tensorrt | jetson-dla | openvino-cpu | openvino-gpu | openvino-npu | "
+                                         "onnxruntime-cpu."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    allow_gpu_fallback: bool = typer.Option(False, help="jetson-dla: GPU fallbacks are listed, not failures."),
+) -> None:
+    """Lint a model against a target's documented limits; exit 1 when the target cannot run it as it stands."""
+    from .exporters.onnx_io import load_onnx
+    from .exporters.targets import check_model
+
+    report = check_model(load_onnx(file), target, allow_gpu_fallback=allow_gpu_fallback)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        typer.echo(report.format_text())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------ quantize, build
+
+
+def _calibration(source: str, onnx_path: Path, samples: int, data_root: Optional[Path], download: bool):
+    from .calibration.sources import load_calibration
+    from .exporters.onnx_io import load_onnx
+    from .exporters.onnx_meta import spec_from_model
+
+    cal = load_calibration(source, spec_from_model(load_onnx(onnx_path, load_external_data=False)),
+                           samples=samples, data_root=data_root, download=download)
+    for message in cal.warnings:
+        _warn(message)
+    if cal.skipped:
+        _warn(f"skipped {cal.skipped} unreadable file(s) in {source}")
+    return cal.array
+
+
+@app.command()
+def quantize(
+    file: Path = typer.Argument(..., help="FP32 ONNX file."),
+    calib: str = typer.Option(..., help="Calibration source: a data set name (its training split), an image "
+                                        "folder, or a .npy/.npz of preprocessed tensors."),
+    out: Path = typer.Option(..., help="Output INT8 QDQ ONNX file."),
+    flavor: str = typer.Option("cpu", help="cpu (uint8 activations, ORT x86) | tensorrt (int8, zero-point 0)."),
+    method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
+    percentile: float = typer.Option(99.99, help="Percentile for --method percentile."),
+    calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
+    keep_fp: List[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
+    cache: Optional[Path] = typer.Option(None, help="Also write a TensorRT calibration cache here."),
+    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    download: bool = typer.Option(False, help="Download the data set where a network exists."),
+) -> None:
+    """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
+    from .calibration.quantize import quantize_int8, write_trt_calibration_cache
+    from .exporters.onnx_io import load_onnx, save_onnx_atomic
+
+    array = _calibration(calib, file, calib_samples, data_root, download)
+    result = quantize_int8(load_onnx(file), array, flavor=flavor, method=method, percentile=percentile,
+                           keep_fp=keep_fp)
+    save_onnx_atomic(result.model, out)
+    if cache is not None:
+        write_trt_calibration_cache(result.ranges, cache)
+    typer.echo(f"wrote {out} ({flavor} flavour, {method}, {len(array)} samples"
+               f"{', kept float: ' + ', '.join(result.excluded_nodes) if result.excluded_nodes else ''})")
+
+
+@app.command()
+def build(
+    file: Path = typer.Argument(..., help="FP32 ONNX file."),
+    backend: str = typer.Option(..., help="onnxruntime | openvino | tensorrt."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | int8."),
+    out: Path = typer.Option(..., help="Artifact path (.onnx, .xml, .engine)."),
+    calib: Optional[str] = typer.Option(None, help="Calibration source for int8."),
+    calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
+    flavor: Optional[str] = typer.Option(None, help="INT8 flavour: cpu | tensorrt (ORT), nncf | qdq (OpenVINO)."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | tensorrt (ORT); CPU | GPU | NPU (OpenVINO); "
+                                                    "cuda:N | dla:N (TensorRT)."),
+    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+) -> None:
+    """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
+    from .exporters.build import build_engine
+
+    array = _calibration(calib, file, calib_samples, data_root, False) if calib else None
+    path = build_engine(file, backend, precision, out, calib=array, flavor=flavor, device=device)
+    typer.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------- pipeline, parity, bench, predict
+
+
+def _split_list(value: str, valid, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in valid]
+    if bad or not items:
+        raise UserError(f"unknown {what} {bad[0] if bad else value!r}; valid: {', '.join(valid)}")
+    return items
+
+
+@app.command()
+def pipeline(
+    source: Optional[str] = typer.Argument(None, help="Checkpoint directory or zoo name (default: train "
+                                                      "lkca_vit_nano on digits)."),
+    data: Optional[str] = typer.Option(None, help="Data set (default: digits, or digit-scenes for segmentation)."),
+    backends: str = typer.Option("onnxruntime,openvino,tensorrt", help="Comma-separated backends."),
+    precisions: str = typer.Option("fp32,fp16,int8", help="Comma-separated precisions (bf16 is added for "
+                                                          "OpenVINO where the CPU has it)."),
+    out: Path = typer.Option(Path("lkca-bundle"), help="Bundle directory."),
+    force: bool = typer.Option(False, help="Replace an existing bundle."),
+    lowering: str = typer.Option("auto", help="auto (planned per target) | conv | crop | matmul | tiled."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs when training (default: per data set)."),
+    calib_samples: int = typer.Option(512, help="Calibration samples for INT8."),
+    batches: str = typer.Option("1,32", help="Batch sizes to time."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the backend's)."),
+    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    download: bool = typer.Option(False, help="Download the data set where a network exists."),
+) -> None:
+    """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
+    from .exporters.openvino import cpu_flags, cpu_has_bf16
+    from .exporters.registry import BACKENDS
+    from .pipeline import PipelineOptions, run_pipeline
+    from .reports.render import summary_table
+
+    chosen = _split_list(backends, BACKENDS, "backend")
+    extra = {"openvino": ("bf16",)} if "openvino" in chosen and cpu_has_bf16(cpu_flags()) else {}
+    opts = PipelineOptions(backends=chosen, precisions=_split_list(precisions, ("fp32", "fp16", "bf16", "int8"),
+                                                                   "precision"),
+                           lowering=lowering, batches=[int(b) for b in batches.split(",")], epochs=epochs,
+                           calib_samples=calib_samples, threads=threads, force=force,
+                           data_root=str(data_root) if data_root else None, download=download,
+                           extra_precisions=extra)
+    report = run_pipeline(source, data, out, opts)
+    typer.echo(summary_table(report))
+    typer.echo(f"bundle: {out}  report: {out / 'reports' / 'report.html'}  "
+               f"{'PASSED' if report.passed else 'FAILED'}")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `lkca-deploy pipeline`)."),
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | openvino | tensorrt."),
+    precision: Optional[str] = typer.Option(None, help="Engine precision (default: the fastest that passed)."),
+    top_k: int = typer.Option(5, help="Classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    save_mask: Optional[Path] = typer.Option(None, help="Segmentation: write masks and overlays here."),
+) -> None:
+    """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
+    from .runtime import predict as run_prediction
+
+    results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision)
+    if as_json:
+        _echo_json(results)
+        return
+    for r in results:
+        if "label" in r:
+            shown = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"])
+            typer.echo(f"{r['image']}: {r['label']}  ({shown})")
+        else:
+            typer.echo(f"{r['image']}: {r['height']}x{r['width']} mask" + (f" -> {r['mask']}" if "mask" in r else ""))
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+
+
+def main() -> None:
+    """Run the app; a UserError becomes one line on stderr and exit code 2, never a traceback.
+
+    Typer itself answers usage errors (unknown option, missing argument) with exit code 2.
+    """
+    try:
+        app()
+    except UserError as e:
+        typer.echo(f"lkca-deploy: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("lkca-deploy: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

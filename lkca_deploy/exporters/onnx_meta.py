@@ -1,0 +1,51 @@
+"""The toolkit's metadata in an ONNX file's metadata_props: what every later stage reads back.
+
+Values are strings (ONNX's rule); structured ones are JSON. Keys: model, task, preprocessing, class_names,
+lowering, target, toolkit_version, opset, self_check_max_abs_err, check_inputs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..data.spec import PreprocessSpec
+
+JSON_KEYS = ("preprocessing", "class_names", "lowering")
+
+
+def set_metadata(model, values: dict) -> None:
+    """Write (or overwrite) keys in model.metadata_props."""
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        text = json.dumps(value) if key in JSON_KEYS or not isinstance(value, str) else value
+        if key in existing:
+            existing[key].value = text
+        else:
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, text
+
+
+def read_metadata(model) -> dict:
+    out = {}
+    for p in model.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value) if p.key in JSON_KEYS else p.value
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+def spec_from_model(model) -> PreprocessSpec:
+    """The model's preprocessing spec: from its metadata, or (a foreign model) guessed from its input shape."""
+    meta = read_metadata(model)
+    if isinstance(meta.get("preprocessing"), dict):
+        return PreprocessSpec.from_dict(meta["preprocessing"])
+    dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    channels, h, w = (dims[1:] + [None, None, None])[:3]
+    if not (channels and h and w):
+        from ..errors import UserError
+
+        raise UserError("the model has no lkca-deploy metadata and a dynamic input size: "
+                        "calibrate it with a .npy/.npz of preprocessed tensors")
+    # A foreign model: pixels scaled to [0, 1] and centred, the most common convention; say so in the docs.
+    return PreprocessSpec(input_size=(h, w), channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
