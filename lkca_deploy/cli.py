@@ -303,6 +303,62 @@ def pipeline(
 
 
 @app.command()
+def parity(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    data: Optional[str] = typer.Option(None, help="Evaluation data (default: the bundle's)."),
+    as_json: bool = typer.Option(False, "--json", help="report.json on stdout."),
+    out: Optional[Path] = typer.Option(None, help="Also write report.json/.md/.html here."),
+    fp32_max_err: float = typer.Option(1e-3, help="FP32: largest max abs logit error."),
+    fp16_agreement: float = typer.Option(0.995, help="FP16: least top-1 (or pixel) agreement."),
+    int8_drop: float = typer.Option(1.0, help="INT8: largest accuracy (or mIoU) drop, in points."),
+    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+) -> None:
+    """Re-prove a bundle's engines against PyTorch FP32 on the evaluation split; exit 1 when one fails."""
+    from .reports.parity import Thresholds
+    from .reports.render import summary_table, write_report
+    from .verify import bundle_parity
+
+    thresholds = Thresholds()
+    for task, agreement in (("classification", "agreement"), ("segmentation", "pixel_agreement")):
+        thresholds = thresholds.with_limit(task, "fp16", agreement, fp16_agreement)
+        thresholds = thresholds.with_limit(task, "int8", "top1_drop" if task == "classification" else "miou_drop",
+                                           int8_drop)
+    thresholds = thresholds.with_limit("classification", "fp32", "max_abs_err", fp32_max_err)
+    report = bundle_parity(bundle, data, thresholds, str(data_root) if data_root else None, threads=threads)
+    if out is not None:
+        write_report(report, out)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else summary_table(report))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    targets: List[Path] = typer.Argument(..., help="Artifacts (with their sidecar) or bundle directories."),
+    batches: str = typer.Option("1,32", help="Batch sizes."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    budget: float = typer.Option(2.0, help="Seconds of timed runs per engine and batch size."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+) -> None:
+    """Latency of engines: warm-up, then p50/p90/p99 and throughput per batch size, with the machine's facts."""
+    from .reports.machine import isa_summary
+    from .verify import bench_artifacts
+
+    rows = bench_artifacts(targets, [int(b) for b in batches.split(",")], threads, budget)
+    if as_json:
+        _echo_json({"machine": isa_summary(), "engines": rows})
+        return
+    typer.echo(isa_summary())
+    typer.echo(f"{'backend':<12} {'precision':<9} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+               f"{'img/s':>9}  artifact")
+    for r in rows:
+        for b, s in r["latency"].items():
+            typer.echo(f"{r['backend']:<12} {r['precision']:<9} {b:>5} {s['p50_ms']:>9.3f} {s['p90_ms']:>9.3f} "
+                       f"{s['p99_ms']:>9.3f} {s['throughput']:>9.1f}  {r['artifact']}")
+
+
+@app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory (from `lkca-deploy pipeline`)."),
     images: List[Path] = typer.Argument(..., help="Image files."),

@@ -11,20 +11,24 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
 
 from .errors import UserError
+from .verify import (
+    BACKEND_TARGETS,
+    DEFAULT_DATA,
+    EVAL_BATCH,
+    EvalContext,
+    engine_latency,
+    engine_parity,
+    localise_divergence,
+)
 
-BACKEND_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
 DEFAULT_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_DATA = {"classification": "digits", "segmentation": "digit-scenes"}
 DEFAULT_MODEL = "lkca_vit_nano"
-EVAL_BATCH = 32
 
 
 @dataclass
@@ -76,7 +80,7 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         work = Path(work)
         ckpt_dir = stages.run("model", _model_stage, source, data, bundle.path / "checkpoint", opts)
         bundle.register_dir("checkpoint", "checkpoint")
-        ctx = stages.run("reference and calibration data", _Context.load, ckpt_dir, data, opts)
+        ctx = stages.run("reference and calibration data", EvalContext.load, ckpt_dir, data, opts)
         exports = stages.run("export and lower", _export_stage, ctx, bundle, opts)
         engines = stages.run("build engines", _build_stage, ctx, exports, work, opts)
         results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts)
@@ -105,40 +109,7 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
     return dest
 
 
-@dataclass
-class _Context:
-    """What every later stage reads: the checkpoint, its data, the PyTorch FP32 reference and calibration samples."""
-
-    ckpt_dir: Path
-    ckpt: object
-    data: str
-    x: np.ndarray
-    labels: np.ndarray
-    reference: np.ndarray
-    calib: np.ndarray
-
-    @classmethod
-    def load(cls, ckpt_dir: Path, data: str | None, opts: PipelineOptions) -> "_Context":
-        import torch
-
-        from .calibration.sources import load_calibration
-        from .checkpoint import load_checkpoint
-        from .data import load_arrays
-
-        model, ckpt = load_checkpoint(ckpt_dir, view="conv")
-        data = data or ckpt.meta.get("data") or DEFAULT_DATA[ckpt.config.task]
-        x, labels = load_arrays(data, "test", ckpt.spec, opts.data_root, opts.download)
-        with torch.no_grad():
-            reference = np.concatenate([model(torch.from_numpy(x[i : i + EVAL_BATCH])).numpy()
-                                        for i in range(0, len(x), EVAL_BATCH)])
-        calib = load_calibration(data, ckpt.spec, samples=opts.calib_samples, seed=opts.seed,
-                                 data_root=opts.data_root, download=opts.download)
-        for message in calib.warnings:
-            print(f"warning: {message}", file=sys.stderr)
-        return cls(ckpt_dir, ckpt, data, x, labels, reference, calib.array)
-
-
-def _export_stage(ctx: _Context, bundle, opts: PipelineOptions) -> dict[str, tuple[Path, str]]:
+def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, tuple[Path, str]]:
     """One ONNX per target the backends need (its lowering planned for that target), plus the plain conv one.
 
     Returns backend -> (ONNX path, lowering label).
@@ -176,7 +147,7 @@ class _Built:
     extra_files: list[Path] = field(default_factory=list)  # e.g. TensorRT's trtexec line and calibration cache
 
 
-def _build_stage(ctx: _Context, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
+def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
     from .exporters.build import build_engine
     from .exporters.registry import get_backend
 
@@ -204,42 +175,7 @@ def _build_stage(ctx: _Context, exports, work: Path, opts: PipelineOptions) -> l
     return built
 
 
-def engine_logits(runner, x: np.ndarray) -> np.ndarray:
-    """Run a runner over an array in batches its engine accepts (a static batch is padded)."""
-    static = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
-    step = static or EVAL_BATCH
-    outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        if static and len(chunk) < static:
-            chunk = np.concatenate([chunk, np.zeros((static - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        outs.append(runner(chunk)[: len(x) - i])
-    return np.concatenate(outs)
-
-
-def engine_parity(runner, x, reference, labels, task: str, precision: str, thresholds=None) -> dict:
-    from .reports.parity import parity_meter, with_verdict
-
-    meter = parity_meter(task)
-    meter.update(engine_logits(runner, x), reference, labels)
-    return with_verdict(meter.result(), precision, task, thresholds)
-
-
-def engine_latency(runner, sample: np.ndarray, batches: Sequence[int], budget_s: float) -> dict:
-    """The one latency protocol (reports.latency) on real preprocessed inputs at each batch size."""
-    from .reports.latency import sweep
-
-    static = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
-    batches = [static] if static else list(batches)
-
-    def make_input(b: int) -> np.ndarray:
-        reps = -(-b // len(sample))
-        return np.ascontiguousarray(np.concatenate([sample] * reps)[:b])
-
-    return sweep(make_input, runner, batches, budget_s=budget_s)
-
-
-def _measure_stage(ctx: _Context, engines: list[_Built], bundle, opts: PipelineOptions):
+def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions):
     from .exporters.registry import get_backend
     from .reports.render import EngineResult
 
@@ -257,10 +193,13 @@ def _measure_stage(ctx: _Context, engines: list[_Built], bundle, opts: PipelineO
                                opts.thresholds)
         latency = engine_latency(runner, ctx.x[:EVAL_BATCH], opts.batches, opts.bench_budget_s)
         size = sum((bundle.path / f).stat().st_size for f in files if not f.endswith(".json"))
-        results.append((item, EngineResult(item.backend, item.precision, item.lowering, path=files[0],
-                                           size_bytes=size, parity=parity, latency=latency,
-                                           extra={"quantizer": item.quantizer, **getattr(runner, "info", {})})))
-        runner.close() if hasattr(runner, "close") else None
+        result = EngineResult(item.backend, item.precision, item.lowering, path=files[0], size_bytes=size,
+                              parity=parity, latency=latency,
+                              extra={"quantizer": item.quantizer, **getattr(runner, "info", {})})
+        runner.close()
+        if not parity["passed"]:
+            result.blocks, result.first_divergent = localise_divergence(ctx, item, opts)
+        results.append((item, result))
     return results
 
 
@@ -271,7 +210,7 @@ def _kind_of(path: Path) -> str:
             ".json": "sidecar"}.get(suffix, "sidecar")
 
 
-def _finish(ctx: _Context, results, bundle, opts: PipelineOptions):
+def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions):
     from . import __version__
     from .reports.parity import Thresholds
     from .reports.render import Report, write_report
@@ -279,8 +218,8 @@ def _finish(ctx: _Context, results, bundle, opts: PipelineOptions):
     config = ctx.ckpt.config
     report = Report.on_this_machine(config.name, config.task, [r for _, r in results], dataset=ctx.data,
                                     thresholds=(opts.thresholds or Thresholds()).to_dict(),
-                                    extra={"toolkit_version": __version__, "eval_samples": int(len(ctx.x)),
-                                           "calibration_samples": int(len(ctx.calib))})
+                                    extra={"toolkit_version": __version__, "eval_samples": len(ctx.x),
+                                           "calibration_samples": len(ctx.calib)})
     write_report(report, bundle.path / "reports")
     bundle.register_dir("reports", "report")
     bundle.set_model(config.name, config.task, config.to_dict(), ctx.ckpt.spec)

@@ -39,6 +39,9 @@ class Runner(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: every output by name, where a backend offers it (parity localisation reads block outputs).
+    # def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
 
 @runtime_checkable
 class Backend(Protocol):

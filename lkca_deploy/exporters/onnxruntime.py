@@ -106,6 +106,12 @@ class OnnxRuntimeRunner:
         (out,) = self.session.run([self._output_name], {self.input_name: x})
         return np.asarray(out, dtype=np.float32)
 
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (parity localisation reads the block outputs)."""
+        x = as_model_input(x, self.input_shape).astype(self._input_dtype, copy=False)
+        names = [o.name for o in self.session.get_outputs()]
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, self.session.run(names, {self.input_name: x}))}
+
     def close(self) -> None:
         self.session = None
 

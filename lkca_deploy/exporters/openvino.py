@@ -140,6 +140,13 @@ class OpenVinoRunner:
         self.request.infer({0: x})
         return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
 
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (parity localisation reads the block outputs)."""
+        x = as_model_input(x, self.input_shape).astype(self._input_dtype, copy=False)
+        self.request.infer({0: x})
+        return {out.get_any_name(): np.array(self.request.get_output_tensor(i).data, dtype=np.float32)
+                for i, out in enumerate(self.compiled.outputs)}
+
     def close(self) -> None:
         self.request = self.compiled = None
 

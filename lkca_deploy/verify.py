@@ -1,0 +1,200 @@
+"""Proving engines: the PyTorch FP32 reference on the evaluation split, parity and latency of any runner, and
+localising where a failing engine first diverges. Used by the pipeline and by `parity` / `bench`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EVAL_BATCH = 32
+LOCALISE_SAMPLES = 64
+BACKEND_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
+DEFAULT_DATA = {"classification": "digits", "segmentation": "digit-scenes"}
+
+
+@dataclass
+class EvalContext:
+    """What every later stage reads: the checkpoint, its data, the PyTorch FP32 reference and calibration samples."""
+
+    ckpt_dir: Path
+    ckpt: object
+    data: str
+    x: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    calib: np.ndarray
+    model: object  # the PyTorch FP32 reference (conv view)
+
+    @classmethod
+    def load(cls, ckpt_dir: Path, data: str | None, opts, calibrate: bool = True) -> EvalContext:
+        """The evaluation split (never used for calibration) and the training split's calibration samples.
+
+        opts: anything with data_root, download, calib_samples and seed (PipelineOptions does).
+        """
+        import torch
+
+        from .calibration.sources import load_calibration
+        from .checkpoint import load_checkpoint
+        from .data import load_arrays
+
+        model, ckpt = load_checkpoint(ckpt_dir, view="conv")
+        data = data or ckpt.meta.get("data") or DEFAULT_DATA[ckpt.config.task]
+        x, labels = load_arrays(data, "test", ckpt.spec, opts.data_root, opts.download)
+        with torch.no_grad():
+            reference = np.concatenate([model(torch.from_numpy(x[i : i + EVAL_BATCH])).numpy()
+                                        for i in range(0, len(x), EVAL_BATCH)])
+        calib = np.zeros((0, *ckpt.spec.input_shape), np.float32)
+        if calibrate:
+            cal = load_calibration(data, ckpt.spec, samples=opts.calib_samples, seed=opts.seed,
+                                   data_root=opts.data_root, download=opts.download)
+            for message in cal.warnings:
+                print(f"warning: {message}", file=sys.stderr)
+            calib = cal.array
+        return cls(ckpt_dir, ckpt, data, x, labels, reference, calib, model)
+
+    def reference_blocks(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            return {f"block_{i}": t.numpy() for i, t in enumerate(self.model.forward_blocks(torch.from_numpy(x)))}
+
+
+def engine_logits(runner, x: np.ndarray) -> np.ndarray:
+    """Run a runner over an array in batches its engine accepts (a static batch is padded)."""
+    static = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
+    step = static or EVAL_BATCH
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        if static and len(chunk) < static:
+            chunk = np.concatenate([chunk, np.zeros((static - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        outs.append(runner(chunk)[: len(x) - i])
+    return np.concatenate(outs)
+
+
+def engine_parity(runner, x, reference, labels, task: str, precision: str, thresholds=None) -> dict:
+    from .reports.parity import parity_meter, with_verdict
+
+    meter = parity_meter(task)
+    meter.update(engine_logits(runner, x), reference, labels)
+    return with_verdict(meter.result(), precision, task, thresholds)
+
+
+def engine_latency(runner, sample: np.ndarray, batches: Sequence[int], budget_s: float) -> dict:
+    """The one latency protocol (reports.latency) on real preprocessed inputs at each batch size."""
+    from .reports.latency import sweep
+
+    static = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
+    batches = [static] if static else list(batches)
+
+    def make_input(b: int) -> np.ndarray:
+        reps = -(-b // len(sample))
+        return np.ascontiguousarray(np.concatenate([sample] * reps)[:b])
+
+    return sweep(make_input, runner, batches, budget_s=budget_s)
+
+
+LOCALISE_SAMPLES = 64
+
+
+def localise_divergence(ctx: EvalContext, item, opts):
+    """Where a failing engine first diverges: the same engine built from an export whose transformer blocks are
+    extra outputs, compared block by block with PyTorch (cheaper than marking every tensor, which runs out of
+    memory on transformers). Returns (per-block errors, first divergent block) or (None, None) if unsupported."""
+    from .exporters.build import build_engine
+    from .exporters.onnx import export_model
+    from .exporters.registry import get_backend
+    from .reports.parity import first_divergent_block
+
+    with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
+        tmp = Path(tmp)
+        onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=opts.lowering,
+                                 target=BACKEND_TARGETS[item.backend], block_outputs=True).path
+        be = get_backend(item.backend)
+        artifact = build_engine(onnx_path, item.backend, item.precision, tmp / f"blocks{be.artifact_suffix}",
+                                flavor=item.quantizer, calib=ctx.calib if item.precision == "int8" else None)
+        runner = be.load(artifact, threads=opts.threads)
+        if not hasattr(runner, "run_all"):
+            return None, None
+        x = ctx.x[:LOCALISE_SAMPLES]
+        outs = runner.run_all(x)
+        runner.close()
+    engine = {k: v for k, v in outs.items() if k.startswith("block_")}
+    return first_divergent_block(engine, ctx.reference_blocks(x))
+
+
+
+
+@dataclass
+class _EvalOptions:
+    data_root: str | None = None
+    download: bool = False
+    calib_samples: int = 0
+    seed: int = 0
+    threads: int | None = None
+    lowering: str = "auto"
+
+
+def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=None, data_root: str | None = None,
+                  download: bool = False, threads: int | None = None, localise: bool = True):
+    """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""
+    from .bundle import read_manifest, verify_artifacts
+    from .exporters.registry import get_backend
+    from .reports.parity import Thresholds
+    from .reports.render import EngineResult, Report
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    opts = _EvalOptions(data_root=data_root, download=download, threads=threads)
+    ctx = EvalContext.load(bundle_dir / "checkpoint", data, opts, calibrate=False)
+    task, results = manifest.task, []
+    for e in manifest.engines:
+        verify_artifacts(bundle_dir, manifest, [e["artifact"], *e.get("files", [])])
+        runner = get_backend(e["backend"]).load(bundle_dir / e["artifact"], threads=threads)
+        parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, task, e["precision"], thresholds)
+        runner.close()
+        results.append(EngineResult(e["backend"], e["precision"], e.get("lowering", "conv"), path=e["artifact"],
+                                    parity=parity, extra={"quantizer": e.get("quantizer")}))
+    return Report.on_this_machine(manifest.model["name"], task, results, dataset=ctx.data,
+                                  thresholds=(thresholds or Thresholds()).to_dict())
+
+
+def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32), threads: int | None = None,
+                    budget_s: float = 2.0) -> list[dict]:
+    """Latency of artifacts (files with a sidecar) or of every engine of bundles, on random inputs of their shape."""
+    import json
+
+    from .bundle import read_manifest
+    from .errors import UserError
+    from .exporters.base import sidecar_path
+    from .exporters.registry import get_backend
+
+    targets: list[tuple[str, Path, str]] = []  # (backend, artifact, precision)
+    for path in map(Path, paths):
+        if path.is_dir():
+            targets += [(e["backend"], path / e["artifact"], e["precision"]) for e in read_manifest(path).engines]
+            continue
+        try:
+            facts = json.loads(sidecar_path(path).read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path} is neither a bundle nor an artifact with a sidecar (build it with "
+                            "lkca-deploy build)") from None
+        targets.append((facts["backend"], path, facts.get("precision", "?")))
+    rows = []
+    rng = np.random.default_rng(0)
+    for backend, artifact, precision in targets:
+        options = {"allow_spinning": False} if backend == "onnxruntime" else {}  # spinning skews shared cores
+        runner = get_backend(backend).load(artifact, threads=threads, **options)
+        shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
+        sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
+        latency = engine_latency(runner, sample, batches, budget_s)
+        rows.append({"backend": backend, "precision": precision, "artifact": str(artifact),
+                     "latency": {b: s.to_dict() for b, s in latency.items()}, "info": runner.info})
+        runner.close()
+    return rows
