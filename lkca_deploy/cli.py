@@ -213,11 +213,13 @@ def quantize(
     calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
     keep_fp: List[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
     cache: Optional[Path] = typer.Option(None, help="Also write a TensorRT calibration cache here."),
+    tensorrt_version: str = typer.Option("10.3.0", help="TensorRT the cache is for (its header must match; "
+                                                        "10.3.0 is JetPack 6's)."),
     data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
-    from .calibration.quantize import quantize_int8, write_trt_calibration_cache
+    from .calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
     from .exporters.onnx_io import load_onnx, save_onnx_atomic
 
     array = _calibration(calib, file, calib_samples, data_root, download)
@@ -225,7 +227,7 @@ def quantize(
                            keep_fp=keep_fp)
     save_onnx_atomic(result.model, out)
     if cache is not None:
-        write_trt_calibration_cache(result.ranges, cache)
+        write_trt_calibration_cache(result.ranges, cache, version_header=trt_cache_header(tensorrt_version))
     typer.echo(f"wrote {out} ({flavor} flavour, {method}, {len(array)} samples"
                f"{', kept float: ' + ', '.join(result.excluded_nodes) if result.excluded_nodes else ''})")
 
