@@ -12,7 +12,7 @@ _LAZY = {
     "Predictor": ("lkca_deploy.runtime", "Predictor"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["Predictor", "__version__", "create_model", "list_models"]
 
 
 def __getattr__(name: str):

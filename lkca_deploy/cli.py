@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -58,16 +57,16 @@ def train(
     model: str = typer.Argument(..., help="Zoo name (see `lkca-deploy models`)."),
     data: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | tiny-imagenet | digit-scenes | "
                                             "ade20k | a folder."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: per data set)."),
+    epochs: int | None = typer.Option(None, help="Epochs (default: per data set)."),
     batch_size: int = typer.Option(64, help="Batch size."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine with warm-up)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
-    out: Optional[Path] = typer.Option(None, help="Checkpoint directory (default runs/MODEL-DATA)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue training this checkpoint."),
+    out: Path | None = typer.Option(None, help="Checkpoint directory (default runs/MODEL-DATA)."),
+    resume: Path | None = typer.Option(None, help="Continue training this checkpoint."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
-    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     seed: int = typer.Option(0, help="Random seed."),
-    view: Optional[str] = typer.Option(None, help="LKCA view for training: conv | attention | fft (default: "
+    view: str | None = typer.Option(None, help="LKCA view for training: conv | attention | fft (default: "
                                                   "the faster one for the grid)."),
     workers: int = typer.Option(0, help="Data loader worker processes."),
 ) -> None:
@@ -87,10 +86,10 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
-    data: Optional[str] = typer.Option(None, help="Data set (default: the one it was trained on)."),
+    data: str | None = typer.Option(None, help="Data set (default: the one it was trained on)."),
     split: str = typer.Option("test", help="Split to evaluate."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
-    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
 ) -> None:
@@ -113,7 +112,7 @@ def export(
     source: str = typer.Argument(..., help="Checkpoint directory, or a zoo name (deterministic random weights)."),
     out: Path = typer.Option(..., help="Output .onnx file."),
     lowering: str = typer.Option("auto", help="auto | conv | crop | matmul | tiled | tune."),
-    max_kernel: Optional[int] = typer.Option(None, help="Largest kernel side a tile may have (tiled)."),
+    max_kernel: int | None = typer.Option(None, help="Largest kernel side a tile may have (tiled)."),
     target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
     batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
     opset: int = typer.Option(18, help="ONNX opset (>= 17: LayerNormalization as one op)."),
@@ -146,8 +145,8 @@ def lower(
     src: Path = typer.Argument(..., help="Input ONNX file (any model)."),
     out: Path = typer.Option(..., help="Output ONNX file."),
     strategy: str = typer.Option(..., help="crop | matmul | tiled."),
-    max_kernel: Optional[int] = typer.Option(None, help="Largest kernel side after tiling."),
-    min_kernel: Optional[int] = typer.Option(None, help="Only convs with a larger kernel side are rewritten."),
+    max_kernel: int | None = typer.Option(None, help="Largest kernel side after tiling."),
+    min_kernel: int | None = typer.Option(None, help="Only convs with a larger kernel side are rewritten."),
     matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
@@ -187,7 +186,7 @@ def check(
 # ------------------------------------------------------------------------------------------ quantize, build
 
 
-def _calibration(source: str, onnx_path: Path, samples: int, data_root: Optional[Path], download: bool):
+def _calibration(source: str, onnx_path: Path, samples: int, data_root: Path | None, download: bool):
     from .calibration.sources import load_calibration
     from .exporters.onnx_io import load_onnx
     from .exporters.onnx_meta import spec_from_model
@@ -211,11 +210,11 @@ def quantize(
     method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
     percentile: float = typer.Option(99.99, help="Percentile for --method percentile."),
     calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
-    keep_fp: List[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
-    cache: Optional[Path] = typer.Option(None, help="Also write a TensorRT calibration cache here."),
+    keep_fp: list[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
+    cache: Path | None = typer.Option(None, help="Also write a TensorRT calibration cache here."),
     tensorrt_version: str = typer.Option("10.3.0", help="TensorRT the cache is for (its header must match; "
                                                         "10.3.0 is JetPack 6's)."),
-    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
@@ -238,12 +237,12 @@ def build(
     backend: str = typer.Option(..., help="onnxruntime | openvino | tensorrt."),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | int8."),
     out: Path = typer.Option(..., help="Artifact path (.onnx, .xml, .engine)."),
-    calib: Optional[str] = typer.Option(None, help="Calibration source for int8."),
+    calib: str | None = typer.Option(None, help="Calibration source for int8."),
     calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
-    flavor: Optional[str] = typer.Option(None, help="INT8 flavour: cpu | tensorrt (ORT), nncf | qdq (OpenVINO)."),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda | tensorrt (ORT); CPU | GPU | NPU (OpenVINO); "
+    flavor: str | None = typer.Option(None, help="INT8 flavour: cpu | tensorrt (ORT), nncf | qdq (OpenVINO)."),
+    device: str | None = typer.Option(None, help="cpu | cuda | tensorrt (ORT); CPU | GPU | NPU (OpenVINO); "
                                                     "cuda:N | dla:N (TensorRT)."),
-    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
     from .exporters.build import build_engine
@@ -266,20 +265,20 @@ def _split_list(value: str, valid, what: str) -> list[str]:
 
 @app.command()
 def pipeline(
-    source: Optional[str] = typer.Argument(None, help="Checkpoint directory or zoo name (default: train "
+    source: str | None = typer.Argument(None, help="Checkpoint directory or zoo name (default: train "
                                                       "lkca_vit_nano on digits)."),
-    data: Optional[str] = typer.Option(None, help="Data set (default: digits, or digit-scenes for segmentation)."),
+    data: str | None = typer.Option(None, help="Data set (default: digits, or digit-scenes for segmentation)."),
     backends: str = typer.Option("onnxruntime,openvino,tensorrt", help="Comma-separated backends."),
     precisions: str = typer.Option("fp32,fp16,int8", help="Comma-separated precisions (bf16 is added for "
                                                           "OpenVINO where the CPU has it)."),
     out: Path = typer.Option(Path("lkca-bundle"), help="Bundle directory."),
     force: bool = typer.Option(False, help="Replace an existing bundle."),
     lowering: str = typer.Option("auto", help="auto (planned per target) | conv | crop | matmul | tiled."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs when training (default: per data set)."),
+    epochs: int | None = typer.Option(None, help="Training epochs when training (default: per data set)."),
     calib_samples: int = typer.Option(512, help="Calibration samples for INT8."),
     batches: str = typer.Option("1,32", help="Batch sizes to time."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the backend's)."),
-    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
+    threads: int | None = typer.Option(None, help="Inference threads (default: the backend's)."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
@@ -307,14 +306,14 @@ def pipeline(
 @app.command()
 def parity(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    data: Optional[str] = typer.Option(None, help="Evaluation data (default: the bundle's)."),
+    data: str | None = typer.Option(None, help="Evaluation data (default: the bundle's)."),
     as_json: bool = typer.Option(False, "--json", help="report.json on stdout."),
-    out: Optional[Path] = typer.Option(None, help="Also write report.json/.md/.html here."),
+    out: Path | None = typer.Option(None, help="Also write report.json/.md/.html here."),
     fp32_max_err: float = typer.Option(1e-3, help="FP32: largest max abs logit error."),
     fp16_agreement: float = typer.Option(0.995, help="FP16: least top-1 (or pixel) agreement."),
     int8_drop: float = typer.Option(1.0, help="INT8: largest accuracy (or mIoU) drop, in points."),
-    data_root: Optional[Path] = typer.Option(None, help="Where data sets live (default ./data)."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
+    threads: int | None = typer.Option(None, help="Inference threads."),
 ) -> None:
     """Re-prove a bundle's engines against PyTorch FP32 on the evaluation split; exit 1 when one fails."""
     from .reports.parity import Thresholds
@@ -337,9 +336,9 @@ def parity(
 
 @app.command()
 def bench(
-    targets: List[Path] = typer.Argument(..., help="Artifacts (with their sidecar) or bundle directories."),
+    targets: list[Path] = typer.Argument(..., help="Artifacts (with their sidecar) or bundle directories."),
     batches: str = typer.Option("1,32", help="Batch sizes."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    threads: int | None = typer.Option(None, help="Inference threads."),
     budget: float = typer.Option(2.0, help="Seconds of timed runs per engine and batch size."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ) -> None:
@@ -363,12 +362,12 @@ def bench(
 @app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory (from `lkca-deploy pipeline`)."),
-    images: List[Path] = typer.Argument(..., help="Image files."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
     backend: str = typer.Option("auto", help="auto | onnxruntime | openvino | tensorrt."),
-    precision: Optional[str] = typer.Option(None, help="Engine precision (default: the fastest that passed)."),
+    precision: str | None = typer.Option(None, help="Engine precision (default: the fastest that passed)."),
     top_k: int = typer.Option(5, help="Classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
-    save_mask: Optional[Path] = typer.Option(None, help="Segmentation: write masks and overlays here."),
+    save_mask: Path | None = typer.Option(None, help="Segmentation: write masks and overlays here."),
 ) -> None:
     """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
     from .runtime import predict as run_prediction

@@ -23,7 +23,6 @@ from .errors import UserError
 from .models.zoo import build_model, get_config
 from .tasks import get_task
 
-
 # Epochs that reach the README's accuracy on 2 CPU cores; other data sets train for 30 unless told.
 DEFAULT_EPOCHS = {"digits": 30}
 
@@ -175,7 +174,7 @@ class _Distributed:
         self.device, self.rank, self.world = device, rank, world
 
     @classmethod
-    def setup(cls, device: str) -> "_Distributed":
+    def setup(cls, device: str) -> _Distributed:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
         world = int(os.environ.get("WORLD_SIZE", "1"))

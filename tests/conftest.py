@@ -20,7 +20,7 @@ def nano_checkpoint(tmp_path_factory) -> Path:
 def run_cli(*args: str, check_exit: int | None = 0) -> subprocess.CompletedProcess:
     """The real console entry point in a subprocess, as a user runs it."""
     proc = subprocess.run([sys.executable, "-m", "lkca_deploy.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+                          check=False, capture_output=True, text=True, timeout=600)
     if check_exit is not None:
         assert proc.returncode == check_exit, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc

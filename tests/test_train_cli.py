@@ -25,7 +25,7 @@ def test_checkpoint_is_safetensors_and_json(nano_checkpoint):
     doc = json.loads((nano_checkpoint / "config.json").read_text())
     assert doc["model"]["name"] == "lkca_vit_nano" and doc["data"] == "digits"
     assert doc["preprocessing"]["input_size"] == [32, 32] and len(doc["preprocessing"]["class_names"]) == 10
-    model, ckpt = load_checkpoint(nano_checkpoint, view="conv")
+    _model, ckpt = load_checkpoint(nano_checkpoint, view="conv")
     assert ckpt.meta["metrics"]["top1"] == pytest.approx(evaluate(nano_checkpoint)["top1"])
 
 

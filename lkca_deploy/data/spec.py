@@ -6,9 +6,9 @@ preprocessing with numpy and PIL alone. Keep this module free of torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class PreprocessSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         return cls(
             input_size=tuple(d["input_size"]),
             channels=int(d["channels"]),
@@ -44,7 +44,7 @@ class PreprocessSpec:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, *self.input_size)
 
-    def to_pil(self, image) -> "PIL.Image.Image":  # noqa: F821
+    def to_pil(self, image) -> PIL.Image.Image:  # noqa: F821
         """A path, PIL image or HxW[xC] uint8 array as a PIL image in this spec's mode (L or RGB)."""
         from PIL import Image
 

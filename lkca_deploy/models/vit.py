@@ -72,7 +72,7 @@ class ViT(nn.Module):
             raise ValueError(f"unknown task {task!r}; valid: classification, segmentation")
         self.apply(_init_weights)
 
-    def set_view(self, view: str) -> "ViT":
+    def set_view(self, view: str) -> ViT:
         """Switch every LKCA mixer to another exact view of the same weights (conv, attention, fft)."""
         for m in self.modules():
             if isinstance(m, LKCA):

@@ -44,7 +44,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -58,7 +58,7 @@ def _register_pair(suffix: str, description: str, **kw) -> None:
         _REGISTRY[name] = ModelConfig(name=name, mixer=mixer, description=description, **kw)
 
 
-_CLS = dict(task="classification", mlp_ratio=2.0)
+_CLS = {"task": "classification", "mlp_ratio": 2.0}
 _register_pair("vit_nano", "digits and tests: 32 px, patch 4, 8x8 grid", img_size=32, in_chans=1, patch=4, dim=64,
                depth=4, heads=4, num_classes=10, **_CLS)
 _register_pair("vit_tiny", "the paper's small-data setting (CIFAR/SVHN): 32 px, patch 4, 8x8 grid", img_size=32,
@@ -69,7 +69,7 @@ _register_pair("vit_tiny_64", "Tiny-ImageNet: 64 px, patch 8, 8x8 grid", img_siz
                dim=192, depth=9, heads=12, num_classes=200, **_CLS)
 _register_pair("vit_small_64", "Tiny-ImageNet, wider: 64 px, patch 8, 8x8 grid", img_size=64, in_chans=3, patch=8,
                dim=384, depth=9, heads=12, num_classes=200, **_CLS)
-_SEG = dict(task="segmentation", mlp_ratio=2.0)
+_SEG = {"task": "segmentation", "mlp_ratio": 2.0}
 _register_pair("seg_nano", "digit-scenes: 64 px, patch 4, 16x16 grid, kernel 31", img_size=64, in_chans=1,
                patch=4, dim=64, depth=4, heads=4, num_classes=11, **_SEG)
 _register_pair("seg_tiny", "ADE20K: 512 px, patch 16, 32x32 grid, kernel 63", img_size=512, in_chans=3,

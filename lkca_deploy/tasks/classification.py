@@ -23,7 +23,7 @@ class ClassificationTask:
             x, _ = random_hflip(x)
         return x, y
 
-    def meter(self, class_names=()) -> "TopKMeter":
+    def meter(self, class_names=()) -> TopKMeter:
         return TopKMeter()
 
 
