@@ -26,6 +26,11 @@ def set_metadata(model, values: dict) -> None:
 
 
 def read_metadata(model) -> dict:
+    """metadata_props of a ModelProto or an ONNX file, JSON values parsed."""
+    if not hasattr(model, "metadata_props"):
+        import onnx
+
+        model = onnx.load(str(model), load_external_data=False)
     out = {}
     for p in model.metadata_props:
         try:

@@ -30,8 +30,8 @@ from lkca_deploy.exporters.planner import (
     ("target", "grid", "kernel", "strategy", "max_kernel"),
     [
         ("onnxruntime-cpu", (8, 8), (15, 15), "matmul", None),  # measured 2x faster at 8x8
-        ("onnxruntime-cpu", (14, 14), (27, 27), "conv", None),
-        ("openvino-cpu", (8, 8), (15, 15), "conv", None),
+        ("onnxruntime-cpu", (14, 14), (27, 27), "matmul", None),
+        ("openvino-cpu", (8, 8), (15, 15), "matmul", None),
         ("openvino-gpu", (32, 32), (63, 63), "conv", None),
         ("tensorrt", (8, 8), (15, 15), "conv", None),
         ("jetson-dla", (8, 8), (15, 15), "conv", None),
