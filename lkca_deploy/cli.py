@@ -58,7 +58,7 @@ def train(
     data: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | tiny-imagenet | digit-scenes | "
                                             "ade20k | a folder."),
     epochs: int | None = typer.Option(None, help="Epochs (default: per data set)."),
-    batch_size: int = typer.Option(64, help="Batch size."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: per data set)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine with warm-up)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     out: Path | None = typer.Option(None, help="Checkpoint directory (default runs/MODEL-DATA)."),
@@ -71,11 +71,12 @@ def train(
     workers: int = typer.Option(0, help="Data loader worker processes."),
 ) -> None:
     """Train a zoo model on a data set and save a checkpoint (safetensors + config.json)."""
-    from .train import TrainOptions, default_epochs
+    from .train import TrainOptions, default_batch_size, default_epochs
     from .train import train as run_training
 
     out = out or Path("runs") / f"{model}-{Path(data).name}"
-    opts = TrainOptions(epochs=epochs or default_epochs(data), batch_size=batch_size, lr=lr, device=device,
+    opts = TrainOptions(epochs=epochs or default_epochs(data), batch_size=batch_size or default_batch_size(data),
+                        lr=lr, device=device,
                         seed=seed, view=view, workers=workers, data_root=str(data_root) if data_root else None,
                         download=download)
     metrics = run_training(model, data, out=out, resume=resume, opts=opts)

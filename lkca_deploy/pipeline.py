@@ -95,7 +95,7 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
     """A checkpoint inside the bundle: copied from CKPT_DIR, or trained from a zoo name (default lkca_vit_nano)."""
     from .checkpoint import read_checkpoint
     from .models.zoo import get_config
-    from .train import TrainOptions, default_epochs, train
+    from .train import TrainOptions, default_batch_size, default_epochs, train
 
     if source is not None and Path(source).is_dir():
         read_checkpoint(source)  # validates before copying
@@ -103,7 +103,8 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
         return dest
     name = str(source or DEFAULT_MODEL)
     data = data or DEFAULT_DATA[get_config(name).task]
-    train(name, data, out=dest, opts=TrainOptions(epochs=opts.epochs or default_epochs(data), seed=opts.seed,
+    train(name, data, out=dest, opts=TrainOptions(epochs=opts.epochs or default_epochs(data),
+                                                  batch_size=default_batch_size(data), seed=opts.seed,
                                                   data_root=opts.data_root, download=opts.download))
     (dest / "optimizer.safetensors").unlink(missing_ok=True)  # a deploy bundle does not resume training
     return dest

@@ -13,7 +13,7 @@ def nano_checkpoint(tmp_path_factory) -> Path:
     from lkca_deploy.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("ckpt") / "lkca_vit_nano-digits"
-    train("lkca_vit_nano", "digits", out=out, opts=TrainOptions(epochs=4, progress=False))
+    train("lkca_vit_nano", "digits", out=out, opts=TrainOptions(epochs=4, batch_size=16, progress=False))
     return out
 
 
