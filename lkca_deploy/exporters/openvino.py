@@ -53,17 +53,15 @@ def _ov():
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (or the given text); None where there is no such file."""
+    """The CPU's ISA flags of interest (reports.machine reads them); None where there is no /proc/cpuinfo."""
+    from lkca_deploy.reports.machine import parse_cpuinfo
+
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return None
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return None
+    return frozenset(parse_cpuinfo(cpuinfo)["isa_flags"]) if "flags" in cpuinfo else None
 
 
 def cpu_has_bf16(flags: frozenset[str] | None, capabilities: tuple[str, ...] = ()) -> bool:
