@@ -58,7 +58,7 @@ def train(
     data: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | tiny-imagenet | digit-scenes | "
                                             "ade20k | a folder."),
     epochs: int | None = typer.Option(None, help="Epochs (default: per data set)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: per data set)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: per data set)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine with warm-up)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     out: Path | None = typer.Option(None, help="Checkpoint directory (default runs/MODEL-DATA)."),
