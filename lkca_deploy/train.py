@@ -57,6 +57,8 @@ def train(model: str, data: str = "digits", out: str | Path | None = None, resum
           opts: TrainOptions | None = None) -> dict:
     """Train a zoo model (or resume a checkpoint) on a data set; save the checkpoint; return the final metrics."""
     opts = opts or TrainOptions()
+    if out is not None:
+        _check_writable(Path(out))  # fail before an hour of training, not after
     dist = _Distributed.setup(opts.device)
     device = dist.device
     torch.manual_seed(opts.seed + dist.rank)
@@ -215,6 +217,15 @@ class _Distributed:
     def teardown(self) -> None:
         if self.world > 1:
             torch.distributed.destroy_process_group()
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write to {out.parent}: permission denied")
 
 
 def _view_of(net) -> str | None:
