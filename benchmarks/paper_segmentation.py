@@ -23,7 +23,8 @@ RECIPE = {"epochs": 15, "batch_size": 16}
 def recipe_default(name: str) -> int:
     from lkca_deploy import train
 
-    return getattr(train, f"DEFAULT_{name.upper()}", {}).get(DATA, RECIPE[name])
+    per_data_set = getattr(train, f"default_{name}", None)  # what `lkca-deploy train` uses, where it exists
+    return per_data_set(DATA) if per_data_set else RECIPE[name]
 
 
 def run(models: tuple[str, ...], seeds: int, epochs: int, batch_size: int, view: str | None
