@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, read_checkpoint, save_checkpoint
+from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint
 from .data import open_split
 from .errors import UserError
 from .models.zoo import build_model, get_config
@@ -140,7 +140,6 @@ def evaluate_model(net, split, task, device, batch_size: int = 256) -> dict:
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", data_root=None,
              download: bool = False, device: str = "cpu", batch_size: int = 256) -> dict:
     """Evaluate a checkpoint on a split of its data set (or another one with the same classes)."""
-    ckpt = read_checkpoint(checkpoint)
     net, ckpt = load_checkpoint(checkpoint)
     data = data or ckpt.meta.get("data", "digits")
     ds = open_split(data, split, ckpt.config.task, ckpt.config.img_size, data_root, download)

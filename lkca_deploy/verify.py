@@ -65,9 +65,15 @@ class EvalContext:
             return {f"block_{i}": t.numpy() for i, t in enumerate(self.model.forward_blocks(torch.from_numpy(x)))}
 
 
+def static_batch(runner) -> int | None:
+    """The batch size an engine was built for, or None when its batch axis is dynamic."""
+    shape = runner.input_shape
+    return shape[0] if shape and isinstance(shape[0], int) else None
+
+
 def engine_logits(runner, x: np.ndarray) -> np.ndarray:
     """Run a runner over an array in batches its engine accepts (a static batch is padded)."""
-    static = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
+    static = static_batch(runner)
     step = static or EVAL_BATCH
     outs = []
     for i in range(0, len(x), step):
@@ -90,7 +96,7 @@ def engine_latency(runner, sample: np.ndarray, batches: Sequence[int], budget_s:
     """The one latency protocol (reports.latency) on real preprocessed inputs at each batch size."""
     from .reports.latency import sweep
 
-    static = runner.input_shape[0] if runner.input_shape and isinstance(runner.input_shape[0], int) else None
+    static = static_batch(runner)
     batches = [static] if static else list(batches)
 
     def make_input(b: int) -> np.ndarray:
