@@ -79,7 +79,7 @@ def build_engine(
             "it that one"
         )
     provenance: dict[str, Any] = {
-        "origin_onnx": str(onnx_path.resolve()),
+        "origin_onnx": onnx_path.name,  # name + hash: an absolute path would name the temp dir of a bundle
         "origin_onnx_sha256": sha256_file(onnx_path),
         "int8_flavor": int8_flavor,
     }
