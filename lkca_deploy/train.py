@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_ch
 from .data import open_split
 from .errors import UserError
 from .models.zoo import build_model, get_config
+from .progress import TrainProgress
 from .tasks import get_task
 
 # Settings that reach the README's accuracy on 2 CPU cores. Digits has 1,437 training images: batch 16 gives the
@@ -98,25 +98,29 @@ def train(model: str, data: str = "digits", out: str | Path | None = None, resum
 
     started = time.perf_counter()
     metrics: dict = {}
-    for epoch in range(start_epoch, total_epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        net.train()
-        running_loss, seen = 0.0, 0
-        for x, y in loader:
-            x, y = task.augment(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                                train_split.natural)
-            with amp.context():
-                loss = task.loss(model_for_step(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            amp.backward(loss, optimizer)
-            schedule.step()
-            running_loss += loss.item() * len(x)
-            seen += len(x)
-        metrics = evaluate_model(net, test_split, task, device, opts.batch_size * 2)
-        if dist.is_main and opts.progress:
-            _report_epoch(epoch + 1, total_epochs, running_loss / max(seen, 1), metrics, task.headline,
-                          time.perf_counter() - started, epoch + 1 - start_epoch, opts.epochs)
+    progress = TrainProgress(start_epoch, total_epochs, steps_per_epoch, task.headline,
+                             enabled=dist.is_main and opts.progress)
+    try:
+        for epoch in range(start_epoch, total_epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
+            running_loss, seen = 0.0, 0
+            for x, y in loader:
+                x, y = task.augment(x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                                    train_split.natural)
+                with amp.context():
+                    loss = task.loss(model_for_step(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                amp.backward(loss, optimizer)
+                schedule.step()
+                running_loss += loss.item() * len(x)
+                seen += len(x)
+                progress.step(epoch, running_loss / seen)
+            metrics = evaluate_model(net, test_split, task, device, opts.batch_size * 2)
+            progress.epoch_done(epoch, running_loss / max(seen, 1), metrics)
+    finally:
+        progress.close()
 
     seconds = time.perf_counter() - started
     if dist.is_main and out is not None:
@@ -233,10 +237,3 @@ def _view_of(net) -> str | None:
     from .models.lkca import LKCA
 
     return next((m.view for m in net.modules() if isinstance(m, LKCA)), None)
-
-
-def _report_epoch(epoch: int, total: int, loss: float, metrics: dict, headline: str, elapsed: float,
-                  done: int, todo: int) -> None:
-    eta = elapsed / done * (todo - done)
-    print(f"epoch {epoch:>3}/{total}  loss {loss:.4f}  test {headline} {metrics[headline]:.4f}  "
-          f"elapsed {elapsed:5.1f}s  eta {eta:5.1f}s", file=sys.stderr, flush=True)
