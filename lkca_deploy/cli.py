@@ -7,6 +7,7 @@ when the model or an engine fails.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def train(
                         seed=seed, view=view, workers=workers, data_root=str(data_root) if data_root else None,
                         download=download)
     metrics = run_training(model, data, out=out, resume=resume, opts=opts)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 saves and reports
+        return
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "per_class_iou"}
     typer.echo(f"saved {out}  {shown}")
 

@@ -126,7 +126,7 @@ def train(model: str, data: str = "digits", out: str | Path | None = None, resum
     if dist.is_main and out is not None:
         meta = {"data": data, "epochs": total_epochs, "metrics": metrics, "train_seconds": round(seconds, 1),
                 "view": _view_of(net), "train_options": {"batch_size": opts.batch_size, "lr": opts.lr,
-                                                         "seed": opts.seed}}
+                                                         "seed": opts.seed, "processes": dist.world}}
         save_checkpoint(Path(out), net.cpu(), config, spec, meta, optimizer)
     dist.teardown()
     return {**metrics, "seconds": seconds, "view": _view_of(net)}

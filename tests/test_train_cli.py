@@ -1,6 +1,9 @@
 """Training, evaluation and the checkpoint format, through the CLI as a user runs them."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,3 +88,20 @@ def test_user_errors_are_one_line_and_exit_2(nano_checkpoint, tmp_path):
     blocker.write_text("")
     assert_user_error(run_cli("train", "lkca_vit_nano", "--epochs", "1", "--out", blocker / "ckpt",
                               check_exit=None), "cannot write")
+
+
+def test_torchrun_trains_with_two_processes(tmp_path):
+    """DistributedDataParallel on CPU (gloo) as the README documents it: two ranks, one checkpoint from rank 0."""
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         "lkca_deploy.cli", "train", "lkca_vit_nano", "--data", "digits", "--epochs", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = read_checkpoint(out).meta
+    assert meta["train_options"]["processes"] == 2
+    assert proc.stderr.count("epoch   2/2") == 1 and proc.stdout.count("saved") == 1  # only rank 0 reports
+    assert evaluate(out)["top1"] == pytest.approx(meta["metrics"]["top1"])
+    assert meta["metrics"]["top1"] > 0.3  # chance is 0.1
