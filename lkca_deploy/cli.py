@@ -119,7 +119,7 @@ def export(
     max_kernel: int | None = typer.Option(None, help="Largest kernel side a tile may have (tiled)."),
     target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
     batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
-    opset: int = typer.Option(18, help="ONNX opset (>= 17: LayerNormalization as one op)."),
+    opset: int | None = typer.Option(None, help="ONNX opset (default 20: GELU as one op; >= 17: LayerNormalization as one op)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim."),
     seed: int = typer.Option(0, help="Seed of a zoo model's random weights."),
     matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),

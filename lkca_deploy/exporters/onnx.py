@@ -47,6 +47,9 @@ TUNE_BACKENDS = ("onnxruntime", "openvino")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 BATCH_DIM = "batch"
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT keeps it FP32 only as one op)
+# 20: GELU is one op, which ONNX Runtime fuses with its bias (BiasGelu); the split Erf form it does not fuse.
+# TensorRT 10 parses opsets 9-20 (Gelu included); OpenVINO and ONNX Runtime read it.
+DEFAULT_OPSET = 20
 DIGITS_MEAN_STD = ((0.5,), (0.5,))
 CHECK_CHUNK = 16  # samples per self-check run: bounds memory for the 512 px segmentation models
 TUNE_REPEATS = 5
@@ -109,7 +112,7 @@ def export_model(
     target: str = "onnxruntime-cpu",
     max_kernel: int | None = None,
     batch: int | None = None,
-    opset: int = 18,
+    opset: int | None = None,
     simplify: bool = True,
     budget_bytes: int = 64 * 2**20,
     seed: int = 0,
@@ -124,10 +127,11 @@ def export_model(
     lowering: conv | crop | matmul | tiled (tiles of at most `max_kernel`) | auto (planner table for `target`)
     | tune (time the candidates on `tune_backend` here, keep the fastest exact one). batch: None for a dynamic
     batch axis, N for a static one. block_outputs: add every transformer block's tokens as outputs
-    block_0..block_{depth-1} (parity localisation). Raises UserError for bad arguments and a matmul over
+    block_0..block_{depth-1} (parity localisation). opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
     `budget_bytes`, SelfCheckError when ONNX Runtime and PyTorch differ by more than `tolerance`; in both cases
     nothing is written at `out`.
     """
+    opset = opset or DEFAULT_OPSET
     _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend)
     src = load_source(source, seed)
     base = traced_onnx(src, batch=batch, opset=opset, simplify=simplify, block_outputs=block_outputs)

@@ -187,7 +187,7 @@ def test_metadata_says_what_was_exported(nano):
     assert meta["model_name"] == "lkca_vit_nano" and meta["task"] == "classification"
     assert meta["preprocessing"]["mean"] == [0.5] and meta["class_names"] == [str(i) for i in range(10)]
     assert meta["target"] == "onnxruntime-cpu" and meta["toolkit_version"] == lkca_deploy.__version__
-    assert meta["opset"] == "18" and meta["batch"] == "batch"
+    assert meta["opset"] == "20" and meta["batch"] == "batch"
     assert meta["check_inputs"] == "digits test split" and meta["check_samples"] == "16"
     assert float(meta["self_check_max_abs_error"]) == pytest.approx(result.max_abs_err, rel=0.01, abs=1e-12)
     lowering = meta["lowering"]
