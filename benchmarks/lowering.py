@@ -47,7 +47,8 @@ def export_variants(
     from lkca_deploy.errors import UserError
     from lkca_deploy.exporters.onnx import export_model
 
-    jobs = [("conv", {}), ("crop", {}), ("matmul", {}), (f"tiled:{max_kernel}", {"max_kernel": max_kernel})]
+    jobs = [("conv", {}), ("crop", {}), ("matmul", {}), ("spectral", {}),
+            (f"tiled:{max_kernel}", {"max_kernel": max_kernel})]
     jobs += [(f"auto@{backend}", {"target": target}) for backend, target in BACKENDS.items()]
     variants = []
     for label, extra in jobs:

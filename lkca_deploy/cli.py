@@ -115,7 +115,7 @@ def evaluate(
 def export(
     source: str = typer.Argument(..., help="Checkpoint directory, or a zoo name (deterministic random weights)."),
     out: Path = typer.Option(..., help="Output .onnx file."),
-    lowering: str = typer.Option("auto", help="auto | conv | crop | matmul | tiled | tune."),
+    lowering: str = typer.Option("auto", help="auto | conv | crop | matmul | tiled | spectral | tune."),
     max_kernel: int | None = typer.Option(None, help="Largest kernel side a tile may have (tiled)."),
     target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
     batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
@@ -148,7 +148,7 @@ def _parse_batch(batch: str) -> int | None:
 def lower(
     src: Path = typer.Argument(..., help="Input ONNX file (any model)."),
     out: Path = typer.Option(..., help="Output ONNX file."),
-    strategy: str = typer.Option(..., help="crop | matmul | tiled."),
+    strategy: str = typer.Option(..., help="crop | matmul | tiled | spectral."),
     max_kernel: int | None = typer.Option(None, help="Largest kernel side after tiling."),
     min_kernel: int | None = typer.Option(None, help="Only convs with a larger kernel side are rewritten."),
     matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
@@ -277,7 +277,7 @@ def pipeline(
                                                           "OpenVINO where the CPU has it)."),
     out: Path = typer.Option(Path("lkca-bundle"), help="Bundle directory."),
     force: bool = typer.Option(False, help="Replace an existing bundle."),
-    lowering: str = typer.Option("auto", help="auto (planned per target) | conv | crop | matmul | tiled."),
+    lowering: str = typer.Option("auto", help="auto (planned per target) | conv | crop | matmul | tiled | spectral."),
     epochs: int | None = typer.Option(None, help="Training epochs when training (default: per data set)."),
     calib_samples: int = typer.Option(512, help="Calibration samples for INT8."),
     batches: str = typer.Option("1,32", help="Batch sizes to time."),

@@ -7,6 +7,8 @@ The conv on a fixed grid is a linear map with a known structure, so it can be wr
     crop    drop kernel taps that can never touch the grid (needs a static H, W); pads adjusted to match
     matmul  the attention view: a constant Toeplitz per head + MatMul (needs a static H, W; weighs heads*N^4)
     tiled   pad once, then per tile of at most `max_kernel` taps a Slice + unpadded Conv, summed by Adds
+    spectral  depthwise only: DFT matrices as four small MatMuls around a complex product per head
+            (exporters/spectral.py; needs a static H, W; large grids, where the Toeplitz is too big)
 
 Candidates are stride-1 2-D Conv nodes with group > 1 and a constant weight whose kernel exceeds a threshold.
 Every candidate is reported as lowered or skipped, with the reason.
@@ -28,7 +30,7 @@ from onnx import helper, numpy_helper
 from lkca_deploy.errors import UserError
 from lkca_deploy.exporters.onnx_io import load_onnx, save_onnx_atomic
 
-STRATEGIES = ("conv", "crop", "matmul", "tiled")
+STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral")
 DEFAULT_MIN_KERNEL = 7  # kernels up to 7x7 are "small": every backend runs them natively and fast
 DEFAULT_MAX_KERNEL = 32  # tiled default: the Jetson DLA's conv kernel limit per side
 DEFAULT_MATMUL_BUDGET = 64 * 2**20
@@ -393,7 +395,9 @@ def _why_skip(site: ConvSite, strategy: str, threshold: int) -> str | None:
         return f"kernel {_kxk(site.kernel)} already small ({bound} {threshold})"
     if strategy == "conv":
         return "strategy conv keeps the Conv as it is"
-    if strategy in ("crop", "matmul") and site.grid is None:
+    if strategy == "spectral" and site.weight.shape[:2] != (site.group, 1):
+        return "spectral lowers depthwise convs (one input and one output channel per group)"
+    if strategy in ("crop", "matmul", "spectral") and site.grid is None:
         return (
             f"dynamic or unknown spatial shape: {strategy} needs a static H and W "
             "(export with a fixed image size)"
@@ -626,7 +630,84 @@ def _tile_slice(padded: str, tag: str, tile, site: ConvSite, split: tuple[bool, 
     return window, [helper.make_node("Slice", inputs, [window], name=names.fresh(f"{tag}/slice"))], consts
 
 
-_REWRITES = {"crop": _rewrite_crop, "matmul": _rewrite_matmul, "tiled": _rewrite_tiled}
+def _rewrite_spectral(site: ConvSite, names: _Names, _max_kernel: int | None) -> _Rewrite:
+    """The depthwise conv as DFT matmuls around a pointwise complex product (see exporters/spectral.py)."""
+    from lkca_deploy.exporters import spectral
+
+    weight, channels = site.weight, site.weight.shape[0]
+    blocks = kernel_blocks(weight, site.group)  # heads: one spectrum per head, broadcast over its channels
+    (h, w), (ho, wo) = site.grid, site.out_grid
+    ph, pw = spectral.periods(site.grid, site.out_grid)
+    bins = pw // 2 + 1
+    kernels = weight.reshape(blocks, channels // blocks, *site.kernel)[:, 0]
+    spectrum = spectral.kernel_spectrum(kernels, site.grid, site.out_grid, site.pads[:2], site.dilations)
+    spectrum = spectrum.transpose(0, 2, 1)[:, None, :, None, :]  # (heads, 1, F, 1, Ph): [re | im] axis next
+    base, x, (y,) = site.name, site.node.input[0], site.node.output
+    dtype = weight.dtype
+
+    def const(tag: str, array: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), names.fresh(f"{base}/{tag}"))
+        initializers.append(tensor)
+        return tensor.name
+
+    def shape(tag: str, dims: list[int]) -> str:
+        initializers.append(_int64(names.fresh(f"{base}/{tag}"), [-1, *dims]))  # batch -1: stays dynamic
+        return initializers[-1].name
+
+    def node(op: str, inputs: list[str], tag: str, output: str | None = None, **attrs) -> str:
+        output = output or names.fresh(f"{base}/{tag}")
+        nodes.append(helper.make_node(op, inputs, [output], name=names.fresh(f"{base}/{tag}"), **attrs))
+        return output
+
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    swap = numpy_helper.from_array(np.array([1, 0], np.int64), names.fresh(f"{base}/swap"))
+    initializers.append(swap)
+    t = node("MatMul", [x, const("dft_w", spectral.forward_w(w, pw))], "dft_w")  # (B, C, H, 2F)
+    t = node("Reshape", [t, shape("split_w", [channels, h, 2, bins])], "split_w")
+    t = node("Transpose", [t], "rows_last", perm=[0, 1, 4, 3, 2])  # (B, C, F, 2, H)
+    t = node("Reshape", [t, shape("join_h", [channels, bins, 2 * h])], "join_h")
+    t = node("MatMul", [t, const("dft_h", spectral.forward_h(h, ph))], "dft_h")  # (B, C, F, 2Ph)
+    t = node("Reshape", [t, shape("heads", [blocks, channels // blocks, bins, 2, ph])], "heads")
+    swapped = node("Gather", [t, swap.name], "swap_re_im", axis=4)
+    # (a + ib)(kr + i ki) = [a kr - b ki | b kr + a ki]: [a | b] * [kr | kr] + [b | a] * [-ki | ki]
+    same = node("Mul", [t, const("spectrum_re", np.concatenate([spectrum.real] * 2, axis=3))], "times_re")
+    cross = node("Mul", [swapped, const("spectrum_im", np.concatenate([-spectrum.imag, spectrum.imag], axis=3))],
+                 "times_im")
+    t = node("Add", [same, cross], "product")
+    t = node("Reshape", [t, shape("join_ph", [channels, bins, 2 * ph])], "join_ph")
+    t = node("MatMul", [t, const("idft_h", spectral.inverse_h(ph, ho))], "idft_h")  # (B, C, F, 2Ho)
+    t = node("Reshape", [t, shape("split_h", [channels, bins, 2, ho])], "split_h")
+    t = node("Transpose", [t], "bins_last", perm=[0, 1, 4, 3, 2])  # (B, C, Ho, 2, F)
+    t = node("Reshape", [t, shape("join_w", [channels, ho, 2 * bins])], "join_w")
+    bias_name = site.node.input[2] if len(site.node.input) > 2 else ""
+    if site.bias is not None:
+        # A constant bias enters as the zero-frequency bin (pw * b inverts to b everywhere): an Add after the
+        # last MatMul makes OpenVINO's CPU plugin fuse it as a per-column bias and fail (2026.4).
+        dc = np.zeros((channels, 1, 2 * bins))
+        dc[:, 0, 0] = pw * site.bias
+        t = node("Add", [t, const("bias_dc", dc)], "bias")
+    computed_bias = bias_name and site.bias is None
+    t = node("MatMul", [t, const("idft_w", spectral.inverse_w(pw, wo))], "idft_w", None if computed_bias else y)
+    if computed_bias:  # reshape it in the graph and add it at the end
+        bias_shape = _int64(names.fresh(f"{base}/bias_shape"), [channels, 1, 1])
+        initializers.append(bias_shape)
+        node("Add", [t, node("Reshape", [bias_name, bias_shape.name], "bias_chw")], "bias", y)
+    extra = sum(int(np.prod(i.dims)) * dtype.itemsize for i in initializers if i.data_type != onnx.TensorProto.INT64)
+    reason = (
+        f"DFT matmuls with periods {ph}x{pw} and {blocks} kernel spectra ({format_bytes(extra)}), exact: "
+        "no wrap-around"
+    )
+    change = NodeChange(site.name, "lowered", "spectral", reason, site.kernel, heads=blocks, weight_bytes=extra)
+    return nodes, initializers, change
+
+
+_REWRITES = {
+    "crop": _rewrite_crop,
+    "matmul": _rewrite_matmul,
+    "tiled": _rewrite_tiled,
+    "spectral": _rewrite_spectral,
+}
 
 
 # ---------------------------------------------------------------- graph plumbing

@@ -31,7 +31,7 @@ from lkca_deploy.exporters.lowering import (
 )
 
 TARGETS = ("tensorrt", "jetson-dla", "openvino-cpu", "openvino-gpu", "openvino-npu", "onnxruntime-cpu")
-DEFAULT_TUNE_CANDIDATES = ("conv", "crop", "matmul", "tiled:32")
+DEFAULT_TUNE_CANDIDATES = ("conv", "crop", "matmul", "spectral", "tiled:32")
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,19 @@ class Capability:
     kernel_limit: int | None  # largest conv kernel side the hardware runs; None: no limit
     matmul_max_tokens: int  # grids of at most this many tokens run the Toeplitz matmul faster; 0: never
     conv_note: str  # why the conv is the choice when nothing else applies
+    spectral_min_tokens: int = 0  # depthwise convs on grids above this many tokens: the DFT matmuls; 0: never
 
 
 CAPABILITIES: dict[str, Capability] = {
-    # Per-head Toeplitz (LKCA: heads < channels), end to end, benchmarks/lowering.py on a 2-core AVX-512 EPYC:
-    # ORT matmul/conv speed-up 1.2x at 8x8, 1.2-1.3x at 14x14, 1.4-1.6x at 16x16, 1.7x at 32x32 (budget raised);
-    # OpenVINO 1.0x at 8x8, 1.04-1.09x at 14x14, 1.06-1.29x at 16x16, 0.98x at 32x32. The budget still gates.
+    # End to end, benchmarks/lowering.py on a 2-core AVX-512 EPYC. Per-head Toeplitz matmul over conv: ORT 1.2x at
+    # 8x8, 1.3-1.5x at 16x16; OpenVINO 1.1x at 8x8 and 16x16. Spectral (DFT matmuls) loses to both up to 16x16
+    # (8x8: 0.8x conv) and wins at 32x32/K63 (lkca_seg_tiny b1, 1 thread): ORT 1.9x conv, OpenVINO 1.3x conv,
+    # with 0.5 MiB of constants per layer where the Toeplitz needs 48 MiB. 24x24 is unmeasured: `tune` it.
     "onnxruntime-cpu": Capability(
-        None, 1024, "grid dynamic or over 32x32: the conv (NCHWc at full optimization); `tune` measures here"
+        None, 256, "grid dynamic: the conv (NCHWc at full optimization); `tune` measures here", 256
     ),
     "openvino-cpu": Capability(
-        None, 256, "grid dynamic or over 16x16: OpenVINO's depthwise conv kernel matches the Toeplitz matmul"
+        None, 256, "grid dynamic: OpenVINO's depthwise conv", 256
     ),
     "openvino-gpu": Capability(None, 0, "OpenVINO GPU runs the large depthwise conv natively"),
     "tensorrt": Capability(None, 0, "TensorRT runs the conv; at small grids matmul may win: try `tune`"),
@@ -90,6 +92,7 @@ def choose_lowering(
     dilations: tuple[int, int] = (1, 1),
     itemsize: int = 4,
     toeplitz_bytes: int | None = None,
+    depthwise: bool = True,
 ) -> Plan:
     """The lowering for one depthwise conv on `target` (grid None: dynamic spatial shape).
 
@@ -114,6 +117,10 @@ def choose_lowering(
             None,
             f"{where}, but it needs {format_bytes(need)}, over the {format_bytes(budget_bytes)} budget",
         )
+    if caps.spectral_min_tokens and grid is not None and grid[0] * grid[1] > caps.spectral_min_tokens:
+        if depthwise:
+            return Plan("spectral", None, f"at {grid[0]}x{grid[1]} the DFT matmuls beat the conv on {target}")
+        return Plan("conv", None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
     return Plan("conv", None, caps.conv_note)
 
 
@@ -169,6 +176,7 @@ def plan_model(model: onnx.ModelProto, target: str, budget_bytes: int = DEFAULT_
             dilations=site.dilations,
             itemsize=site.weight.itemsize,
             toeplitz_bytes=toeplitz,
+            depthwise=site.weight.shape[:2] == (site.group, 1),
         )
         if plan.strategy == "matmul":
             left -= toeplitz

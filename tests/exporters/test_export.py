@@ -336,7 +336,9 @@ def seg_tiny_reference(seg_tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("lowering", "max_kernel"), [("conv", None), ("crop", None), ("tiled", 32)])
+@pytest.mark.parametrize(
+    ("lowering", "max_kernel"), [("conv", None), ("crop", None), ("tiled", 32), ("spectral", None)]
+)
 def test_seg_tiny_lowerings_match_torch(seg_tiny, seg_tiny_reference, lowering, max_kernel):
     folder, ckpt, _ = seg_tiny
     x, want = seg_tiny_reference
@@ -345,8 +347,8 @@ def test_seg_tiny_lowerings_match_torch(seg_tiny, seg_tiny_reference, lowering, 
     )
     assert result.max_abs_err < TOL and result.metadata["check_inputs"] == "random"
     # K63 = 2 * 32 - 1: every tap touches the 32x32 grid, so crop has nothing to drop
-    assert result.lowering.nothing_lowered == (lowering != "tiled")
+    assert result.lowering.nothing_lowered == (lowering in ("conv", "crop"))
     kernels = {max(a.ints) for n in conv_nodes(result.path) for a in n.attribute if a.name == "kernel_shape"}
-    assert max(kernels) == {"conv": 63, "crop": 63, "tiled": 32}[lowering]
+    assert max(kernels) == {"conv": 63, "crop": 63, "tiled": 32, "spectral": 16}[lowering]  # 16: patch embed
     assert max_abs(ort_outputs(result.path, x)["logits"], want) < TOL
     assert max_abs(openvino_logits(result.path, x), want) < TOL

@@ -130,6 +130,7 @@ CASES = {
 }
 TILE = {"tiled": 4}  # small tiles so every case splits on both axes
 NOTHING_TO_CROP = {"k15_grid8", "replknet31_grid16"}  # kernel 2*grid-1: every tap touches the grid
+NOT_DEPTHWISE = {"grouped_2_per_group", "channel_multiplier"}  # spectral lowers depthwise convs only
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -146,10 +147,16 @@ def test_every_strategy_is_exact_with_dynamic_batch(case, strategy):
 
     (change,) = report.changes
     assert change.node == "mixer"
-    expect_lowered = strategy != "conv" and not (strategy == "crop" and case in NOTHING_TO_CROP)
+    expect_lowered = (
+        strategy != "conv"
+        and not (strategy == "crop" and case in NOTHING_TO_CROP)
+        and not (strategy == "spectral" and case in NOT_DEPTHWISE)
+    )
     assert (change.action == "lowered") == expect_lowered, change
     if strategy == "crop" and not expect_lowered:
         assert "nothing to crop" in change.reason
+    if strategy == "spectral" and not expect_lowered:
+        assert "depthwise" in change.reason
     node_names = [n.name for n in lowered.graph.node]
     assert len(node_names) == len(set(node_names))
     if expect_lowered:
@@ -200,7 +207,7 @@ def test_tiled_works_on_dynamic_spatial_dims():
         np.testing.assert_allclose(run_ort(lowered, x), run_ort(model, x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", ["crop", "matmul"])
+@pytest.mark.parametrize("strategy", ["crop", "matmul", "spectral"])
 def test_crop_and_matmul_skip_dynamic_spatial_dims(strategy):
     model = conv_model(grid=None, kernel=(15, 15), dynamic_grid=True)
     lowered, report = lower_model(model, strategy)
@@ -260,6 +267,19 @@ def test_matmul_detects_heads_and_keeps_the_batch_dynamic():
     for batch in (1, 3):
         x = random_x(model, batch)
         np.testing.assert_allclose(run_ort(lowered, x), run_ort(model, x), rtol=0, atol=1e-5)
+
+
+def test_spectral_keeps_one_spectrum_per_head_and_small_constants():
+    """32x32 / K63, the ADE20K setting: the Toeplitz would be 2 x 1024 x 1024 floats (8 MiB) here."""
+    model = conv_model(channels=8, grid=(32, 32), kernel=(63, 63), heads=2)
+    lowered, report = lower_model(model, "spectral")
+    inits = {t.name: numpy_helper.to_array(t) for t in lowered.graph.initializer}
+    assert inits["mixer/spectrum_re"].shape == (2, 1, 32, 2, 63)  # (heads, 1, bins, re|im, period)
+    assert report.changes[0].heads == 2 and report.changes[0].weight_bytes < 2**20
+    assert not {"Conv", "DFT", "Shape"} & {n.op_type for n in lowered.graph.node}
+    for batch in (1, 2):
+        x = random_x(model, batch)
+        np.testing.assert_allclose(run_ort(lowered, x), run_ort(model, x), rtol=0, atol=1e-4)
 
 
 def test_two_layers_and_name_collisions():
@@ -391,7 +411,7 @@ def test_load_onnx_reads_external_data_beside_the_model(tmp_path):
 # ---------------------------------------------------------------- OpenVINO consumes the lowered graphs
 
 
-@pytest.mark.parametrize("strategy", ["tiled", "matmul"])
+@pytest.mark.parametrize("strategy", ["tiled", "matmul", "spectral"])
 def test_openvino_runs_the_lowered_model(tmp_path, strategy):
     import openvino as ov
 

@@ -32,6 +32,9 @@ from lkca_deploy.exporters.planner import (
         ("onnxruntime-cpu", (8, 8), (15, 15), "matmul", None),  # measured 2x faster at 8x8
         ("onnxruntime-cpu", (14, 14), (27, 27), "matmul", None),
         ("openvino-cpu", (8, 8), (15, 15), "matmul", None),
+        ("onnxruntime-cpu", (32, 32), (63, 63), "spectral", None),  # ADE20K grid: DFT matmuls 1.9x conv
+        ("openvino-cpu", (32, 32), (63, 63), "spectral", None),
+        ("openvino-cpu", None, (63, 63), "conv", None),  # dynamic grid: nothing static to lower with
         ("openvino-gpu", (32, 32), (63, 63), "conv", None),
         ("tensorrt", (8, 8), (15, 15), "conv", None),
         ("jetson-dla", (8, 8), (15, 15), "conv", None),
@@ -47,6 +50,11 @@ def test_auto_choice_per_target(target, grid, kernel, strategy, max_kernel):
     plan = choose_lowering(target, grid, kernel, channels=192, heads=12, batch_static=True)
     assert (plan.strategy, plan.max_kernel) == (strategy, max_kernel), plan.reason
     assert plan.reason
+
+
+def test_spectral_is_only_planned_for_depthwise_convs():
+    plan = choose_lowering("onnxruntime-cpu", (32, 32), (63, 63), channels=192, depthwise=False)
+    assert plan.strategy == "conv" and "depthwise" in plan.reason
 
 
 def test_small_kernels_stay_convs_everywhere():
