@@ -25,7 +25,7 @@ from lkca_deploy.exporters.onnx import META_KEYS, SelfCheckError, export_model, 
 from lkca_deploy.models.zoo import create_model, get_config
 
 TOL = 1e-4
-LOWERINGS = [("conv", None), ("crop", None), ("matmul", None), ("tiled", 8), ("auto", None)]
+LOWERINGS = [("conv", None), ("crop", None), ("matmul", None), ("tiled", 8), ("spectral", None), ("auto", None)]
 
 
 # ---------------------------------------------------------------- helpers
@@ -144,6 +144,7 @@ def test_nano_lowerings_did_what_they_say(nano):
     assert results["crop"].lowering.nothing_lowered  # at 8x8 every tap of a 15x15 kernel touches the grid
     assert kernels["matmul"] == [(4, 4)] and len(results["matmul"].lowering.lowered) == 4
     assert max(max(k) for k in kernels["tiled"]) <= 8 and len(results["tiled"].lowering.lowered) == 4
+    assert kernels["spectral"] == [(4, 4)] and len(results["spectral"].lowering.lowered) == 4
     # auto on ORT CPU at 8x8 takes the Toeplitz matmul, one plan per layer, each with its reason
     assert [p.strategy for p in results["auto"].plans] == ["matmul"] * 4
     assert all(p.reason for p in results["auto"].plans)
@@ -231,7 +232,8 @@ def test_tune_times_the_candidates_and_keeps_an_exact_one(nano, tmp_path):
     _, model, ckpt = nano
     result = export_model(ckpt, tmp_path / "tuned.onnx", lowering="tune", check_samples=4)
     rows = {row.candidate: row for row in result.tune_table}
-    assert set(rows) == {"conv", "crop", "matmul", "tiled:32"}
+    assert set(rows) == {"conv", "crop", "matmul", "spectral", "tiled:32"}
+    assert rows["spectral"].median_s > 0  # timed like the others (it loses at 8x8)
     assert rows["conv"].median_s > 0 and rows["matmul"].median_s > 0
     assert rows["crop"].status == "same as conv" and rows["tiled:32"].status == "same as conv"
     best = [row for row in result.tune_table if row.best]
