@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.exporters import spectral
 from lkca_deploy.exporters.onnx_io import load_onnx, save_onnx_atomic
 
 STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral")
@@ -632,8 +633,6 @@ def _tile_slice(padded: str, tag: str, tile, site: ConvSite, split: tuple[bool, 
 
 def _rewrite_spectral(site: ConvSite, names: _Names, _max_kernel: int | None) -> _Rewrite:
     """The depthwise conv as DFT matmuls around a pointwise complex product (see exporters/spectral.py)."""
-    from lkca_deploy.exporters import spectral
-
     weight, channels = site.weight, site.weight.shape[0]
     blocks = kernel_blocks(weight, site.group)  # heads: one spectrum per head, broadcast over its channels
     (h, w), (ho, wo) = site.grid, site.out_grid
@@ -687,7 +686,7 @@ def _rewrite_spectral(site: ConvSite, names: _Names, _max_kernel: int | None) ->
         dc = np.zeros((channels, 1, 2 * bins))
         dc[:, 0, 0] = pw * site.bias
         t = node("Add", [t, const("bias_dc", dc)], "bias")
-    computed_bias = bias_name and site.bias is None
+    computed_bias = bias_name and site.bias is None  # rare (not in exports): a plain Add after the last MatMul
     t = node("MatMul", [t, const("idft_w", spectral.inverse_w(pw, wo))], "idft_w", None if computed_bias else y)
     if computed_bias:  # reshape it in the graph and add it at the end
         bias_shape = _int64(names.fresh(f"{base}/bias_shape"), [channels, 1, 1])
