@@ -41,7 +41,7 @@ class Capability:
     kernel_limit: int | None  # largest conv kernel side the hardware runs; None: no limit
     matmul_max_tokens: int  # grids of at most this many tokens run the Toeplitz matmul faster; 0: never
     conv_note: str  # why the conv is the choice when nothing else applies
-    spectral_min_tokens: int = 0  # depthwise convs on grids above this many tokens: the DFT matmuls; 0: never
+    spectral_over_tokens: int = 0  # depthwise convs on grids of more than this many tokens: DFT matmuls; 0: never
 
 
 CAPABILITIES: dict[str, Capability] = {
@@ -117,7 +117,7 @@ def choose_lowering(
             None,
             f"{where}, but it needs {format_bytes(need)}, over the {format_bytes(budget_bytes)} budget",
         )
-    if caps.spectral_min_tokens and grid is not None and grid[0] * grid[1] > caps.spectral_min_tokens:
+    if caps.spectral_over_tokens and grid is not None and grid[0] * grid[1] > caps.spectral_over_tokens:
         if depthwise:
             return Plan("spectral", None, f"at {grid[0]}x{grid[1]} the DFT matmuls beat the conv on {target}")
         return Plan("conv", None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
