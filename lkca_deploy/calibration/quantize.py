@@ -5,7 +5,12 @@ networks). The INT8 flavours differ only where the targets' fast paths differ:
 
 - ``tensorrt``: signed int8 activations and weights, zero-point 0 everywhere, weights per channel, biases left in
   float (TensorRT takes no other Q/DQ). ONNX Runtime running this model shows what the TensorRT engine computes.
-- ``cpu``: uint8 activations (asymmetric) and int8 per-channel symmetric weights, ONNX Runtime's x86 fast path.
+- ``cpu``: the same placement with uint8 (asymmetric) activations, ONNX Runtime's x86 fast path.
+
+Both put Q/DQ on the inputs of the INT8 ops only, never on their outputs: ONNX Runtime then runs each as one
+MatMulIntegerToFloat / ConvInteger-to-float kernel. Keeping the output Q (QLinearMatMul, ORT's default) left
+lkca_vit_tiny no faster than FP32 at batch 1 (1.01x, a requantize and a dequantize around every MatMul) against
+1.57x without it (2.15x against 1.66x at batch 32; benchmarks/precision.py).
 
 Only Conv, MatMul and Gemm carry INT8. LayerNorm, Softmax, GELU (Erf and the Div/Mul/Add of an exported GELU) and
 residual Adds stay float, as NNCF's transformer mode and ModelOpt do: FQ-ViT shows ViT accuracy collapsing when
@@ -148,7 +153,7 @@ def quantize_int8(
         tensor_ranges = _calibrate(source, input_name, samples, method, percentile, flavor, batch_size, work)
         options = _quantizer_options(flavor, named)
         quantized = _quantize_with_ranges(source, tensor_ranges, flavor, method, excluded, options, work)
-    _float_readers_read_float(quantized.graph, excluded, flavor)
+    _float_readers_read_float(quantized.graph, excluded)
     onnx.checker.check_model(quantized)
     return QuantizeResult(quantized, _plain_ranges(tensor_ranges), excluded)
 
@@ -244,23 +249,19 @@ class _BatchReader:
 
 
 def _quantizer_options(flavor: str, model: onnx.ModelProto) -> dict:
-    options = {
+    return {
         "WeightSymmetric": True,
+        "ActivationSymmetric": flavor == "tensorrt",
         # Per-channel scales along a MatMul weight's output columns: its last axis, also for a (G, N, N) Toeplitz.
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1},
+        # Biases stay float (TensorRT takes int8 Q/DQ only), and a Conv/MatMul output is quantized only where the
+        # next INT8 op reads it, so LayerNorm and Softmax never read a dequantized tensor.
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
+        # A batched weight, such as the per-head Toeplitz (G, N, N), gets one scale: ORT fuses DQ -> MatMul into
+        # MatMulIntegerToFloat, which rejects per-column scales on a weight of rank > 2 and fails at run time.
+        "TensorQuantOverrides": {name: [{"symmetric": True}] for name in _batched_matmul_weights(model)},
     }
-    if flavor == "tensorrt":
-        options |= {
-            "ActivationSymmetric": True,
-            # TensorRT takes int8 Q/DQ only: biases stay float, and a Conv/MatMul output is quantized only where the
-            # next quantized op reads it, so LayerNorm and Softmax never read a dequantized tensor.
-            "QuantizeBias": False,
-            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
-            # A batched weight, such as the per-head Toeplitz (G, N, N), gets one scale: ORT fuses DQ -> MatMul into
-            # MatMulIntegerToFloat, which rejects per-column scales on a weight of rank > 2 and fails at run time.
-            "TensorQuantOverrides": {name: [{"symmetric": True}] for name in _batched_matmul_weights(model)},
-        }
-    return options
 
 
 def _batched_matmul_weights(model: onnx.ModelProto) -> list[str]:
@@ -268,13 +269,11 @@ def _batched_matmul_weights(model: onnx.ModelProto) -> list[str]:
     return sorted({n.input[1] for n in model.graph.node if n.op_type == "MatMul" and ranks.get(n.input[1], 0) > 2})
 
 
-def _float_readers_read_float(graph: onnx.GraphProto, excluded: Sequence[str], flavor: str) -> None:
+def _float_readers_read_float(graph: onnx.GraphProto, excluded: Sequence[str]) -> None:
     """Nodes that stay float read the float tensor, not its fake-quantized copy.
 
     ORT gives one Q/DQ pair to every reader of a quantized tensor, so a residual Add or a LayerNorm sharing its
-    input with a MatMul would read int8-rounded values. The cpu flavour keeps the Q/DQ on the outputs of its INT8
-    ops: ORT fuses DQ -> Conv/MatMul -> Q into one integer kernel only with that Q, and without it the model ran
-    4-5x slower than FP32 on ORT CPU (ViT-LKCA-tiny dims, batch 1 and 32), against 1.5x faster with it.
+    input with a MatMul would read int8-rounded values.
     """
     producers = {out: node for node in graph.node for out in node.output}
     int8_nodes = {n.name for n in graph.node if n.op_type in QUANTIZED_OP_TYPES and n.name not in set(excluded)}
@@ -282,9 +281,6 @@ def _float_readers_read_float(graph: onnx.GraphProto, excluded: Sequence[str], f
         q = producers.get(dq.input[0])
         if q is None or q.op_type != "QuantizeLinear":
             continue  # a weight: its DQ reads an initializer
-        source = producers.get(q.input[0])
-        if flavor == "cpu" and source is not None and source.name in int8_nodes:
-            continue
         for node in graph.node:
             if node.name not in int8_nodes and node is not dq:
                 _replace_inputs(node, dq.output[0], q.input[0])
@@ -372,7 +368,7 @@ def check_qdq_flavor(model: onnx.ModelProto, flavor: Flavor) -> list[str]:
 
     tensorrt: every QuantizeLinear/DequantizeLinear is int8 with zero-point 0, weights are per channel (axis and a
     scale vector; a batched MatMul weight of rank > 2 may have one scale), no LayerNormalization or Softmax reads a
-    dequantized tensor. cpu: activations are uint8, weights int8 (biases int32).
+    dequantized tensor. cpu: activations are uint8, weights int8 (biases int32), the same float-only readers.
     """
     _require_choice("flavor", flavor, FLAVORS)
     graph = model.graph
@@ -383,9 +379,7 @@ def check_qdq_flavor(model: onnx.ModelProto, flavor: Flavor) -> list[str]:
     for node in (n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
         is_weight = node.op_type == "DequantizeLinear" and node.input[0] in constants
         problems += rules(node, is_weight, constants, readers.get(node.output[0], []))
-    if flavor == "tensorrt":
-        problems += _float_only_readers_of_dequantized(graph)
-    return problems
+    return problems + _float_only_readers_of_dequantized(graph)
 
 
 def _tensorrt_qdq_problems(node, is_weight, constants, readers) -> list[str]:

@@ -182,6 +182,19 @@ def test_cpu_flavour_has_uint8_activations_and_runs(vit, images, quantized):
     _assert_int8_close(vit, model, images[64:])
 
 
+@pytest.mark.parametrize("flavor", ["tensorrt", "cpu"])
+def test_onnxruntime_runs_every_int8_matmul_as_one_integer_kernel(quantized, flavor, tmp_path):
+    """No Q/DQ on INT8 outputs: ORT fuses DQ -> MatMul into MatMulIntegerToFloat. An output Q would make it a
+    QLinearMatMul with a requantize and a dequantize around it, which left the model no faster than FP32."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(quantized[flavor].model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    matmuls = sum(op == "MatMul" for op in (n.op_type for n in quantized[flavor].model.graph.node))
+    assert "QLinearMatMul" not in ops and "MatMul" not in ops
+    assert ops.count("MatMulIntegerToFloat") == matmuls
+
+
 def _assert_int8_close(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray) -> None:
     reference = run_ort(fp32, x)
     for run in (run_ort, run_openvino):
@@ -304,9 +317,9 @@ def test_lowered_graphs_quantize_and_run(build, flavor):
     assert check_qdq_flavor(result.model, flavor) == []
     weights = {t.name: t for t in result.model.graph.initializer}
     made_by = producers(result.model)
-    # Per output channel: conv channels, Toeplitz columns; but ORT cannot run per-column scales on a batched
-    # (G, N, N) weight without an output Q, so the tensorrt flavour gives that one a single scale.
-    scales_expected = CHANNELS if build is not toeplitz_matmul_model else 1 if flavor == "tensorrt" else TOKENS
+    # Per output channel, except a batched (G, N, N) Toeplitz: ORT cannot run per-column scales on a weight of
+    # rank > 2 without an output Q, so both flavours give that one a single scale.
+    scales_expected = 1 if build is toeplitz_matmul_model else CHANNELS
     for node in (n for n in result.model.graph.node if n.op_type in QUANTIZED_OP_TYPES):
         dequantize = made_by[node.input[1]]
         assert weights[dequantize.input[0]].data_type == TensorProto.INT8, node.name
