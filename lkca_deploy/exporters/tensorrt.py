@@ -211,10 +211,12 @@ def trtexec_command(
     max_batch: int = 32,
     timing_cache: Path | None = None,
     workspace_mib: int | None = None,
+    allow_tf32: bool = False,
     relative_to: Path | None = None,
 ) -> str:
     """The trtexec line that builds `engine_path` from `onnx_path` with TensorRT `tensorrt_version`.
 
+    It builds what `TensorRTBackend.build` builds, TF32 included (trtexec turns TF32 on unless told --noTF32).
     Paths are written relative to `relative_to` when given (a script that cd's to its own folder).
     """
     check_precision(precision, PRECISIONS, NAME)
@@ -246,6 +248,8 @@ def trtexec_command(
         args.append(f"--timingCacheFile={path(timing_cache)}")
     if workspace_mib is not None:
         args.append(f"--memPoolSize=workspace:{int(workspace_mib)}")
+    if not allow_tf32:
+        args.append("--noTF32")
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -357,6 +361,7 @@ def rebuild_hint(facts: dict[str, Any], artifact: Path, here: dict[str, Any]) ->
             max_batch=profile.get("max", 32),
             timing_cache=_beside(artifact, options.get("timing_cache")),
             workspace_mib=options.get("workspace_mib"),
+            allow_tf32=bool(options.get("tf32", False)),
         )
     except UserError:  # the ONNX is gone or does not suit this TensorRT: say what to do, not what failed
         return f"lkca-deploy build --backend tensorrt --precision {facts['precision']} from the model's ONNX"
@@ -722,7 +727,8 @@ def _attach_timing_cache(config, path: Path | None):
     """Reuse a timing cache file; a cache from another device or version is set aside, not trusted."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    # A corrupt file gives no cache at all (None), one from another device or version fails to attach.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
     return cache

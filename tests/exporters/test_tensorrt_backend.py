@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from functools import partial
 
 import numpy as np
 import onnx
@@ -173,6 +174,13 @@ def test_trtexec_extras_and_static_batch(onnx_files, tmp_path):
         f"--timingCacheFile={tmp_path / 't.cache'}" in command and "--memPoolSize=workspace:1024" in command
     )
     assert not {"--minShapes", "--optShapes", "--maxShapes", "--fp16", "--int8"} & flags(command)
+
+
+def test_trtexec_keeps_fp32_fp32_unless_tf32_is_allowed(onnx_files, tmp_path):
+    # trtexec computes fp32 matmuls and convs in TF32 unless told not to; the Python build clears that flag too.
+    line = partial(trtexec_command, onnx_files["fp32"], "fp32", engine_path=tmp_path / "e.engine")
+    assert "--noTF32" in flags(line()) and "--noTF32" in flags(line(tensorrt_version="11.2"))
+    assert "--noTF32" not in flags(line(allow_tf32=True))
 
 
 def test_trtexec_script_runs_the_line_for_the_tensorrt_it_finds(onnx_files, tmp_path):
