@@ -10,6 +10,7 @@ converted model, or a Q/DQ ONNX read directly.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -298,6 +299,8 @@ def nncf_quantize(
     SmoothQuant, which TRANSFORMER turns on, is off by default: it is made for LLM activation outliers, and on
     the LKCA test graph here it raised the logits' relative error from 2% to 60% (NNCF 3.4, 32 samples).
     """
+    # NNCF's quantizer imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU box.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
