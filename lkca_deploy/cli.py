@@ -96,11 +96,13 @@ def evaluate(
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
+    slide: bool = typer.Option(False, help="Segmentation: sliding windows, mIoU at each image's own size."),
+    stride: int | None = typer.Option(None, help="Sliding-window stride in pixels (default 2/3 of the input)."),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5 (classification) or mIoU/pixel accuracy (segmentation)."""
     from .train import evaluate as run_evaluation
 
-    metrics = run_evaluation(checkpoint, data, split, data_root, download, device)
+    metrics = run_evaluation(checkpoint, data, split, data_root, download, device, slide=slide, stride=stride)
     if as_json:
         _echo_json(metrics)
     else:
@@ -372,11 +374,14 @@ def predict(
     top_k: int = typer.Option(5, help="Classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
     save_mask: Path | None = typer.Option(None, help="Segmentation: write masks and overlays here."),
+    slide: bool = typer.Option(False, help="Segmentation: sliding windows instead of one whole-image resize."),
+    stride: int | None = typer.Option(None, help="Sliding-window stride in pixels (default 2/3 of the input)."),
 ) -> None:
     """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
     from .runtime import predict as run_prediction
 
-    results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision)
+    results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision,
+                             slide=slide, stride=stride)
     if as_json:
         _echo_json(results)
         return

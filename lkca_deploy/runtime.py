@@ -23,6 +23,7 @@ from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifa
 from .data.spec import PreprocessSpec
 from .errors import UserError
 from .exporters.base import PRECISIONS, atomic_output
+from .masks import resize_bilinear, slide_image_logits, stride_pair, upsampled_argmax
 
 AUTO = "auto"
 # "auto" takes the first of these that is installed here and present in the bundle: fastest where it exists.
@@ -30,7 +31,6 @@ BACKEND_PREFERENCE = ("tensorrt", "openvino", "onnxruntime")
 # Without timings the most exact engine wins.
 _EXACTNESS = {p: i for i, p in enumerate(PRECISIONS)}
 _PREDICT_CHUNK = 32  # images preprocessed at once by predict(): bounds memory for long image lists
-_UPSAMPLE_BYTES = 64 << 20  # scores upsampled per row block when only the mask is wanted
 _UNTINTED = ("background", "other", "unlabeled")  # classes the overlay leaves as they are
 _OVERLAY_ALPHA = 0.5
 
@@ -187,38 +187,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return z / z.sum(axis=axis, keepdims=True)
 
 
-def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """(out, in) weights of 1-D bilinear resizing with half-pixel centres, as torch's align_corners=False."""
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
-    src = np.clip(src, 0.0, in_size - 1)
-    lo = np.floor(src).astype(np.int64)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = src - lo
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.arange(out_size)
-    np.add.at(weights, (rows, lo), 1.0 - frac)
-    np.add.at(weights, (rows, hi), frac)
-    return weights.astype(np.float32)
-
-
-def resize_bilinear(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(K, h, w) -> (K, H, W) for size (H, W): separable bilinear, half-pixel centres."""
-    height, width = size
-    return bilinear_matrix(height, scores.shape[1]) @ (scores @ bilinear_matrix(width, scores.shape[2]).T)
-
-
-def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """argmax over classes of the bilinearly upsampled (K, h, w) logits, in row blocks to bound memory."""
-    height, width = size
-    columns = logits @ bilinear_matrix(width, logits.shape[2]).T  # (K, h, W)
-    rows = bilinear_matrix(height, logits.shape[1])
-    step = max(1, _UPSAMPLE_BYTES // (4 * logits.shape[0] * width))
-    mask = np.empty((height, width), dtype=np.int32)
-    for start in range(0, height, step):
-        mask[start : start + step] = (rows[start : start + step] @ columns).argmax(axis=0)
-    return mask
-
-
 # ---------------------------------------------------------------- masks on disk
 
 
@@ -293,17 +261,29 @@ class Predictor:
     # -- public
 
     def __call__(
-        self, image: ImageLike | Sequence[ImageLike], top_k: int | None = None, return_scores: bool = False
+        self,
+        image: ImageLike | Sequence[ImageLike],
+        top_k: int | None = None,
+        return_scores: bool = False,
+        slide: bool = False,
+        stride: int | None = None,
     ):
         """Classification: [(label, score)] best first (a list of those for a list of images).
         Segmentation: an HxW int32 mask of class ids at the image's size; (mask, (K, H, W) softmax) with
-        return_scores (a list of those for a list of images)."""
+        return_scores (a list of those for a list of images). `slide`: sliding-window inference with windows
+        every `stride` pixels (default 2/3 of the input side) instead of one whole-image resize (see masks.py)."""
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
             raise UserError("no images given: pass at least one image")
+        if slide and self.task != "segmentation":
+            raise UserError(f"sliding windows are for segmentation; {self.bundle_dir} is a {self.task} bundle")
         pils = [open_image(item, i, self.spec) for i, item in enumerate(images)]
-        logits = self.run(self.spec.preprocess(pils))
+        if slide:
+            strides = stride_pair(stride, self.spec)
+            logits = [slide_image_logits(im, self.spec, self.run, strides) for im in pils]
+        else:
+            logits = self.run(self.spec.preprocess(pils))
         if self.task == "segmentation":
             results = [
                 self._segment(lg, (im.height, im.width), return_scores) for lg, im in zip(logits, pils)
@@ -401,8 +381,10 @@ def predict(
     precision: str | None = None,
     device: str | None = None,
     threads: int | None = None,
+    slide: bool = False,
+    stride: int | None = None,
 ) -> list[dict[str, Any]]:
-    """JSON-friendly results, one dict per image, for `lkca-deploy predict`.
+    """JSON-friendly results, one dict per image, for `lkca-deploy predict` (`slide`, `stride`: Predictor's).
 
     Classification: {"image", "backend", "precision", "label", "score", "top_k": [{"label", "score"}]}.
     Segmentation: {"image", "backend", "precision", "height", "width", "class_pixels": {name: count}} plus
@@ -421,7 +403,7 @@ def predict(
         results = []
         for start in range(0, len(images), _PREDICT_CHUNK):
             chunk = images[start : start + _PREDICT_CHUNK]
-            for offset, outcome in enumerate(p(chunk)):
+            for offset, outcome in enumerate(p(chunk, slide=slide, stride=stride)):
                 i = start + offset
                 entry = {"image": image_name(images[i], i), **engine}
                 if p.task == "segmentation":

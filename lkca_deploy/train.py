@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -142,14 +142,38 @@ def evaluate_model(net, split, task, device, batch_size: int = 256) -> dict:
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", data_root=None,
-             download: bool = False, device: str = "cpu", batch_size: int = 256) -> dict:
-    """Evaluate a checkpoint on a split of its data set (or another one with the same classes)."""
+             download: bool = False, device: str = "cpu", batch_size: int = 256, slide: bool = False,
+             stride: int | None = None) -> dict:
+    """Evaluate a checkpoint on a split of its data set (or another one with the same classes).
+
+    Segmentation says how it ran: "whole" (each image resized to the input, mIoU at the input size) or, with
+    `slide`, sliding windows every `stride` pixels with mIoU at each image's own size (masks.py).
+    """
     net, ckpt = load_checkpoint(checkpoint)
     data = data or ckpt.meta.get("data", "digits")
-    ds = open_split(data, split, ckpt.config.task, ckpt.config.img_size, data_root, download)
-    if len(ds.spec.class_names) != ckpt.config.num_classes:
-        raise UserError(f"{data} has {len(ds.spec.class_names)} classes, the checkpoint {ckpt.config.num_classes}")
-    return evaluate_model(net.to(device), ds, get_task(ckpt.config.task), device, batch_size)
+    task = ckpt.config.task
+    if slide and task != "segmentation":
+        raise UserError(f"--slide is for segmentation; {checkpoint} is a {task} checkpoint")
+    if slide:
+        from .data.segmentation import open_segmentation_source
+        from .tasks.segmentation import evaluate_sliding
+
+        source = open_segmentation_source(data, split, data_root, download)
+        _require_classes(data, source.class_names, ckpt.config.num_classes)
+        # Images one by one through the model's own preprocessing: any image converts to its channels.
+        spec = replace(ckpt.spec, class_names=source.class_names)
+        return evaluate_sliding(net.to(device), source, spec, device, stride)
+    ds = open_split(data, split, task, ckpt.config.img_size, data_root, download)
+    _require_classes(data, ds.spec.class_names, ckpt.config.num_classes)
+    if ds.spec.channels != ckpt.config.in_chans:
+        raise UserError(f"{data} has {ds.spec.channels}-channel images, {checkpoint} takes {ckpt.config.in_chans}")
+    metrics = evaluate_model(net.to(device), ds, get_task(task), device, batch_size)
+    return {**metrics, "inference": "whole"} if task == "segmentation" else metrics
+
+
+def _require_classes(data: str, class_names, num_classes: int) -> None:
+    if len(class_names) != num_classes:
+        raise UserError(f"{data} has {len(class_names)} classes, the checkpoint {num_classes}")
 
 
 def _cosine_with_warmup(optimizer, lr: float, warmup: int, total: int, done: int):

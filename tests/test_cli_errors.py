@@ -127,3 +127,8 @@ def test_quantize_from_the_training_split(nano_onnx, tmp_path):
     from lkca_deploy.calibration.quantize import check_qdq_flavor
 
     assert check_qdq_flavor(onnx.load(tmp_path / "q.onnx"), "tensorrt") == []
+
+
+def test_sliding_a_classifier_is_one_clear_line(nano_checkpoint):
+    proc = run_cli("evaluate", nano_checkpoint, "--slide", check_exit=None)
+    assert_user_error(proc, "--slide is for segmentation", "classification checkpoint")

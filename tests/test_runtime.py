@@ -25,7 +25,8 @@ from lkca_deploy.bundle import BundleWriter
 from lkca_deploy.data.spec import PreprocessSpec
 from lkca_deploy.errors import UserError
 from lkca_deploy.exporters.registry import get_backend
-from lkca_deploy.runtime import Predictor, choose_engine, predict, resize_bilinear, softmax
+from lkca_deploy.masks import resize_bilinear
+from lkca_deploy.runtime import Predictor, choose_engine, predict, softmax
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CLS_SPEC = PreprocessSpec((32, 32), 1, (0.5,), (0.25,), class_names=DIGITS)
@@ -232,6 +233,24 @@ def test_segmentation_mask_is_at_the_image_size(bundles, tmp_path):
     with Image.open(overlay_png) as ov:
         assert ov.mode == "RGB" and ov.size == (70, 50)
     assert sorted(q.name for q in (tmp_path / "masks").iterdir()) == ["scene.mask.png", "scene.overlay.png"]
+
+
+def test_sliding_windows_over_two_scenes_side_by_side_segment_each_scene(bundles):
+    # A 64x128 image is two 64x64 model inputs side by side: with a 64-pixel stride the windows are exactly the two
+    # scenes, so sliding must give each scene's own mask; whole-image resize squeezes the pair into one input.
+    left, right = _images(2, (64, 64), seed=6)
+    pair = np.concatenate([left, right], axis=1)
+    with Predictor(bundles["seg"]) as p:
+        expected = np.concatenate([p(left), p(right)], axis=1)
+        np.testing.assert_array_equal(p(pair, slide=True, stride=64), expected)
+        assert not np.array_equal(p(pair), expected)
+        overlapping, scores = p(pair, slide=True, return_scores=True)  # default stride 43: 3 windows
+        assert overlapping.shape == (64, 128) and scores.shape == (len(SEG_CLASSES), 64, 128)
+        np.testing.assert_array_equal(p(left, slide=True), p(left))  # one window: the plain run
+        with pytest.raises(UserError, match="--stride must be 1..64"):
+            p(pair, slide=True, stride=100)
+    with Predictor(bundles["cls"]) as p, pytest.raises(UserError, match="sliding windows are for segmentation"):
+        p(left, slide=True)
 
 
 @pytest.mark.parametrize("size", [(50, 70), (128, 96), (7, 3)])

@@ -3,8 +3,9 @@
 Every source yields (image, label map) pairs; label maps hold class ids 0..K-1 and the ignore index 255. Images reach
 the model through the PreprocessSpec (whole-image resize to the model input, the same numpy code the runtime uses);
 masks are resized with nearest neighbour to the same size. That is also how evaluation reads images of other sizes
-(ADE20K): whole-image resize, mIoU at the model's input resolution. Training adds random scale, crop and flips in
-the task (tasks/segmentation.py).
+(ADE20K) by default: whole-image resize, mIoU at the model's input resolution; `evaluate --slide` reads the raw pairs
+instead and scores sliding-window masks at each image's own size (masks.py). Training adds random scale, crop and
+flips in the task (tasks/segmentation.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -91,3 +92,27 @@ class MIoUMeter:
         if self._meter is None:
             return {"miou": math.nan, "pixel_acc": math.nan, "per_class_iou": {}, "samples": 0}
         return {**self._meter.result(self.class_names or None), "samples": self.samples}
+
+
+def evaluate_sliding(net, source, spec, device, stride: int | None = None) -> dict:
+    """mIoU at every image's own size with sliding-window inference (masks.py): ADE20K's usual protocol.
+
+    `source` is a data.segmentation.SegmentationSource (raw images and label maps), `spec` its PreprocessSpec at the
+    model's input size; one image at a time, since images differ in size.
+    """
+    from ..masks import slide_image_logits, stride_pair, upsampled_argmax
+
+    strides = stride_pair(stride, spec)
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    net.eval()
+    meter = SegmentationMeter(len(spec.class_names), IGNORE_INDEX)
+    for i in range(len(source)):
+        image, mask = source.read(i)
+        logits = slide_image_logits(spec.to_pil(image), spec, run, strides)
+        mask = np.asarray(mask, np.int64)
+        meter.update(upsampled_argmax(logits, mask.shape)[None], mask[None])
+    return {**meter.result(spec.class_names), "samples": len(source), "inference": "slide", "stride": list(strides)}

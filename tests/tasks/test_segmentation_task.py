@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lkca_deploy.data import scenes
+from lkca_deploy.errors import UserError
 from lkca_deploy.tasks import get_task
 from lkca_deploy.tasks.segmentation import SegmentationTask, joint_scale_crop
 
@@ -114,8 +115,41 @@ def test_train_and_evaluate_on_digit_scenes_end_to_end(tmp_path, monkeypatch):
                     opts=TrainOptions(epochs=1, batch_size=16, warmup_epochs=0.5, progress=False))
     assert metrics["view"] == "attention" and metrics["samples"] == 16
     result = evaluate(out)
-    assert set(result) == {"miou", "pixel_acc", "per_class_iou", "samples"}
+    assert set(result) == {"miou", "pixel_acc", "per_class_iou", "samples", "inference"}
+    assert result["inference"] == "whole"
     assert 0.0 <= result["miou"] <= 1.0 and 0.5 < result["pixel_acc"] <= 1.0  # background alone is ~90%
     assert list(result["per_class_iou"]) == list(scenes.CLASS_NAMES)
     assert result["miou"] == pytest.approx(metrics["miou"])
     assert np.isfinite(result["pixel_acc"])
+
+
+def test_sliding_evaluation_scores_each_image_at_its_own_size(tmp_path, monkeypatch):
+    """Scenes paired side by side (64x128) and slid with a 64-pixel stride score exactly as the single scenes do."""
+    from PIL import Image
+
+    from lkca_deploy.train import TrainOptions, evaluate, train
+
+    monkeypatch.setitem(scenes.SCENE_COUNTS, "train", 32)
+    monkeypatch.setitem(scenes.SCENE_COUNTS, "test", 8)
+    out = tmp_path / "seg"
+    train("lkca_seg_nano", "digit-scenes", out=out, opts=TrainOptions(epochs=1, batch_size=16, progress=False))
+    test = scenes.make_scenes("test")
+    pairs = tmp_path / "pairs"  # an image+mask folder: read as RGB, converted by the checkpoint's preprocessing
+    for sub in ("images/test", "masks/test"):
+        (pairs / sub).mkdir(parents=True)
+    (pairs / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
+    for i in range(4):
+        for array, sub in ((test.images, "images/test"), (test.masks, "masks/test")):
+            Image.fromarray(np.concatenate([array[2 * i], array[2 * i + 1]], axis=1)).save(pairs / sub / f"p{i}.png")
+    whole = evaluate(out)  # the same 8 scenes one by one, each exactly a model input
+    slid = evaluate(out, data=str(pairs), slide=True, stride=64)
+    assert (slid["inference"], slid["stride"], slid["samples"]) == ("slide", [64, 64], 4)
+    assert slid["miou"] == pytest.approx(whole["miou"]) and slid["pixel_acc"] == pytest.approx(whole["pixel_acc"])
+    with pytest.raises(UserError, match="has 3-channel images, .* takes 1"):
+        evaluate(out, data=str(pairs))  # whole-image evaluation reads a folder as RGB
+
+def test_sliding_a_classifier_is_refused(nano_checkpoint):
+    from lkca_deploy.train import evaluate
+
+    with pytest.raises(UserError, match="--slide is for segmentation; .* is a classification checkpoint"):
+        evaluate(nano_checkpoint, slide=True)

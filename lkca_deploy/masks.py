@@ -1,0 +1,127 @@
+"""From segmentation logits to masks, torch-free: bilinear resizing, and sliding-window inference.
+
+Two ways to segment an image of any size with a model of a fixed input size:
+- whole image (the default): the image is resized to the input, the logits back to the image's size;
+- sliding window (ADE20K's usual protocol, mmsegmentation's "slide"): the image is resized just enough for one
+  window to fit (short side = input side for a square input, aspect kept), input-sized windows slide over it with a
+  stride (2/3 of the window by default: mmsegmentation's 341 of 512), every pixel's logits are the mean over the
+  windows that cover it, and that mean is resized to the image's own size before the argmax. Nothing is squeezed,
+  at the cost of one model run per window.
+The Predictor (numpy + one backend) and `evaluate` (PyTorch) share this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from .data.spec import PreprocessSpec
+from .errors import UserError
+
+DEFAULT_STRIDE_FRACTION = 2 / 3
+_UPSAMPLE_BYTES = 64 << 20  # scores upsampled per row block when only the mask is wanted
+
+RunLogits = Callable[[np.ndarray], np.ndarray]  # float32 NCHW batch -> (N, K, h, w) logits
+
+
+# ---------------------------------------------------------------- bilinear resizing
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) weights of 1-D bilinear resizing with half-pixel centres, as torch's align_corners=False."""
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    src = np.clip(src, 0.0, in_size - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, lo), 1.0 - frac)
+    np.add.at(weights, (rows, hi), frac)
+    return weights.astype(np.float32)
+
+
+def resize_bilinear(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) -> (K, H, W) for size (H, W): separable bilinear, half-pixel centres."""
+    height, width = size
+    if scores.shape[1:] == (height, width):
+        return scores
+    return bilinear_matrix(height, scores.shape[1]) @ (scores @ bilinear_matrix(width, scores.shape[2]).T)
+
+
+def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """argmax over classes of the bilinearly upsampled (K, h, w) logits, in row blocks to bound memory."""
+    height, width = size
+    columns = logits @ bilinear_matrix(width, logits.shape[2]).T  # (K, h, W)
+    rows = bilinear_matrix(height, logits.shape[1])
+    step = max(1, _UPSAMPLE_BYTES // (4 * logits.shape[0] * width))
+    mask = np.empty((height, width), dtype=np.int32)
+    for start in range(0, height, step):
+        mask[start : start + step] = (rows[start : start + step] @ columns).argmax(axis=0)
+    return mask
+
+
+# ---------------------------------------------------------------- sliding windows
+
+
+def window_origins(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows of `window` pixels every `stride` pixels, the last one flush with the far edge."""
+    if stride < 1:
+        raise UserError(f"stride must be at least 1 pixel, got {stride}")
+    if length <= window:
+        return [0]
+    return [*range(0, length - window, stride), length - window]
+
+
+def default_stride(window: tuple[int, int]) -> tuple[int, int]:
+    return tuple(max(1, round(side * DEFAULT_STRIDE_FRACTION)) for side in window)
+
+
+def covering_size(size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) resized, aspect kept, so that one window just fits: short side = window side for a square window."""
+    scale = max(window[0] / size[0], window[1] / size[1])
+    return max(window[0], round(size[0] * scale)), max(window[1], round(size[1] * scale))
+
+
+def slide_logits(
+    x: np.ndarray, run: RunLogits, window: tuple[int, int], stride: tuple[int, int], batch: int = 8
+) -> np.ndarray:
+    """(C, H, W) preprocessed image, H >= window[0] and W >= window[1] -> (K, H, W) logits averaged over windows."""
+    (height, width), (wh, ww) = x.shape[1:], window
+    if height < wh or width < ww:
+        raise ValueError(f"image {height}x{width} is smaller than the {wh}x{ww} window: resize it first")
+    origins = [(y, x0) for y in window_origins(height, wh, stride[0]) for x0 in window_origins(width, ww, stride[1])]
+    total: np.ndarray | None = None
+    count = np.zeros((height, width), np.float32)
+    for start in range(0, len(origins), batch):
+        chunk = origins[start : start + batch]
+        logits = run(np.stack([x[:, y : y + wh, x0 : x0 + ww] for y, x0 in chunk]))
+        if total is None:
+            total = np.zeros((logits.shape[1], height, width), np.float32)
+        for (y, x0), window_logits in zip(chunk, logits):
+            total[:, y : y + wh, x0 : x0 + ww] += resize_bilinear(window_logits, window)
+            count[y : y + wh, x0 : x0 + ww] += 1
+    return total / count
+
+
+def slide_image_logits(
+    image, spec: PreprocessSpec, run: RunLogits, stride: tuple[int, int] | None = None, batch: int = 8
+) -> np.ndarray:
+    """A PIL image -> (K, H', W') window-averaged logits at its covering size (see covering_size)."""
+    window = tuple(spec.input_size)
+    stride = stride or default_stride(window)
+    size = covering_size((image.height, image.width), window)
+    x = replace(spec, input_size=size).preprocess([image])[0]
+    return slide_logits(x, run, window, stride, batch)
+
+
+def stride_pair(stride: int | None, spec: PreprocessSpec) -> tuple[int, int]:
+    """A user's --stride (pixels, both axes) checked against the window; None: the default fraction."""
+    window = tuple(spec.input_size)
+    if stride is None:
+        return default_stride(window)
+    if not 1 <= stride <= min(window):
+        raise UserError(f"--stride must be 1..{min(window)} pixels (the window is {window[0]}x{window[1]}), got {stride}")
+    return stride, stride
