@@ -7,10 +7,11 @@ networks). The INT8 flavours differ only where the targets' fast paths differ:
   float (TensorRT takes no other Q/DQ). ONNX Runtime running this model shows what the TensorRT engine computes.
 - ``cpu``: the same placement with uint8 (asymmetric) activations, ONNX Runtime's x86 fast path.
 
-Both put Q/DQ on the inputs of the INT8 ops only, never on their outputs: ONNX Runtime then runs each as one
-MatMulIntegerToFloat / ConvInteger-to-float kernel. Keeping the output Q (QLinearMatMul, ORT's default) left
-lkca_vit_tiny no faster than FP32 at batch 1 (1.01x, a requantize and a dequantize around every MatMul) against
-1.57x without it (2.15x against 1.66x at batch 32; benchmarks/precision.py).
+Both put Q/DQ on the inputs of the INT8 ops only, and on an output only where another INT8 op reads it (the value
+projection feeding the Toeplitz MatMul): ONNX Runtime then runs each MatMul as one integer kernel with a float
+output (MatMulIntegerToFloat; QLinearMatMul for that projection). Quantizing every output as well (ORT's default)
+left lkca_vit_tiny no faster than FP32 at batch 1 (1.01x: a requantize and a dequantize around every MatMul)
+against 1.57x without it (2.15x against 1.66x at batch 32; benchmarks/precision.py).
 
 Only Conv, MatMul and Gemm carry INT8. LayerNorm, Softmax, GELU (Erf and the Div/Mul/Add of an exported GELU) and
 residual Adds stay float, as NNCF's transformer mode and ModelOpt do: FQ-ViT shows ViT accuracy collapsing when
