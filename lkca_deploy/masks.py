@@ -125,3 +125,11 @@ def stride_pair(stride: int | None, spec: PreprocessSpec) -> tuple[int, int]:
     if not 1 <= stride <= min(window):
         raise UserError(f"--stride must be 1..{min(window)} pixels (the window is {window[0]}x{window[1]}), got {stride}")
     return stride, stride
+
+
+def check_slide_options(slide: bool, stride: int | None, task: str, subject: str) -> None:
+    """`subject` ("lkca-bundle is a classification bundle") names what would be slid, for the error line."""
+    if slide and task != "segmentation":
+        raise UserError(f"sliding windows (--slide) are for segmentation; {subject}")
+    if stride is not None and not slide:
+        raise UserError("--stride sets the sliding-window step: add --slide")

@@ -23,7 +23,7 @@ from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifa
 from .data.spec import PreprocessSpec
 from .errors import UserError
 from .exporters.base import PRECISIONS, atomic_output
-from .masks import resize_bilinear, slide_image_logits, stride_pair, upsampled_argmax
+from .masks import check_slide_options, resize_bilinear, slide_image_logits, stride_pair, upsampled_argmax
 
 AUTO = "auto"
 # "auto" takes the first of these that is installed here and present in the bundle: fastest where it exists.
@@ -276,8 +276,7 @@ class Predictor:
         images = [image] if single else list(image)
         if not images:
             raise UserError("no images given: pass at least one image")
-        if slide and self.task != "segmentation":
-            raise UserError(f"sliding windows are for segmentation; {self.bundle_dir} is a {self.task} bundle")
+        check_slide_options(slide, stride, self.task, f"{self.bundle_dir} is a {self.task} bundle")
         pils = [open_image(item, i, self.spec) for i, item in enumerate(images)]
         if slide:
             strides = stride_pair(stride, self.spec)

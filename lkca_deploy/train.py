@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint
 from .data import open_split
 from .errors import UserError
+from .masks import check_slide_options
 from .models.zoo import build_model, get_config
 from .progress import TrainProgress
 from .tasks import get_task
@@ -152,8 +153,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     net, ckpt = load_checkpoint(checkpoint)
     data = data or ckpt.meta.get("data", "digits")
     task = ckpt.config.task
-    if slide and task != "segmentation":
-        raise UserError(f"--slide is for segmentation; {checkpoint} is a {task} checkpoint")
+    check_slide_options(slide, stride, task, f"{checkpoint} is a {task} checkpoint")
     if slide:
         from .data.segmentation import open_segmentation_source
         from .tasks.segmentation import evaluate_sliding

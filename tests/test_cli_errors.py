@@ -131,4 +131,4 @@ def test_quantize_from_the_training_split(nano_onnx, tmp_path):
 
 def test_sliding_a_classifier_is_one_clear_line(nano_checkpoint):
     proc = run_cli("evaluate", nano_checkpoint, "--slide", check_exit=None)
-    assert_user_error(proc, "--slide is for segmentation", "classification checkpoint")
+    assert_user_error(proc, "(--slide) are for segmentation", "classification checkpoint")

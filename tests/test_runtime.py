@@ -249,7 +249,9 @@ def test_sliding_windows_over_two_scenes_side_by_side_segment_each_scene(bundles
         np.testing.assert_array_equal(p(left, slide=True), p(left))  # one window: the plain run
         with pytest.raises(UserError, match="--stride must be 1..64"):
             p(pair, slide=True, stride=100)
-    with Predictor(bundles["cls"]) as p, pytest.raises(UserError, match="sliding windows are for segmentation"):
+        with pytest.raises(UserError, match="--stride sets the sliding-window step: add --slide"):
+            p(pair, stride=32)
+    with Predictor(bundles["cls"]) as p, pytest.raises(UserError, match="are for segmentation; .* classification"):
         p(left, slide=True)
 
 

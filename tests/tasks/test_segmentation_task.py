@@ -151,5 +151,5 @@ def test_sliding_evaluation_scores_each_image_at_its_own_size(tmp_path, monkeypa
 def test_sliding_a_classifier_is_refused(nano_checkpoint):
     from lkca_deploy.train import evaluate
 
-    with pytest.raises(UserError, match="--slide is for segmentation; .* is a classification checkpoint"):
+    with pytest.raises(UserError, match=r"\(--slide\) are for segmentation; .* is a classification checkpoint"):
         evaluate(nano_checkpoint, slide=True)
