@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 
 MiB = 2**20
+STRIDE_HELP = "With --slide: window step in pixels (default 2/3 of the model input)."
+SCALE_HELP = "With --slide: resize factor before sliding (default: short side = model input; 1: own size)."
 
 
 def _echo_json(obj) -> None:
@@ -97,12 +99,15 @@ def evaluate(
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     slide: bool = typer.Option(False, help="Segmentation: sliding windows, mIoU at each image's own size."),
-    stride: int | None = typer.Option(None, help="Sliding-window stride in pixels (default 2/3 of the input)."),
+    stride: int | None = typer.Option(None, help=STRIDE_HELP),
+    scale: float | None = typer.Option(None, help=SCALE_HELP),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5 (classification) or mIoU/pixel accuracy (segmentation)."""
+    from .masks import cli_slide
     from .train import evaluate as run_evaluation
 
-    metrics = run_evaluation(checkpoint, data, split, data_root, download, device, slide=slide, stride=stride)
+    metrics = run_evaluation(checkpoint, data, split, data_root, download, device,
+                             slide=cli_slide(slide, stride, scale))
     if as_json:
         _echo_json(metrics)
     else:
@@ -375,13 +380,15 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
     save_mask: Path | None = typer.Option(None, help="Segmentation: write masks and overlays here."),
     slide: bool = typer.Option(False, help="Segmentation: sliding windows instead of one whole-image resize."),
-    stride: int | None = typer.Option(None, help="Sliding-window stride in pixels (default 2/3 of the input)."),
+    stride: int | None = typer.Option(None, help=STRIDE_HELP),
+    scale: float | None = typer.Option(None, help=SCALE_HELP),
 ) -> None:
     """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
+    from .masks import cli_slide
     from .runtime import predict as run_prediction
 
     results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision,
-                             slide=slide, stride=stride)
+                             slide=cli_slide(slide, stride, scale))
     if as_json:
         _echo_json(results)
         return

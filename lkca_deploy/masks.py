@@ -13,7 +13,7 @@ The Predictor (numpy + one backend) and `evaluate` (PyTorch) share this code.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -75,14 +75,33 @@ def window_origins(length: int, window: int, stride: int) -> list[int]:
     return [*range(0, length - window, stride), length - window]
 
 
-def default_stride(window: tuple[int, int]) -> tuple[int, int]:
-    return tuple(max(1, round(side * DEFAULT_STRIDE_FRACTION)) for side in window)
+@dataclass(frozen=True)
+class Slide:
+    """How to slide: `stride` in pixels (None: 2/3 of the window), `scale` the resize factor applied to the image
+    first (None: ADE20K's recipe, the short side becomes the window side; 1: tile at the image's own resolution, for
+    models trained at their photos' scale). An image smaller than one window is always enlarged to fit it."""
 
+    stride: int | None = None
+    scale: float | None = None
 
-def covering_size(size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) resized, aspect kept, so that one window just fits: short side = window side for a square window."""
-    scale = max(window[0] / size[0], window[1] / size[1])
-    return max(window[0], round(size[0] * scale)), max(window[1], round(size[1] * scale))
+    def __post_init__(self) -> None:
+        if self.scale is not None and not self.scale > 0:
+            raise UserError(f"--scale must be a positive factor, got {self.scale}")
+
+    def strides(self, window: tuple[int, int]) -> tuple[int, int]:
+        if self.stride is None:
+            return tuple(max(1, round(side * DEFAULT_STRIDE_FRACTION)) for side in window)
+        if not 1 <= self.stride <= min(window):
+            raise UserError(
+                f"--stride must be 1..{min(window)} pixels (the window is {window[0]}x{window[1]}), got {self.stride}"
+            )
+        return self.stride, self.stride
+
+    def image_size(self, size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) the image is resized to before sliding, aspect kept."""
+        fit = max(window[0] / size[0], window[1] / size[1])  # the factor at which one window just fits
+        scale = fit if self.scale is None else max(self.scale, fit)
+        return max(window[0], round(size[0] * scale)), max(window[1], round(size[1] * scale))
 
 
 def slide_logits(
@@ -106,30 +125,30 @@ def slide_logits(
     return total / count
 
 
-def slide_image_logits(
-    image, spec: PreprocessSpec, run: RunLogits, stride: tuple[int, int] | None = None, batch: int = 8
-) -> np.ndarray:
-    """A PIL image -> (K, H', W') window-averaged logits at its covering size (see covering_size)."""
+def slide_image_logits(image, spec: PreprocessSpec, run: RunLogits, slide: Slide, batch: int = 8) -> np.ndarray:
+    """A PIL image -> (K, H', W') window-averaged logits at the size `slide` resizes it to."""
     window = tuple(spec.input_size)
-    stride = stride or default_stride(window)
-    size = covering_size((image.height, image.width), window)
+    size = slide.image_size((image.height, image.width), window)
     x = replace(spec, input_size=size).preprocess([image])[0]
-    return slide_logits(x, run, window, stride, batch)
+    return slide_logits(x, run, window, slide.strides(window), batch)
 
 
-def stride_pair(stride: int | None, spec: PreprocessSpec) -> tuple[int, int]:
-    """A user's --stride (pixels, both axes) checked against the window; None: the default fraction."""
-    window = tuple(spec.input_size)
-    if stride is None:
-        return default_stride(window)
-    if not 1 <= stride <= min(window):
-        raise UserError(f"--stride must be 1..{min(window)} pixels (the window is {window[0]}x{window[1]}), got {stride}")
-    return stride, stride
+def slide_options(slide: bool | Slide, task: str, subject: str) -> Slide | None:
+    """Predictor's and evaluate's `slide` argument (True: the defaults) as a Slide, or None for whole-image.
 
-
-def check_slide_options(slide: bool, stride: int | None, task: str, subject: str) -> None:
-    """`subject` ("lkca-bundle is a classification bundle") names what would be slid, for the error line."""
-    if slide and task != "segmentation":
+    `subject` ("lkca-bundle is a classification bundle") names what would be slid, for the error line.
+    """
+    if not slide:
+        return None
+    if task != "segmentation":
         raise UserError(f"sliding windows (--slide) are for segmentation; {subject}")
-    if stride is not None and not slide:
-        raise UserError("--stride sets the sliding-window step: add --slide")
+    return slide if isinstance(slide, Slide) else Slide()
+
+
+def cli_slide(slide: bool, stride: int | None, scale: float | None) -> Slide | bool:
+    """The CLI's --slide/--stride/--scale as one argument; a window option without --slide is a mistake."""
+    if not slide:
+        if stride is not None or scale is not None:
+            raise UserError("--stride and --scale set up sliding windows: add --slide")
+        return False
+    return Slide(stride, scale)

@@ -23,7 +23,7 @@ from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifa
 from .data.spec import PreprocessSpec
 from .errors import UserError
 from .exporters.base import PRECISIONS, atomic_output
-from .masks import check_slide_options, resize_bilinear, slide_image_logits, stride_pair, upsampled_argmax
+from .masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
 
 AUTO = "auto"
 # "auto" takes the first of these that is installed here and present in the bundle: fastest where it exists.
@@ -265,22 +265,20 @@ class Predictor:
         image: ImageLike | Sequence[ImageLike],
         top_k: int | None = None,
         return_scores: bool = False,
-        slide: bool = False,
-        stride: int | None = None,
+        slide: bool | Slide = False,
     ):
         """Classification: [(label, score)] best first (a list of those for a list of images).
         Segmentation: an HxW int32 mask of class ids at the image's size; (mask, (K, H, W) softmax) with
-        return_scores (a list of those for a list of images). `slide`: sliding-window inference with windows
-        every `stride` pixels (default 2/3 of the input side) instead of one whole-image resize (see masks.py)."""
+        return_scores (a list of those for a list of images). `slide`: sliding-window inference instead of one
+        whole-image resize; True for the defaults, or a masks.Slide(stride, scale) (see masks.py)."""
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
             raise UserError("no images given: pass at least one image")
-        check_slide_options(slide, stride, self.task, f"{self.bundle_dir} is a {self.task} bundle")
+        slide = slide_options(slide, self.task, f"{self.bundle_dir} is a {self.task} bundle")
         pils = [open_image(item, i, self.spec) for i, item in enumerate(images)]
         if slide:
-            strides = stride_pair(stride, self.spec)
-            logits = [slide_image_logits(im, self.spec, self.run, strides) for im in pils]
+            logits = [slide_image_logits(im, self.spec, self.run, slide) for im in pils]
         else:
             logits = self.run(self.spec.preprocess(pils))
         if self.task == "segmentation":
@@ -380,10 +378,9 @@ def predict(
     precision: str | None = None,
     device: str | None = None,
     threads: int | None = None,
-    slide: bool = False,
-    stride: int | None = None,
+    slide: bool | Slide = False,
 ) -> list[dict[str, Any]]:
-    """JSON-friendly results, one dict per image, for `lkca-deploy predict` (`slide`, `stride`: Predictor's).
+    """JSON-friendly results, one dict per image, for `lkca-deploy predict` (`slide`: Predictor's).
 
     Classification: {"image", "backend", "precision", "label", "score", "top_k": [{"label", "score"}]}.
     Segmentation: {"image", "backend", "precision", "height", "width", "class_pixels": {name: count}} plus
@@ -402,7 +399,7 @@ def predict(
         results = []
         for start in range(0, len(images), _PREDICT_CHUNK):
             chunk = images[start : start + _PREDICT_CHUNK]
-            for offset, outcome in enumerate(p(chunk, slide=slide, stride=stride)):
+            for offset, outcome in enumerate(p(chunk, slide=slide)):
                 i = start + offset
                 entry = {"image": image_name(images[i], i), **engine}
                 if p.task == "segmentation":

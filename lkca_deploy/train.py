@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint
 from .data import open_split
 from .errors import UserError
-from .masks import check_slide_options
+from .masks import Slide, slide_options
 from .models.zoo import build_model, get_config
 from .progress import TrainProgress
 from .tasks import get_task
@@ -143,17 +143,17 @@ def evaluate_model(net, split, task, device, batch_size: int = 256) -> dict:
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", data_root=None,
-             download: bool = False, device: str = "cpu", batch_size: int = 256, slide: bool = False,
-             stride: int | None = None) -> dict:
+             download: bool = False, device: str = "cpu", batch_size: int = 256, slide: bool | Slide = False
+             ) -> dict:
     """Evaluate a checkpoint on a split of its data set (or another one with the same classes).
 
     Segmentation says how it ran: "whole" (each image resized to the input, mIoU at the input size) or, with
-    `slide`, sliding windows every `stride` pixels with mIoU at each image's own size (masks.py).
+    `slide` (True or a masks.Slide), sliding windows with mIoU at each image's own size.
     """
     net, ckpt = load_checkpoint(checkpoint)
     data = data or ckpt.meta.get("data", "digits")
     task = ckpt.config.task
-    check_slide_options(slide, stride, task, f"{checkpoint} is a {task} checkpoint")
+    slide = slide_options(slide, task, f"{checkpoint} is a {task} checkpoint")
     if slide:
         from .data.segmentation import open_segmentation_source
         from .tasks.segmentation import evaluate_sliding
@@ -162,7 +162,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
         _require_classes(data, source.class_names, ckpt.config.num_classes)
         # Images one by one through the model's own preprocessing: any image converts to its channels.
         spec = replace(ckpt.spec, class_names=source.class_names)
-        return evaluate_sliding(net.to(device), source, spec, device, stride)
+        return evaluate_sliding(net.to(device), source, spec, device, slide)
     ds = open_split(data, split, task, ckpt.config.img_size, data_root, download)
     _require_classes(data, ds.spec.class_names, ckpt.config.num_classes)
     if ds.spec.channels != ckpt.config.in_chans:

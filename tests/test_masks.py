@@ -5,11 +5,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from lkca_deploy.data.spec import PreprocessSpec
 from lkca_deploy.errors import UserError
-from lkca_deploy.masks import covering_size, slide_logits, stride_pair, window_origins
-
-SPEC = PreprocessSpec((64, 64), 1, (0.5,), (0.25,), class_names=("a", "b"), task="segmentation")
+from lkca_deploy.masks import Slide, cli_slide, slide_logits, slide_options, window_origins
 
 
 @pytest.mark.parametrize("length, window, stride", [(100, 64, 43), (64, 64, 43), (65, 64, 1), (513, 64, 64)])
@@ -22,11 +19,16 @@ def test_windows_cover_every_pixel_and_end_flush(length, window, stride):
     assert all(0 < b - a <= stride for a, b in pairwise(origins))
 
 
-def test_a_short_side_fits_one_window_and_the_aspect_is_kept():
-    assert covering_size((64, 64), (64, 64)) == (64, 64)
-    assert covering_size((30, 40), (64, 64)) == (64, 85)  # upscaled until the short side fits
-    assert covering_size((1000, 500), (64, 64)) == (128, 64)  # downscaled to the short side
-    assert covering_size((10, 10), (32, 64)) == (64, 64)  # a non-square window: both sides fit
+def test_the_image_is_resized_for_windows_as_asked_and_always_fits_one():
+    short_side = Slide().image_size
+    assert short_side((64, 64), (64, 64)) == (64, 64)
+    assert short_side((30, 40), (64, 64)) == (64, 85)  # upscaled until the short side fits
+    assert short_side((1000, 500), (64, 64)) == (128, 64)  # downscaled to the short side
+    assert short_side((10, 10), (32, 64)) == (64, 64)  # a non-square window: both sides fit
+    own = Slide(scale=1).image_size
+    assert own((1000, 500), (64, 64)) == (1000, 500)  # tiled at its own resolution
+    assert own((30, 40), (64, 64)) == (64, 85)  # but never smaller than one window
+    assert Slide(scale=0.5).image_size((1000, 500), (64, 64)) == (500, 250)
 
 
 def test_window_averages_reproduce_a_pixelwise_model_exactly():
@@ -44,9 +46,16 @@ def test_logits_at_a_lower_resolution_are_resized_to_the_window():
     np.testing.assert_allclose(logits, 3.0, rtol=1e-6)
 
 
-def test_strides_are_checked_against_the_window():
-    assert stride_pair(None, SPEC) == (43, 43)
-    assert stride_pair(32, SPEC) == (32, 32)
+def test_window_options_are_checked():
+    assert Slide().strides((64, 64)) == (43, 43) and Slide(32).strides((64, 64)) == (32, 32)
     for bad in (0, 65):
         with pytest.raises(UserError, match="--stride must be 1..64"):
-            stride_pair(bad, SPEC)
+            Slide(bad).strides((64, 64))
+    with pytest.raises(UserError, match="--scale must be a positive factor"):
+        Slide(scale=0)
+    with pytest.raises(UserError, match="--stride and --scale set up sliding windows: add --slide"):
+        cli_slide(False, 32, None)
+    assert cli_slide(True, 32, 1.0) == Slide(32, 1.0) and cli_slide(False, None, None) is False
+    assert slide_options(True, "segmentation", "") == Slide() and slide_options(False, "classification", "") is None
+    with pytest.raises(UserError, match=r"\(--slide\) are for segmentation; x is a classification bundle"):
+        slide_options(Slide(), "classification", "x is a classification bundle")

@@ -25,7 +25,7 @@ from lkca_deploy.bundle import BundleWriter
 from lkca_deploy.data.spec import PreprocessSpec
 from lkca_deploy.errors import UserError
 from lkca_deploy.exporters.registry import get_backend
-from lkca_deploy.masks import resize_bilinear
+from lkca_deploy.masks import Slide, resize_bilinear
 from lkca_deploy.runtime import Predictor, choose_engine, predict, softmax
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -242,17 +242,26 @@ def test_sliding_windows_over_two_scenes_side_by_side_segment_each_scene(bundles
     pair = np.concatenate([left, right], axis=1)
     with Predictor(bundles["seg"]) as p:
         expected = np.concatenate([p(left), p(right)], axis=1)
-        np.testing.assert_array_equal(p(pair, slide=True, stride=64), expected)
+        np.testing.assert_array_equal(p(pair, slide=Slide(stride=64)), expected)
         assert not np.array_equal(p(pair), expected)
         overlapping, scores = p(pair, slide=True, return_scores=True)  # default stride 43: 3 windows
         assert overlapping.shape == (64, 128) and scores.shape == (len(SEG_CLASSES), 64, 128)
         np.testing.assert_array_equal(p(left, slide=True), p(left))  # one window: the plain run
         with pytest.raises(UserError, match="--stride must be 1..64"):
-            p(pair, slide=True, stride=100)
-        with pytest.raises(UserError, match="--stride sets the sliding-window step: add --slide"):
-            p(pair, stride=32)
+            p(pair, slide=Slide(stride=100))
     with Predictor(bundles["cls"]) as p, pytest.raises(UserError, match="are for segmentation; .* classification"):
         p(left, slide=True)
+
+
+def test_sliding_at_the_images_own_scale_tiles_a_grid_of_scenes(bundles):
+    scenes = _images(6, (64, 64), seed=7)
+    grid = np.concatenate([np.concatenate(scenes[:3], axis=1), np.concatenate(scenes[3:], axis=1)], axis=0)
+    with Predictor(bundles["seg"]) as p:
+        masks = [p(scene) for scene in scenes]
+        expected = np.concatenate([np.concatenate(masks[:3], axis=1), np.concatenate(masks[3:], axis=1)], axis=0)
+        np.testing.assert_array_equal(p(grid, slide=Slide(stride=64, scale=1)), expected)
+        # The default recipe first shrinks the 128x192 grid to a 64 short side: another answer, at the same size.
+        assert p(grid, slide=Slide(stride=64)).shape == (128, 192)
 
 
 @pytest.mark.parametrize("size", [(50, 70), (128, 96), (7, 3)])

@@ -94,15 +94,15 @@ class MIoUMeter:
         return {**self._meter.result(self.class_names or None), "samples": self.samples}
 
 
-def evaluate_sliding(net, source, spec, device, stride: int | None = None) -> dict:
-    """mIoU at every image's own size with sliding-window inference (masks.py): ADE20K's usual protocol.
+def evaluate_sliding(net, source, spec, device, slide) -> dict:
+    """mIoU at every image's own size with sliding-window inference (a masks.Slide): ADE20K's usual protocol.
 
-    `source` is a data.segmentation.SegmentationSource (raw images and label maps), `spec` its PreprocessSpec at the
-    model's input size; one image at a time, since images differ in size.
+    `source` is a data.segmentation.SegmentationSource (raw images and label maps), `spec` the model's
+    PreprocessSpec; one image at a time, since images differ in size.
     """
-    from ..masks import slide_image_logits, stride_pair, upsampled_argmax
+    from ..masks import slide_image_logits, upsampled_argmax
 
-    strides = stride_pair(stride, spec)
+    strides = slide.strides(tuple(spec.input_size))  # checked before the first image
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
@@ -112,7 +112,8 @@ def evaluate_sliding(net, source, spec, device, stride: int | None = None) -> di
     meter = SegmentationMeter(len(spec.class_names), IGNORE_INDEX)
     for i in range(len(source)):
         image, mask = source.read(i)
-        logits = slide_image_logits(spec.to_pil(image), spec, run, strides)
+        logits = slide_image_logits(spec.to_pil(image), spec, run, slide)
         mask = np.asarray(mask, np.int64)
         meter.update(upsampled_argmax(logits, mask.shape)[None], mask[None])
-    return {**meter.result(spec.class_names), "samples": len(source), "inference": "slide", "stride": list(strides)}
+    return {**meter.result(spec.class_names), "samples": len(source), "inference": "slide",
+            "stride": list(strides), "scale": slide.scale if slide.scale is not None else "short side = input"}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lkca_deploy.data import scenes
 from lkca_deploy.errors import UserError
+from lkca_deploy.masks import Slide
 from lkca_deploy.tasks import get_task
 from lkca_deploy.tasks.segmentation import SegmentationTask, joint_scale_crop
 
@@ -142,7 +143,7 @@ def test_sliding_evaluation_scores_each_image_at_its_own_size(tmp_path, monkeypa
         for array, sub in ((test.images, "images/test"), (test.masks, "masks/test")):
             Image.fromarray(np.concatenate([array[2 * i], array[2 * i + 1]], axis=1)).save(pairs / sub / f"p{i}.png")
     whole = evaluate(out)  # the same 8 scenes one by one, each exactly a model input
-    slid = evaluate(out, data=str(pairs), slide=True, stride=64)
+    slid = evaluate(out, data=str(pairs), slide=Slide(stride=64))
     assert (slid["inference"], slid["stride"], slid["samples"]) == ("slide", [64, 64], 4)
     assert slid["miou"] == pytest.approx(whole["miou"]) and slid["pixel_acc"] == pytest.approx(whole["pixel_acc"])
     with pytest.raises(UserError, match="has 3-channel images, .* takes 1"):
