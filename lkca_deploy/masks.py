@@ -2,11 +2,11 @@
 
 Two ways to segment an image of any size with a model of a fixed input size:
 - whole image (the default): the image is resized to the input, the logits back to the image's size;
-- sliding window (ADE20K's usual protocol, mmsegmentation's "slide"): the image is resized just enough for one
-  window to fit (short side = input side for a square input, aspect kept), input-sized windows slide over it with a
-  stride (2/3 of the window by default: mmsegmentation's 341 of 512), every pixel's logits are the mean over the
-  windows that cover it, and that mean is resized to the image's own size before the argmax. Nothing is squeezed,
-  at the cost of one model run per window.
+- sliding window (ADE20K's usual protocol, mmsegmentation's "slide"): the image is resized, aspect kept, until one
+  window just fits (short side = input side for a square input; or by a factor of one's choosing, see Slide),
+  input-sized windows slide over it with a stride (2/3 of the window by default: mmsegmentation's 341 of 512), every
+  pixel's logits are the mean over the windows that cover it, and that mean is resized to the image's own size
+  before the argmax. Nothing is squeezed, at the cost of one model run per window.
 The Predictor (numpy + one backend) and `evaluate` (PyTorch) share this code.
 """
 
@@ -69,7 +69,7 @@ def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def window_origins(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows of `window` pixels every `stride` pixels, the last one flush with the far edge."""
     if stride < 1:
-        raise UserError(f"stride must be at least 1 pixel, got {stride}")
+        raise ValueError(f"stride must be at least 1 pixel, got {stride}")
     if length <= window:
         return [0]
     return [*range(0, length - window, stride), length - window]
