@@ -26,8 +26,9 @@ from .spec import PreprocessSpec
 DIGITS_TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the test split must never move between runs, or calibration could read it
 
+DIGITS_MEAN_STD = ((0.5,), (0.5,))
 _MEAN_STD = {
-    "digits": ((0.5,), (0.5,)),
+    "digits": DIGITS_MEAN_STD,
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
@@ -37,8 +38,8 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass
-class ImageSource:
-    """A split of a data set: how many images, how to read image i (PIL or uint8 array) and its label."""
+class SourceInfo:
+    """What a split of any data set says of itself: names, classes, and the pixel statistics to normalise by."""
 
     name: str
     split: str
@@ -46,6 +47,16 @@ class ImageSource:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def spec(self, img_size: int, task: str) -> PreprocessSpec:
+        return PreprocessSpec(input_size=(img_size, img_size), channels=self.channels, mean=self.mean,
+                              std=self.std, class_names=self.class_names, task=task)
+
+
+@dataclass
+class ImageSource(SourceInfo):
+    """A split of a data set: how many images, how to read image i (PIL or uint8 array) and its label."""
+
     labels: np.ndarray
     read: Callable[[int], object]
     natural: bool = True  # natural photos take crop+flip augmentation; digits would be broken by a flip
@@ -403,8 +414,7 @@ def open_source(name: str, split: str = "train", root: str | Path | None = None,
 
 
 def spec_for(source: ImageSource, img_size: int) -> PreprocessSpec:
-    return PreprocessSpec(input_size=(img_size, img_size), channels=source.channels, mean=source.mean,
-                          std=source.std, class_names=source.class_names, task="classification")
+    return source.spec(img_size, "classification")
 
 
 def preprocess_all(source: ImageSource, spec: PreprocessSpec, indices: Sequence[int] | None = None,

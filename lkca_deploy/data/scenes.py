@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .datasets import DIGITS_MEAN_STD
+
 SCENE_SIZE = 64
 SCENE_COUNTS = {"train": 2000, "test": 500}
 DIGITS_PER_SCENE = (2, 4)  # inclusive
@@ -24,7 +26,7 @@ SCALE_RANGE = (1 / 5, 1 / 3)  # digit side as a fraction of the scene side
 INK_THRESHOLD = 0.3  # of full intensity: the pixels of a digit that its mask labels
 NOISE_LEVEL = 0.1  # background noise is uniform in [0, NOISE_LEVEL] of full intensity: light, well below the ink
 CLASS_NAMES = ("background", *(str(d) for d in range(10)))
-MEAN_STD = ((0.5,), (0.5,))  # same as digits
+MEAN_STD = DIGITS_MEAN_STD  # digits' own pixels
 _PLACEMENT_TRIES = 200
 
 

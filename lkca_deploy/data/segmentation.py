@@ -23,22 +23,16 @@ import numpy as np
 
 from ..errors import UserError
 from . import Split
-from .datasets import DIGITS_TEST_FRACTION, IMAGE_SUFFIXES, IMAGENET_MEAN_STD, SPLIT_SEED
+from .datasets import DIGITS_TEST_FRACTION, IMAGE_SUFFIXES, IMAGENET_MEAN_STD, SPLIT_SEED, SourceInfo
 from .spec import IGNORE_INDEX, PreprocessSpec
 
 PRELOAD_BYTES = 512 * 2**20  # splits whose preprocessed tensors fit are read once up front; larger ones per item
 
 
 @dataclass
-class SegmentationSource:
+class SegmentationSource(SourceInfo):
     """A split of a segmentation data set: how many pairs, and how to read pair i (image, HxW uint8 label map)."""
 
-    name: str
-    split: str
-    class_names: tuple[str, ...]
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     size: int
     read: Callable[[int], tuple[object, np.ndarray]]
     natural: bool = True  # photos take flips; digits would be broken by one
@@ -247,11 +241,6 @@ def open_segmentation_source(name: str, split: str = "train", root: str | Path |
                     "images/ and masks/")
 
 
-def spec_for_segmentation(source: SegmentationSource, img_size: int) -> PreprocessSpec:
-    return PreprocessSpec(input_size=(img_size, img_size), channels=source.channels, mean=source.mean,
-                          std=source.std, class_names=source.class_names, task="segmentation")
-
-
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A label map resized to (H, W) with nearest neighbour, so no label is ever blended into another."""
     if mask.shape == tuple(size):
@@ -277,7 +266,7 @@ def preprocess_pairs(source: SegmentationSource, spec: PreprocessSpec, indices: 
 def open_segmentation_split(name: str, split: str, img_size: int, root=None, download: bool = False) -> Split:
     """The trainer's view of a split: a torch Dataset of (x float32 CHW, mask int64 HxW) and the spec behind it."""
     source = open_segmentation_source(name, split, root, download)
-    spec = spec_for_segmentation(source, img_size)
+    spec = source.spec(img_size, "segmentation")
     return Split(name, split, spec, _torch_dataset(source, spec), source.natural)
 
 

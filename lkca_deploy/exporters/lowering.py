@@ -129,6 +129,11 @@ class ConvSite:
     grid: tuple[int, int] | None  # static (H, W) of the input; None when unknown or dynamic
 
     @property
+    def depthwise(self) -> bool:
+        """One input and one output channel per group (the LKCA mixer; what `spectral` lowers)."""
+        return self.weight.shape[:2] == (self.group, 1)
+
+    @property
     def out_grid(self) -> tuple[int, int] | None:
         if self.grid is None or self.kernel is None:
             return None
@@ -396,7 +401,7 @@ def _why_skip(site: ConvSite, strategy: str, threshold: int) -> str | None:
         return f"kernel {_kxk(site.kernel)} already small ({bound} {threshold})"
     if strategy == "conv":
         return "strategy conv keeps the Conv as it is"
-    if strategy == "spectral" and site.weight.shape[:2] != (site.group, 1):
+    if strategy == "spectral" and not site.depthwise:
         return "spectral lowers depthwise convs (one input and one output channel per group)"
     if strategy in ("crop", "matmul", "spectral") and site.grid is None:
         return (

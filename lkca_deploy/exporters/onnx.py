@@ -50,7 +50,6 @@ MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT keeps 
 # 20: GELU is one op, which ONNX Runtime fuses with its bias (BiasGelu); the split Erf form it does not fuse.
 # TensorRT 10 parses opsets 9-20 (Gelu included); OpenVINO and ONNX Runtime read it.
 DEFAULT_OPSET = 20
-DIGITS_MEAN_STD = ((0.5,), (0.5,))
 CHECK_CHUNK = 16  # samples per self-check run: bounds memory for the 512 px segmentation models
 TUNE_REPEATS = 5
 _TRACE_CACHE_SIZE = 4
@@ -175,7 +174,7 @@ def export_model(
 
 def default_spec(config) -> Any:
     """The preprocessing a zoo model without a checkpoint gets: digits' for 1 channel, ImageNet's for 3."""
-    from lkca_deploy.data.datasets import IMAGENET_MEAN_STD
+    from lkca_deploy.data.datasets import DIGITS_MEAN_STD, IMAGENET_MEAN_STD
     from lkca_deploy.data.spec import PreprocessSpec
 
     mean, std = DIGITS_MEAN_STD if config.in_chans == 1 else IMAGENET_MEAN_STD

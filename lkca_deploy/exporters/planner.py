@@ -176,7 +176,7 @@ def plan_model(model: onnx.ModelProto, target: str, budget_bytes: int = DEFAULT_
             dilations=site.dilations,
             itemsize=site.weight.itemsize,
             toeplitz_bytes=toeplitz,
-            depthwise=site.weight.shape[:2] == (site.group, 1),
+            depthwise=site.depthwise,
         )
         if plan.strategy == "matmul":
             left -= toeplitz
