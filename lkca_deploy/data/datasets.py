@@ -430,7 +430,12 @@ def load_arrays(name: str, split: str, spec: PreprocessSpec, root=None, download
                 limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A split as (x float32 NCHW preprocessed by spec, y int64); ``limit`` takes a seeded random subset."""
     source = open_source(name, split, root, download)
-    indices = np.arange(len(source))
-    if limit is not None and limit < len(source):
-        indices = np.sort(np.random.default_rng(seed).choice(len(source), limit, replace=False))
+    indices = seeded_subset(len(source), limit, seed)
     return preprocess_all(source, spec, indices), source.labels[indices]
+
+
+def seeded_subset(size: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of `limit` items out of `size` drawn with `seed` (all of them without a smaller limit)."""
+    if limit is None or limit >= size:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).choice(size, limit, replace=False))

@@ -23,7 +23,14 @@ import numpy as np
 
 from ..errors import UserError
 from . import Split
-from .datasets import DIGITS_TEST_FRACTION, IMAGE_SUFFIXES, IMAGENET_MEAN_STD, SPLIT_SEED, SourceInfo
+from .datasets import (
+    DIGITS_TEST_FRACTION,
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN_STD,
+    SPLIT_SEED,
+    SourceInfo,
+    seeded_subset,
+)
 from .spec import IGNORE_INDEX, PreprocessSpec
 
 PRELOAD_BYTES = 512 * 2**20  # splits whose preprocessed tensors fit are read once up front; larger ones per item
@@ -274,10 +281,7 @@ def load_segmentation_arrays(name: str, split: str, spec: PreprocessSpec, root=N
                              limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A split as numpy (x float32 NCHW preprocessed by ``spec``, masks int64 N,H,W); ``limit``: a seeded subset."""
     source = open_segmentation_source(name, split, root, download)
-    indices = np.arange(len(source))
-    if limit is not None and limit < len(source):
-        indices = np.sort(np.random.default_rng(seed).choice(len(source), limit, replace=False))
-    return preprocess_pairs(source, spec, indices)
+    return preprocess_pairs(source, spec, seeded_subset(len(source), limit, seed))
 
 
 def _torch_dataset(source: SegmentationSource, spec: PreprocessSpec):
