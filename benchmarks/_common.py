@@ -220,7 +220,7 @@ def random_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
     import torch
 
     from lkca_deploy.checkpoint import save_checkpoint
-    from lkca_deploy.exporters.onnx import default_spec
+    from lkca_deploy.export import default_spec
     from lkca_deploy.models.zoo import create_model, get_config
 
     if (out / "config.json").is_file():

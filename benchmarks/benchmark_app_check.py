@@ -140,8 +140,8 @@ def our_settings(runner) -> dict[str, str]:
 
 def build_ir(args, folder: Path) -> Path:
     """The IR both sides time: --ir as given, else built (fp32) from --onnx or from --model exported for OpenVINO."""
-    from lkca_deploy.exporters.build import build_engine
-    from lkca_deploy.exporters.onnx import export_model
+    from lkca_deploy.backends.build import build_engine
+    from lkca_deploy.export import export_model
 
     if args.ir is not None:
         return args.ir
@@ -154,7 +154,7 @@ def build_ir(args, folder: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lkca_deploy.exporters.registry import get_backend
+    from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.reports.latency import measure_latency
 
     parser = argparse.ArgumentParser(

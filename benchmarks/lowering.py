@@ -45,7 +45,7 @@ def export_variants(
     name: str, folder: Path, max_kernel: int, budget_mib: float, samples: int
 ) -> list[Variant]:
     from lkca_deploy.errors import UserError
-    from lkca_deploy.exporters.onnx import export_model
+    from lkca_deploy.export import export_model
 
     jobs = [("conv", {}), ("crop", {}), ("matmul", {}), ("spectral", {}),
             (f"tiled:{max_kernel}", {"max_kernel": max_kernel})]
@@ -93,7 +93,7 @@ def mixer_free(conv_path: Path, out: Path) -> Path:
     import onnx
     from onnx import helper
 
-    from lkca_deploy.exporters.lowering import find_conv_sites
+    from lkca_deploy.lowering.passes import find_conv_sites
 
     model = onnx.load(str(conv_path))
     for site in find_conv_sites(model):
@@ -116,7 +116,7 @@ def _graph_digest(path: Path) -> str:
 
 def tune_picks(name: str, folder: Path, samples: int) -> dict[str, str]:
     """backend -> the candidate `tune` keeps when timing on that backend."""
-    from lkca_deploy.exporters.onnx import export_model
+    from lkca_deploy.export import export_model
 
     picks = {}
     for backend in BACKENDS:
@@ -143,7 +143,7 @@ def time_variants(
     folder: Path,
 ) -> None:
     """Build and load every variant on one backend, then time them interleaved at one batch size."""
-    from lkca_deploy.exporters.registry import get_backend
+    from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.reports.latency import interleaved
 
     backend = get_backend(backend_name)

@@ -174,9 +174,9 @@ def build_peers(source: Path, views, shape, folder: Path, args) -> tuple[dict[st
 
 def build_ours(source: Path, folder: Path, threads: int) -> tuple[dict[str, Run], dict[str, Path]]:
     """name -> runner of this project's fp32 engine per backend, and the ONNX each was built from."""
-    from lkca_deploy.exporters.build import build_engine
-    from lkca_deploy.exporters.onnx import export_model
-    from lkca_deploy.exporters.registry import get_backend
+    from lkca_deploy.backends.build import build_engine
+    from lkca_deploy.backends.registry import get_backend
+    from lkca_deploy.export import export_model
 
     runs, onnx_files = {}, {}
     load_options = {"onnxruntime": {"allow_spinning": False}, "openvino": {}}

@@ -66,7 +66,7 @@ class Built:
 
 def engine_specs() -> list[EngineSpec]:
     """ENGINES, less bf16 where the CPU lacks native bf16 (OpenVINO would refuse or emulate it)."""
-    from lkca_deploy.exporters.openvino import cpu_flags, cpu_has_bf16
+    from lkca_deploy.backends.openvino import cpu_flags, cpu_has_bf16
 
     has_bf16 = cpu_has_bf16(cpu_flags())
     return [e for e in ENGINES if e.precision != "bf16" or has_bf16]
@@ -74,7 +74,7 @@ def engine_specs() -> list[EngineSpec]:
 
 def export_per_backend(source: Path, folder: Path, lowering: str) -> dict[str, Path]:
     """One fp32 ONNX per backend, lowered for that backend's target."""
-    from lkca_deploy.exporters.onnx import export_model
+    from lkca_deploy.export import export_model
 
     exports = {}
     for backend, target in TARGETS.items():
@@ -89,8 +89,8 @@ def build_and_load(
     specs: list[EngineSpec], exports: dict[str, Path], folder: Path, calib: np.ndarray, threads: int
 ) -> list[Built]:
     """Every engine built and loaded; one that fails is kept with the reason instead of stopping the table."""
-    from lkca_deploy.exporters.build import build_engine
-    from lkca_deploy.exporters.registry import get_backend
+    from lkca_deploy.backends.build import build_engine
+    from lkca_deploy.backends.registry import get_backend
 
     built = []
     for spec in specs:

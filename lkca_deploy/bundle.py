@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .backends.base import PRECISIONS, sha256_file, sidecar_path
+from .backends.registry import BACKENDS
 from .data.spec import PreprocessSpec
 from .errors import UserError
-from .exporters.base import PRECISIONS, sha256_file, sidecar_path
-from .exporters.registry import BACKENDS
 from .fsutil import atomic_dir
 
 FORMAT = "lkca-deploy-bundle/1"

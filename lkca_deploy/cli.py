@@ -133,7 +133,7 @@ def export(
     tune_backend: str = typer.Option("onnxruntime", help="Backend that times candidates for --lowering tune."),
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
-    from .exporters.onnx import export_model
+    from .export import export_model
 
     result = export_model(source, out, lowering=lowering, target=target, max_kernel=max_kernel,
                           batch=_parse_batch(batch), opset=opset, simplify=not no_simplify,
@@ -161,7 +161,7 @@ def lower(
     matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
-    from .exporters.lowering import STRATEGIES, lower_file
+    from .lowering.passes import STRATEGIES, lower_file
 
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
@@ -182,8 +182,8 @@ def check(
     allow_gpu_fallback: bool = typer.Option(False, help="jetson-dla: GPU fallbacks are listed, not failures."),
 ) -> None:
     """Lint a model against a target's documented limits; exit 1 when the target cannot run it as it stands."""
-    from .exporters.onnx_io import load_onnx
-    from .exporters.targets import check_model
+    from .check import check_model
+    from .onnx_io import load_onnx
 
     report = check_model(load_onnx(file), target, allow_gpu_fallback=allow_gpu_fallback)
     if as_json:
@@ -199,8 +199,8 @@ def check(
 
 def _calibration(source: str, onnx_path: Path, samples: int, data_root: Path | None, download: bool):
     from .calibration.sources import load_calibration
-    from .exporters.onnx_io import load_onnx
-    from .exporters.onnx_meta import spec_from_model
+    from .onnx_io import load_onnx
+    from .onnx_meta import spec_from_model
 
     cal = load_calibration(source, spec_from_model(load_onnx(onnx_path, load_external_data=False)),
                            samples=samples, data_root=data_root, download=download)
@@ -230,7 +230,7 @@ def quantize(
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
     from .calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
-    from .exporters.onnx_io import load_onnx, save_onnx_atomic
+    from .onnx_io import load_onnx, save_onnx_atomic
 
     array = _calibration(calib, file, calib_samples, data_root, download)
     result = quantize_int8(load_onnx(file), array, flavor=flavor, method=method, percentile=percentile,
@@ -256,7 +256,7 @@ def build(
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
-    from .exporters.build import build_engine
+    from .backends.build import build_engine
 
     array = _calibration(calib, file, calib_samples, data_root, False) if calib else None
     path = build_engine(file, backend, precision, out, calib=array, flavor=flavor, device=device)
@@ -293,8 +293,8 @@ def pipeline(
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
-    from .exporters.openvino import cpu_flags, cpu_has_bf16
-    from .exporters.registry import BACKENDS
+    from .backends.openvino import cpu_flags, cpu_has_bf16
+    from .backends.registry import BACKENDS
     from .pipeline import PipelineOptions, run_pipeline
     from .reports.render import summary_table
 
@@ -327,9 +327,9 @@ def parity(
     threads: int | None = typer.Option(None, help="Inference threads."),
 ) -> None:
     """Re-prove a bundle's engines against PyTorch FP32 on the evaluation split; exit 1 when one fails."""
+    from .proof import bundle_parity
     from .reports.parity import Thresholds
     from .reports.render import summary_table, write_report
-    from .verify import bundle_parity
 
     thresholds = Thresholds()
     for task, agreement in (("classification", "agreement"), ("segmentation", "pixel_agreement")):
@@ -354,8 +354,8 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ) -> None:
     """Latency of engines: warm-up, then p50/p90/p99 and throughput per batch size, with the machine's facts."""
+    from .proof import bench_artifacts
     from .reports.machine import isa_summary
-    from .verify import bench_artifacts
 
     rows = bench_artifacts(targets, [int(b) for b in batches.split(",")], threads, budget)
     if as_json:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .verify import (
+from .proof import (
     BACKEND_TARGETS,
     DEFAULT_DATA,
     EVAL_BATCH,
@@ -68,8 +68,8 @@ class Stages:
 def run_pipeline(source: str | Path | None = None, data: str | None = None, out: str | Path = "lkca-bundle",
                  opts: PipelineOptions | None = None, echo: Callable[[str], None] | None = None):
     """Run the whole path and write the bundle at ``out``; returns the Report (also in out/reports/)."""
+    from .backends.registry import BACKENDS
     from .bundle import BundleWriter
-    from .exporters.registry import BACKENDS
 
     opts = opts or PipelineOptions()
     unknown = [b for b in opts.backends if b not in BACKENDS]
@@ -115,7 +115,7 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
 
     Returns backend -> (ONNX path, lowering label).
     """
-    from .exporters.onnx import export_model
+    from .export import export_model
 
     def export(name: str, lowering: str, target: str) -> tuple[Path, str]:
         rel = f"onnx/model.{name}.onnx"
@@ -149,8 +149,8 @@ class _Built:
 
 
 def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
-    from .exporters.build import build_engine
-    from .exporters.registry import get_backend
+    from .backends.build import build_engine
+    from .backends.registry import get_backend
 
     built = []
     for backend in opts.backends:
@@ -177,7 +177,7 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
 
 
 def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions):
-    from .exporters.registry import get_backend
+    from .backends.registry import get_backend
     from .reports.render import EngineResult
 
     results = []

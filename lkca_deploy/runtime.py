@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from .backends.base import PRECISIONS, atomic_output
 from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifacts
 from .data.spec import PreprocessSpec
 from .errors import UserError
-from .exporters.base import PRECISIONS, atomic_output
 from .masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
 
 AUTO = "auto"
@@ -42,7 +42,7 @@ ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
 
 def backend_status(name: str) -> tuple[bool, str]:
     """(installed here, version or install hint) for a backend, without importing its library at module level."""
-    from .exporters.registry import get_backend
+    from .backends.registry import get_backend
 
     return get_backend(name, require_available=False).available()
 
@@ -54,7 +54,7 @@ def choose_engine(
     status: Callable[[str], tuple[bool, str]] = backend_status,
 ) -> dict[str, Any]:
     """The engine to load: see Predictor. `status(name)` says whether a backend is installed (tests pass their own)."""
-    from .exporters.registry import BACKENDS
+    from .backends.registry import BACKENDS
 
     if not engines:
         raise UserError("the bundle has no engines: rebuild it with lkca-deploy pipeline")
@@ -244,7 +244,7 @@ class Predictor:
         threads: int | None = None,
         top_k: int = 5,
     ):
-        from .exporters.registry import get_backend
+        from .backends.registry import get_backend
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir)

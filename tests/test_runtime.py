@@ -21,10 +21,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.bundle import BundleWriter
 from lkca_deploy.data.spec import PreprocessSpec
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.registry import get_backend
 from lkca_deploy.masks import Slide, resize_bilinear
 from lkca_deploy.runtime import Predictor, choose_engine, predict, softmax
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import (
+from lkca_deploy.backends.base import (
     as_model_input,
     atomic_output,
     check_options,
@@ -23,6 +22,7 @@ from lkca_deploy.exporters.base import (
     require_onnx_precision,
     write_sidecar,
 )
+from lkca_deploy.errors import UserError
 
 NAME = "onnxruntime"
 INSTALL_HINT = "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA/TensorRT)"

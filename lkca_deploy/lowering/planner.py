@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.lowering import (
+from lkca_deploy.lowering.passes import (
     DEFAULT_MATMUL_BUDGET,
     DEFAULT_MIN_KERNEL,
     STRATEGIES,

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.exporters.lowering import ConvSite, constant_tensors, find_conv_sites, static_shapes
-from lkca_deploy.exporters.planner import Plan, check_target, choose_lowering
+from lkca_deploy.lowering.passes import ConvSite, constant_tensors, find_conv_sites, static_shapes
+from lkca_deploy.lowering.planner import Plan, check_target, choose_lowering
 
 # onnx-tensorrt docs/operators.md (TensorRT 10): every operator marked supported; others fail the parse.
 _TENSORRT_OPS_TABLE = """

@@ -113,9 +113,9 @@ def localise_divergence(ctx: EvalContext, item, opts):
     """Where a failing engine first diverges: the same engine built from an export whose transformer blocks are
     extra outputs, compared block by block with PyTorch (cheaper than marking every tensor, which runs out of
     memory on transformers). Returns (per-block errors, first divergent block) or (None, None) if unsupported."""
-    from .exporters.build import build_engine
-    from .exporters.onnx import export_model
-    from .exporters.registry import get_backend
+    from .backends.build import build_engine
+    from .backends.registry import get_backend
+    from .export import export_model
     from .reports.parity import first_divergent_block
 
     with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
@@ -150,8 +150,8 @@ class _EvalOptions:
 def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=None, data_root: str | None = None,
                   download: bool = False, threads: int | None = None, localise: bool = True):
     """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""
+    from .backends.registry import get_backend
     from .bundle import read_manifest, verify_artifacts
-    from .exporters.registry import get_backend
     from .reports.parity import Thresholds
     from .reports.render import EngineResult, Report
 
@@ -176,10 +176,10 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
     """Latency of artifacts (files with a sidecar) or of every engine of bundles, on random inputs of their shape."""
     import json
 
+    from .backends.base import sidecar_path
+    from .backends.registry import get_backend
     from .bundle import read_manifest
     from .errors import UserError
-    from .exporters.base import sidecar_path
-    from .exporters.registry import get_backend
 
     targets: list[tuple[str, Path, str]] = []  # (backend, artifact, precision)
     for path in map(Path, paths):

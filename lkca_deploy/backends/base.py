@@ -218,7 +218,7 @@ class InputSpec:
 
 def load_onnx(path: Path):
     """The ModelProto at `path`, or a UserError that says why it cannot be one (one loader: onnx_io's)."""
-    from .onnx_io import load_onnx as load_checked
+    from lkca_deploy.onnx_io import load_onnx as load_checked
 
     return load_checked(path)
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import (
+from lkca_deploy.backends.base import (
     as_model_input,
     check_options,
     check_precision,
@@ -31,6 +30,7 @@ from lkca_deploy.exporters.base import (
     sha256_file,
     write_sidecar,
 )
+from lkca_deploy.errors import UserError
 
 NAME = "openvino"
 INSTALL_HINT = "OpenVINO is not installed: pip install openvino"

@@ -14,9 +14,8 @@ import onnx
 import pytest
 from backend_models import onnxruntime_reference, sample_batch, tiny_lkca_model, write_tiny_lkca_onnx
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.registry import BACKENDS, available_backends, get_backend
-from lkca_deploy.exporters.tensorrt import (
+from lkca_deploy.backends.registry import BACKENDS, available_backends, get_backend
+from lkca_deploy.backends.tensorrt import (
     BatchProfile,
     TensorRTBackend,
     batch_profile,
@@ -32,6 +31,7 @@ from lkca_deploy.exporters.tensorrt import (
     trtexec_command,
     write_trtexec_script,
 )
+from lkca_deploy.errors import UserError
 
 TRT_MISSING = importlib.util.find_spec("tensorrt") is None
 TRT_REASON = "TensorRT is not installed in this workplace (vendor index unreachable)"

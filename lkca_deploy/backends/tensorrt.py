@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import (
+from lkca_deploy.backends.base import (
     InputSpec,
     as_model_input,
     atomic_write_bytes,
@@ -37,6 +36,7 @@ from lkca_deploy.exporters.base import (
     require_onnx_precision,
     write_sidecar,
 )
+from lkca_deploy.errors import UserError
 
 NAME = "tensorrt"
 INSTALL_HINT = (

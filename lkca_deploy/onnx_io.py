@@ -15,8 +15,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from lkca_deploy.backends.base import atomic_output
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import atomic_output
 
 
 def load_onnx(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:

@@ -9,9 +9,8 @@ import onnx
 import pytest
 from backend_models import onnxruntime_reference, sample_batch, write_tiny_lkca_onnx
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import sidecar_path
-from lkca_deploy.exporters.openvino import (
+from lkca_deploy.backends.base import sidecar_path
+from lkca_deploy.backends.openvino import (
     OpenVinoBackend,
     check_device,
     cpu_flags,
@@ -19,6 +18,7 @@ from lkca_deploy.exporters.openvino import (
     inference_precision_hint,
     require_bf16,
 )
+from lkca_deploy.errors import UserError
 
 ov = pytest.importorskip("openvino")
 BACKEND = OpenVinoBackend()
@@ -193,7 +193,7 @@ def test_qdq_engine_computes_what_onnxruntime_computes_on_a_trained_lkca(nano_ch
     from lkca_deploy.calibration.quantize import quantize_int8
     from lkca_deploy.data import load_arrays
     from lkca_deploy.data.spec import PreprocessSpec
-    from lkca_deploy.exporters.onnx import export_model
+    from lkca_deploy.export import export_model
 
     fp32 = export_model(nano_checkpoint, tmp_path / "fp32.onnx", lowering="matmul").path
     spec = PreprocessSpec.from_dict(json.loads((nano_checkpoint / "config.json").read_text())["preprocessing"])

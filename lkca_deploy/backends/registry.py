@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from lkca_deploy.backends.base import Backend
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import Backend
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 _CLASSES = {
-    "onnxruntime": ("lkca_deploy.exporters.onnxruntime", "OnnxRuntimeBackend"),
-    "openvino": ("lkca_deploy.exporters.openvino", "OpenVinoBackend"),
-    "tensorrt": ("lkca_deploy.exporters.tensorrt", "TensorRTBackend"),
+    "onnxruntime": ("lkca_deploy.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "openvino": ("lkca_deploy.backends.openvino", "OpenVinoBackend"),
+    "tensorrt": ("lkca_deploy.backends.tensorrt", "TensorRTBackend"),
 }
 
 

@@ -8,7 +8,7 @@ The conv on a fixed grid is a linear map with a known structure, so it can be wr
     matmul  the attention view: a constant Toeplitz per head + MatMul (needs a static H, W; weighs heads*N^4)
     tiled   pad once, then per tile of at most `max_kernel` taps a Slice + unpadded Conv, summed by Adds
     spectral  depthwise only: DFT matrices as four small MatMuls around a complex product per head
-            (exporters/spectral.py; needs a static H, W; large grids, where the Toeplitz is too big)
+            (lowering/spectral.py; needs a static H, W; large grids, where the Toeplitz is too big)
 
 Candidates are stride-1 2-D Conv nodes with group > 1 and a constant weight whose kernel exceeds a threshold.
 Every candidate is reported as lowered or skipped, with the reason.
@@ -28,8 +28,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters import spectral
-from lkca_deploy.exporters.onnx_io import load_onnx, save_onnx_atomic
+from lkca_deploy.lowering import spectral
+from lkca_deploy.onnx_io import load_onnx, save_onnx_atomic
 
 STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral")
 DEFAULT_MIN_KERNEL = 7  # kernels up to 7x7 are "small": every backend runs them natively and fast
@@ -637,7 +637,7 @@ def _tile_slice(padded: str, tag: str, tile, site: ConvSite, split: tuple[bool, 
 
 
 def _rewrite_spectral(site: ConvSite, names: _Names, _max_kernel: int | None) -> _Rewrite:
-    """The depthwise conv as DFT matmuls around a pointwise complex product (see exporters/spectral.py)."""
+    """The depthwise conv as DFT matmuls around a pointwise complex product (see lowering/spectral.py)."""
     weight, channels = site.weight, site.weight.shape[0]
     blocks = kernel_blocks(weight, site.group)  # heads: one spectrum per head, broadcast over its channels
     (h, w), (ho, wo) = site.grid, site.out_grid

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conv_graphs import conv_model, conv_weight, random_x, run_ort
 from onnx import TensorProto, helper, numpy_helper
-from test_lowering import conv_model, conv_weight, random_x, run_ort
 
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.lowering import lower_model
-from lkca_deploy.exporters.planner import (
+from lkca_deploy.lowering.passes import lower_model
+from lkca_deploy.lowering.planner import (
     TARGETS,
     apply_plan,
     choose_lowering,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conv_graphs import conv_model
 from onnx import TensorProto, helper, numpy_helper
-from test_lowering import conv_model
 
+from lkca_deploy.check import check_model, count_dla_subgraphs
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.lowering import lower_model
-from lkca_deploy.exporters.targets import check_model, count_dla_subgraphs
+from lkca_deploy.lowering.passes import lower_model
 
 
 def graph_model(nodes, in_shape, out_shape, inits=(), opset=17, domains=()) -> onnx.ModelProto:

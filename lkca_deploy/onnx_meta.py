@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ..data.spec import PreprocessSpec
+from .data.spec import PreprocessSpec
 
 JSON_KEYS = ("preprocessing", "class_names", "lowering")
 
@@ -48,7 +48,7 @@ def spec_from_model(model) -> PreprocessSpec:
     dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
     channels, h, w = (dims[1:] + [None, None, None])[:3]
     if not (channels and h and w):
-        from ..errors import UserError
+        from .errors import UserError
 
         raise UserError("the model has no lkca-deploy metadata and a dynamic input size: "
                         "calibrate it with a .npy/.npz of preprocessed tensors")

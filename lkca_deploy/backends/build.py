@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.base import (
+from lkca_deploy.backends.base import (
     Backend,
     atomic_output,
     check_precision,
@@ -29,7 +28,8 @@ from lkca_deploy.exporters.base import (
     onnx_precision,
     sha256_file,
 )
-from lkca_deploy.exporters.registry import get_backend
+from lkca_deploy.backends.registry import get_backend
+from lkca_deploy.errors import UserError
 
 # Which quantize_int8 flavour each backend INT8 flavour bakes; None: the backend quantizes itself (NNCF).
 QDQ_FLAVOR = {"cpu": "cpu", "tensorrt": "tensorrt", "qdq": "cpu", "nncf": None}
@@ -153,8 +153,8 @@ def _build_tensorrt(
 
     DLA on TensorRT 10 takes INT8 only implicitly (fp32 ONNX + calibration cache): that ONNX gets its own script.
     """
+    from lkca_deploy.backends import tensorrt as trt_backend
     from lkca_deploy.calibration.quantize import trt_cache_header, write_trt_calibration_cache
-    from lkca_deploy.exporters import tensorrt as trt_backend
 
     ok, reason = be.available()
     installed = trt_backend.installed_version()

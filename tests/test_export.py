@@ -18,10 +18,10 @@ import pytest
 import torch
 
 import lkca_deploy
+from lkca_deploy import export as exporter
 from lkca_deploy.checkpoint import save_checkpoint
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters import onnx as exporter
-from lkca_deploy.exporters.onnx import META_KEYS, SelfCheckError, export_model, read_metadata, self_check
+from lkca_deploy.export import META_KEYS, SelfCheckError, export_model, read_metadata, self_check
 from lkca_deploy.models.zoo import create_model, get_config
 
 TOL = 1e-4

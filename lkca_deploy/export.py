@@ -31,16 +31,16 @@ import numpy as np
 import onnx
 
 from lkca_deploy.errors import UserError
-from lkca_deploy.exporters.lowering import STRATEGIES, LoweringReport, lower_model
-from lkca_deploy.exporters.onnx_io import save_onnx_atomic
-from lkca_deploy.exporters.onnx_meta import read_metadata, set_metadata
-from lkca_deploy.exporters.planner import (
+from lkca_deploy.lowering.passes import STRATEGIES, LoweringReport, lower_model
+from lkca_deploy.lowering.planner import (
     DEFAULT_TUNE_CANDIDATES,
     TuneRow,
     check_target,
     lower_auto,
     tune_lowering,
 )
+from lkca_deploy.onnx_io import save_onnx_atomic
+from lkca_deploy.onnx_meta import read_metadata, set_metadata
 
 LOWERINGS = (*STRATEGIES, "auto", "tune")
 TUNE_BACKENDS = ("onnxruntime", "openvino")
@@ -354,7 +354,7 @@ class _CandidateTimer:
     """time_fn for tune_lowering: seconds per run of a candidate on one backend, each built and loaded once."""
 
     def __init__(self, backend_name: str, folder: Path, x: np.ndarray):
-        from lkca_deploy.exporters.registry import get_backend
+        from lkca_deploy.backends.registry import get_backend
 
         self.backend = get_backend(backend_name)
         # Sessions timed in turn on few cores slow each other down when ORT threads spin (backend-limits.md).

@@ -1,0 +1,1 @@
+"""Engine backends: one module per backend behind one interface (build, load, run)."""

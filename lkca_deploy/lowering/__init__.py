@@ -1,0 +1,1 @@
+"""Graph passes that rewrite the large-kernel conv into ops a target runs well, and their planning."""
