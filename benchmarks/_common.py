@@ -2,7 +2,7 @@
 a work folder, and the checkpoints they time (random weights for speed, lkca_vit_nano trained on digits for accuracy).
 
 Every script times its engines in ONE run with interleaved rounds (reports.latency.interleaved) and reports the
-median of the per-round medians; ONNX Runtime sessions run with intra-op spinning off (research/backend-limits.md:
+median of the per-round medians; ONNX Runtime sessions run with intra-op spinning off (docs/backend-limits.md:
 spinning threads make interleaved sessions 3x slower on 2 cores).
 """
 

@@ -150,7 +150,7 @@ def build_ir(args, folder: Path) -> Path:
         source = common.speed_source(args, folder)
         onnx_path = folder / f"{source.name}.openvino.onnx"
         export_model(source, onnx_path, lowering="auto", target="openvino-cpu", check_samples=16)
-    return build_engine(onnx_path, "openvino", "fp32", folder / f"{Path(onnx_path).stem}.fp32.xml")
+    return build_engine(onnx_path, "openvino", "fp32", folder / f"{Path(onnx_path).stem}.fp32.xml").artifact
 
 
 def main(argv: list[str] | None = None) -> int:

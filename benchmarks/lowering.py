@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}  # backend -> its `auto` target
-LOAD_OPTIONS = {"onnxruntime": {"allow_spinning": False}, "openvino": {}}
 DEFAULT_MODELS = ("lkca_vit_tiny", "lkca_seg_nano", "lkca_seg_tiny")
 BATCH_1_ONLY = ("lkca_seg_tiny",)  # 512 px: batch 32 would take minutes per call on 2 cores
 AUTO_WITHIN = 0.05  # the goal: auto never more than 5% slower than the best candidate
@@ -154,7 +153,7 @@ def time_variants(
         artifact = folder / f"{v.path.stem}-{backend_name}{backend.artifact_suffix}"
         if not artifact.exists():
             backend.build(v.path, artifact, precision="fp32")
-        runners[v.label] = backend.load(artifact, threads=threads, **LOAD_OPTIONS[backend_name])
+        runners[v.label] = backend.load(artifact, threads=threads, **backend.interleaved_load_options)
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     try:
         stats = interleaved(runners, x, repeats, warmup=3, budget_s=budget_s * len(runners))

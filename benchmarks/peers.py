@@ -179,16 +179,15 @@ def build_ours(source: Path, folder: Path, threads: int) -> tuple[dict[str, Run]
     from lkca_deploy.export import export_model
 
     runs, onnx_files = {}, {}
-    load_options = {"onnxruntime": {"allow_spinning": False}, "openvino": {}}
     for backend_name, target in TARGETS.items():
         backend = get_backend(backend_name)
         onnx_path = folder / f"ours-{backend_name}.onnx"
         result = export_model(source, onnx_path, lowering="auto", target=target, check_samples=16)
         artifact = build_engine(
             onnx_path, backend_name, "fp32", folder / f"ours-{backend_name}.fp32{backend.artifact_suffix}"
-        )
+        ).artifact
         label = f"{OURS}: {backend_name} fp32 ({_lowering_label(result)})"
-        runs[label] = backend.load(artifact, threads=threads, **load_options[backend_name])
+        runs[label] = backend.load(artifact, threads=threads, **backend.interleaved_load_options)
         onnx_files[backend_name] = onnx_path
     return runs, onnx_files
 

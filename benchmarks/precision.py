@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 
 TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}  # backend -> target of `auto`
-LOAD_OPTIONS = {"onnxruntime": {"allow_spinning": False}, "openvino": {}}
 SPEED_CALIB_SAMPLES = 64  # random inputs: INT8 speed does not depend on the ranges
 # Done-when of issue 4 (lkca_vit_nano on digits)
 MAX_INT8_DROP_POINTS = 0.5
@@ -108,7 +107,7 @@ def build_and_load(
                     calib=calib if spec.precision == "int8" else None,
                     flavor=spec.flavor,
                 )
-            runner = backend.load(out, threads=threads, **LOAD_OPTIONS[spec.backend])
+            runner = backend.load(out, threads=threads, **backend.interleaved_load_options)
         except Exception as err:  # noqa: BLE001 - one engine that cannot be built is a row, not a crash
             common.warn(f"{spec.label}: {type(err).__name__}: {err}")
             built.append(Built(spec, None, "-", f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"))

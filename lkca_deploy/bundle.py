@@ -16,15 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .backends.base import PRECISIONS, sha256_file, sidecar_path
+from .backends.base import PRECISIONS, sidecar_path
 from .backends.registry import BACKENDS
 from .data.spec import PreprocessSpec
 from .errors import UserError
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, sha256_file
+from .tasks.names import TASKS
 
 FORMAT = "lkca-deploy-bundle/1"
 MANIFEST = "manifest.json"
-TASKS = ("classification", "segmentation")
 ARTIFACT_KINDS = (
     "onnx",
     "openvino-ir",

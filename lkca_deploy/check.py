@@ -1,7 +1,7 @@
 """Static checks of an ONNX model against what a target can run, each finding with the fix to apply.
 
 No backend is imported: the rules are tables from the vendors' documents (sources in
-research/backend-limits.md): onnx-tensorrt docs/operators.md (TensorRT 10 parser), TensorRT "DLA supported
+docs/backend-limits.md): onnx-tensorrt's operator support table (TensorRT 10 parser), TensorRT "DLA supported
 layers and restrictions", the OpenVINO NPU compiler's conv kernel limit, and what was measured on CPUs here.
 """
 
@@ -15,10 +15,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.passes import ConvSite, constant_tensors, find_conv_sites, static_shapes
-from lkca_deploy.lowering.planner import Plan, check_target, choose_lowering
+from lkca_deploy.lowering.passes import ConvSite, find_conv_sites
+from lkca_deploy.lowering.planner import Plan, choose_lowering
+from lkca_deploy.onnx_io import constant_tensors, graph_inputs, static_shapes
+from lkca_deploy.targets import DLA_LIMITS, DLA_SUBGRAPHS_PER_CORE, get_target
 
-# onnx-tensorrt docs/operators.md (TensorRT 10): every operator marked supported; others fail the parse.
+# onnx-tensorrt's operator support table (TensorRT 10; docs/backend-limits.md): what is not listed fails the parse.
 _TENSORRT_OPS_TABLE = """
     Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
     CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
@@ -57,9 +59,6 @@ _DLA_ANY_SHAPE = {
     "Cos",
     "Atan",
 }
-DLA_LIMITS = {"kernel": 32, "pad": 31, "stride": 8, "dilation": 32, "groups": 8192, "channels": 8192}
-DLA_SUBGRAPHS_PER_CORE = 16
-NPU_KERNEL_LIMIT = 11
 _NEUTRAL = {"Constant", "Identity"}  # no layer of their own: folded or aliased by the builder
 
 _OP_FIXES = {
@@ -123,27 +122,19 @@ class CheckReport:
 
 
 def check_model(model: onnx.ModelProto, target: str, allow_gpu_fallback: bool = False) -> CheckReport:
-    """Every rule of `target` over the main graph; `.ok` is False when the model cannot run there as is."""
-    check_target(target)
+    """Every rule of `target` (targets.py) over the main graph; `.ok` is False when the model cannot run there."""
+    spec = get_target(target)
     context = _Context(model)
     report = CheckReport(target)
-    report.findings += _standard_ops(context)
-    if target in ("tensorrt", "jetson-dla"):
-        report.findings += _tensorrt_parser(context)
-        report.findings += _qdq_zero_points(context)
-    if target == "jetson-dla":
-        report.findings += _static_inputs(context)
-        findings, stats = _dla_placement(context, allow_gpu_fallback)
+    for name in spec.checks:
+        if name == "dla_placement":
+            findings, stats = _dla_placement(context, allow_gpu_fallback)
+            report.stats.update(stats)
+        elif name == "kernel_limit":
+            findings = _kernel_limit(context, target, spec.kernel_limit, f"{target}'s hardware conv")
+        else:
+            findings = _RULES[name](context)
         report.findings += findings
-        report.stats.update(stats)
-    if target.startswith("openvino-"):
-        report.findings += _openvino_dft(context)
-    if target == "openvino-npu":
-        report.findings += _kernel_limit(context, target, NPU_KERNEL_LIMIT, "the NPU's hardware conv")
-    if target == "openvino-gpu":
-        report.findings += _huge_filters(context)
-    if target == "onnxruntime-cpu":
-        report.findings += _onnxruntime_cpu(context)
     return report
 
 
@@ -238,18 +229,13 @@ def _qdq_zero_points(ctx: _Context) -> Iterable[Finding]:
 
 
 def _static_inputs(ctx: _Context) -> Iterable[Finding]:
-    initializers = {t.name for t in ctx.graph.initializer}
-    for value in ctx.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        dynamic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
-        if dynamic:
+    for spec in graph_inputs(ctx.model):
+        if spec.symbols:
             yield Finding(
                 "error",
-                value.name,
+                spec.name,
                 "input",
-                f"dynamic dimension(s) {', '.join(dynamic)}: the DLA builds one shape",
+                f"dynamic dimension(s) {', '.join(spec.symbols)}: the DLA builds one shape",
                 "export with a static batch and image size",
             )
 
@@ -433,7 +419,7 @@ def _huge_filters(ctx: _Context) -> Iterable[Finding]:
                 f"{site.kernel[0]}x{site.kernel[1]} = {site.kernel[0] * site.kernel[1]} taps: "
                 "some OpenVINO GPU "
                 "releases send filters over 1024 taps to a slow reference kernel",
-                "lower --strategy crop (static grid) or lower --strategy tiled --max-kernel 32",
+                f"lower --strategy crop (static grid) or lower --strategy tiled --max-kernel {DLA_LIMITS['kernel']}",
             )
 
 
@@ -468,3 +454,15 @@ def _onnxruntime_cpu(ctx: _Context) -> Iterable[Finding]:
                 f"custom-domain op ({node.domain})",
                 "register its custom-op library with the session, or re-export without it",
             )
+
+
+# The lints a target's `checks` name (targets.py); the two that take more than the model are called directly above.
+_RULES = {
+    "standard_ops": _standard_ops,
+    "tensorrt_parser": _tensorrt_parser,
+    "qdq_zero_points": _qdq_zero_points,
+    "static_inputs": _static_inputs,
+    "openvino_dft": _openvino_dft,
+    "huge_filters": _huge_filters,
+    "onnxruntime_cpu": _onnxruntime_cpu,
+}

@@ -259,8 +259,12 @@ def build(
     from .backends.build import build_engine
 
     array = _calibration(calib, file, calib_samples, data_root, False) if calib else None
-    path = build_engine(file, backend, precision, out, calib=array, flavor=flavor, device=device)
-    typer.echo(f"wrote {path}")
+    built = build_engine(file, backend, precision, out, calib=array, flavor=flavor, device=device)
+    if built.artifact is None:
+        written = ", ".join(p.name for p in built.files)
+        raise UserError(f"{built.deferred}. Wrote {written} in {out.parent}: run the script on the target to build "
+                        "the engine there")
+    typer.echo(f"wrote {built.artifact}")
 
 
 # ------------------------------------------------------------------------------- pipeline, parity, bench, predict
@@ -293,6 +297,7 @@ def pipeline(
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
+    from .backends.base import PRECISIONS
     from .backends.openvino import cpu_flags, cpu_has_bf16
     from .backends.registry import BACKENDS
     from .pipeline import PipelineOptions, run_pipeline
@@ -300,7 +305,7 @@ def pipeline(
 
     chosen = _split_list(backends, BACKENDS, "backend")
     extra = {"openvino": ("bf16",)} if "openvino" in chosen and cpu_has_bf16(cpu_flags()) else {}
-    opts = PipelineOptions(backends=chosen, precisions=_split_list(precisions, ("fp32", "fp16", "bf16", "int8"),
+    opts = PipelineOptions(backends=chosen, precisions=_split_list(precisions, PRECISIONS,
                                                                    "precision"),
                            lowering=lowering, batches=[int(b) for b in batches.split(",")], epochs=epochs,
                            calib_samples=calib_samples, threads=threads, force=force,

@@ -6,7 +6,7 @@ Steps of `export_model`, each one place:
 2. trace with the dynamo exporter (torch.export + onnxscript), then fold constants so every LKCA conv weight,
    built in torch by repeat_interleave from the (heads, 1, K, K) kernel, is one initializer the lowering passes
    can read; then onnx-simplifier (optional; a failure only warns);
-3. lower (lowering.lower_model, planner.lower_auto or planner.tune_lowering: one implementation per rewrite);
+3. lower (lowering/: passes.lower_model, planner.lower_auto or tune.tune_model: one implementation per rewrite);
 4. self-check the result in ONNX Runtime against PyTorch FP32 on real samples where there are any;
 5. metadata (name, task, preprocessing, class names, lowering per layer and why, versions, self-check error),
    checker + shape inference, atomic write. Anything that fails before the write leaves nothing at `out`.
@@ -20,7 +20,6 @@ content and the export options: exporting one model with several lowerings trace
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,17 +29,14 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lkca_deploy.backends.base import run_batched
 from lkca_deploy.errors import UserError
 from lkca_deploy.lowering.passes import STRATEGIES, LoweringReport, lower_model
-from lkca_deploy.lowering.planner import (
-    DEFAULT_TUNE_CANDIDATES,
-    TuneRow,
-    check_target,
-    lower_auto,
-    tune_lowering,
-)
+from lkca_deploy.lowering.planner import lower_auto
+from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.onnx_io import save_onnx_atomic
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
+from lkca_deploy.targets import get_target
 
 LOWERINGS = (*STRATEGIES, "auto", "tune")
 TUNE_BACKENDS = ("onnxruntime", "openvino")
@@ -51,7 +47,6 @@ MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT keeps 
 # TensorRT 10 parses opsets 9-20 (Gelu included); OpenVINO and ONNX Runtime read it.
 DEFAULT_OPSET = 20
 CHECK_CHUNK = 16  # samples per self-check run: bounds memory for the 512 px segmentation models
-TUNE_REPEATS = 5
 _TRACE_CACHE_SIZE = 4
 # Elements: fold every constant subgraph however large (onnxscript's default input limit of 8192 would leave
 # the LKCA conv weights as Reshape(constant), which the lowering passes cannot read).
@@ -86,7 +81,7 @@ class ExportResult:
     plans: list  # planner.Plan per grouped conv for `auto`, else empty
     max_abs_err: float
     metadata: dict  # the metadata_props, JSON values parsed
-    tune_table: list | None  # planner.TuneRow per candidate for `tune`, else None
+    tune_table: list | None  # tune.TuneRow per candidate for `tune`, else None
 
 
 @dataclass
@@ -323,63 +318,9 @@ def apply_lowering(
         lowered, report, plans = lower_auto(model, target, budget_bytes)
         return lowered, report, plans, None
     if lowering == "tune":
-        return _tune(model, tune_backend, budget_bytes, batch, seed)
+        return tune_model(model, tune_backend, budget_bytes=budget_bytes, batch=batch, seed=seed)
     lowered, report = lower_model(model, lowering, max_kernel=max_kernel, budget_bytes=budget_bytes)
     return lowered, report, [], None
-
-
-def _tune(model, backend_name, budget_bytes, batch, seed):
-    """Time each candidate on the local backend; rebuild the winner with lower_model for its per-layer report."""
-    x = np.random.default_rng(seed).standard_normal(_input_shape(model, batch or 1)).astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="lkca-tune-") as tmp:
-        timer = _CandidateTimer(backend_name, Path(tmp), x)
-        try:
-            _, rows = tune_lowering(
-                model,
-                DEFAULT_TUNE_CANDIDATES,
-                timer,
-                repeats=TUNE_REPEATS,
-                budget_bytes=budget_bytes,
-                seed=seed,
-            )
-        finally:
-            timer.close()
-    best = next((row for row in rows if row.best), None)
-    strategy, max_kernel = (best.strategy, best.max_kernel) if best else ("conv", None)
-    lowered, report = lower_model(model, strategy, max_kernel=max_kernel, budget_bytes=budget_bytes)
-    return lowered, report, [], rows
-
-
-class _CandidateTimer:
-    """time_fn for tune_lowering: seconds per run of a candidate on one backend, each built and loaded once."""
-
-    def __init__(self, backend_name: str, folder: Path, x: np.ndarray):
-        from lkca_deploy.backends.registry import get_backend
-
-        self.backend = get_backend(backend_name)
-        # Sessions timed in turn on few cores slow each other down when ORT threads spin (backend-limits.md).
-        self.load_options = {"allow_spinning": False} if backend_name == "onnxruntime" else {}
-        self.folder, self.x = folder, x
-        self.runners: dict[int, Any] = {}
-
-    def __call__(self, model: onnx.ModelProto) -> float:
-        from lkca_deploy.reports.latency import measure_latency
-
-        runner = self.runners.get(id(model))
-        if runner is None:
-            runner = self.runners[id(model)] = self._load(model)
-        return measure_latency(runner, self.x, warmup=2, budget_s=0.2, min_iters=5).p50_ms / 1e3
-
-    def _load(self, model: onnx.ModelProto):
-        n = len(self.runners)
-        onnx_path = save_onnx_atomic(model, self.folder / f"candidate_{n}.onnx")
-        artifact = self.folder / f"candidate_{n}{self.backend.artifact_suffix}"
-        self.backend.build(onnx_path, artifact, precision="fp32")
-        return self.backend.load(artifact, **self.load_options)
-
-    def close(self) -> None:
-        for runner in self.runners.values():
-            runner.close()
 
 
 # ---------------------------------------------------------------- self-check
@@ -424,9 +365,11 @@ def self_check(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    step = batch or CHECK_CHUNK
     worst = 0.0
-    for chunk in _chunks(x, batch or CHECK_CHUNK, static=batch is not None):
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0]
+    for start in range(0, len(x), step):  # chunk by chunk: bounds memory for the 512 px segmentation models
+        chunk = np.ascontiguousarray(x[start : start + step])
+        got = run_batched(lambda c: session.run([OUTPUT_NAME], {INPUT_NAME: c})[0], chunk, step=step, static=batch)
         with torch.no_grad():
             want = torch_model(torch.from_numpy(chunk)).numpy()
         worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want))))
@@ -437,15 +380,6 @@ def self_check(
             "please report it with the model name and the lowering"
         )
     return worst
-
-
-def _chunks(x: np.ndarray, size: int, *, static: bool):
-    """Batches of `size`; a static-batch model gets the last one topped up with earlier samples."""
-    for start in range(0, len(x), size):
-        chunk = x[start : start + size]
-        if static and len(chunk) < size:
-            chunk = np.concatenate([chunk, np.resize(x, (size - len(chunk), *x.shape[1:]))])
-        yield np.ascontiguousarray(chunk)
 
 
 # ---------------------------------------------------------------- metadata
@@ -493,7 +427,7 @@ def _set_metadata(model: onnx.ModelProto, metadata: dict) -> None:
 def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend) -> None:
     if lowering not in LOWERINGS:
         raise UserError(f"unknown lowering {lowering!r}: choose one of {', '.join(LOWERINGS)}")
-    check_target(target)
+    get_target(target)
     if max_kernel is not None and lowering != "tiled":
         raise UserError(f"--max-kernel applies to the tiled lowering only, not {lowering}")
     if batch is not None and batch < 1:
@@ -504,9 +438,3 @@ def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, 
         raise UserError(f"the self-check needs at least 1 sample, got {check_samples}")
     if lowering == "tune" and tune_backend not in TUNE_BACKENDS:
         raise UserError(f"unknown tune backend {tune_backend!r}: choose one of {', '.join(TUNE_BACKENDS)}")
-
-
-def _input_shape(model: onnx.ModelProto, batch: int) -> tuple[int, ...]:
-    (value,) = [v for v in model.graph.input if v.name == INPUT_NAME]
-    dims = value.type.tensor_type.shape.dim
-    return (dims[0].dim_value or batch, *(d.dim_value for d in dims[1:]))

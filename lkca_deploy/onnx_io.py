@@ -1,5 +1,5 @@
-"""Read and write ONNX files safely: a UserError for a bad file, external data kept inside the model's folder,
-atomic writes.
+"""The only ONNX reader: load safely (a UserError for a bad file, external data kept inside the model's folder),
+save atomically, and the facts every stage reads off a graph: its real inputs, its static shapes, its constants.
 
 The loader checks every external-data location *before* reading any of it, so a crafted model cannot make
 us open files outside its own directory ("../../etc/passwd", absolute paths, symlinks that lead out).
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, helper
 
-from lkca_deploy.backends.base import atomic_output
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import atomic_output
 
 
 def load_onnx(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
@@ -77,6 +80,79 @@ def check_external_data_locations(model: onnx.ModelProto, model_dir: Path) -> No
                 f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder {base}; "
                 "refusing to read it (re-export the model with its data beside it)"
             )
+
+
+# ---------------------------------------------------------------- graph facts
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int | None, ...]  # None for a symbolic or unknown dimension
+    dtype: str  # numpy dtype name
+    symbols: tuple[str, ...] = ()  # names of the symbolic dimensions ("batch"), for messages
+
+    @property
+    def static(self) -> bool:
+        return None not in self.shape
+
+    def as_dict(self) -> dict:
+        """The input as sidecars and reports record it."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The real graph inputs: initializers that old exporters also list as inputs are skipped."""
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims)
+        symbols = tuple(d.dim_param or "?" for d in dims if not (d.HasField("dim_value") and d.dim_value > 0))
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        specs.append(InputSpec(value.name, shape, dtype, symbols))
+    return specs
+
+
+def input_spec(model: onnx.ModelProto) -> InputSpec:
+    """The model's one real input (the models of this toolkit have exactly one)."""
+    specs = graph_inputs(model)
+    if not specs:
+        raise UserError("the ONNX model has no input: re-export it")
+    return specs[0]
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Tensor name -> shape from ONNX shape inference (None for a dynamic or unknown dimension)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        inferred = model  # best effort: shapes stay unknown, so passes that need them skip with a reason
+    shapes = {}
+    graph = inferred.graph
+    for value in chain(graph.input, graph.value_info, graph.output):
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[value.name] = tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in tensor_type.shape.dim
+            )
+    return shapes
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Name -> TensorProto for initializers that a caller cannot override and Constant node outputs."""
+    overridable = {value.name for value in graph.input}
+    tensors = {t.name: t for t in graph.initializer if t.name not in overridable}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                tensors[node.output[0]] = value
+    return tensors
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

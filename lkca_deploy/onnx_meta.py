@@ -45,7 +45,9 @@ def spec_from_model(model) -> PreprocessSpec:
     meta = read_metadata(model)
     if isinstance(meta.get("preprocessing"), dict):
         return PreprocessSpec.from_dict(meta["preprocessing"])
-    dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    from .onnx_io import input_spec
+
+    dims = list(input_spec(model).shape)
     channels, h, w = (dims[1:] + [None, None, None])[:3]
     if not (channels and h and w):
         from .errors import UserError

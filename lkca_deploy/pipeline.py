@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends.registry import BACKENDS
 from .errors import UserError
 from .proof import (
-    BACKEND_TARGETS,
     DEFAULT_DATA,
     EVAL_BATCH,
     EvalContext,
@@ -25,8 +25,9 @@ from .proof import (
     engine_parity,
     localise_divergence,
 )
+from .targets import BACKEND_TARGETS
 
-DEFAULT_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+DEFAULT_BACKENDS = BACKENDS  # every backend: those not installed are skipped with their reason
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MODEL = "lkca_vit_nano"
 
@@ -68,7 +69,6 @@ class Stages:
 def run_pipeline(source: str | Path | None = None, data: str | None = None, out: str | Path = "lkca-bundle",
                  opts: PipelineOptions | None = None, echo: Callable[[str], None] | None = None):
     """Run the whole path and write the bundle at ``out``; returns the Report (also in out/reports/)."""
-    from .backends.registry import BACKENDS
     from .bundle import BundleWriter
 
     opts = opts or PipelineOptions()
@@ -80,7 +80,8 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         work = Path(work)
         ckpt_dir = stages.run("model", _model_stage, source, data, bundle.path / "checkpoint", opts)
         bundle.register_dir("checkpoint", "checkpoint")
-        ctx = stages.run("reference and calibration data", EvalContext.load, ckpt_dir, data, opts)
+        ctx = stages.run("reference and calibration data", EvalContext.load, ckpt_dir, data, data_root=opts.data_root,
+                         download=opts.download, calib_samples=opts.calib_samples, seed=opts.seed)
         exports = stages.run("export and lower", _export_stage, ctx, bundle, opts)
         engines = stages.run("build engines", _build_stage, ctx, exports, work, opts)
         results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts)
@@ -156,23 +157,20 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
     for backend in opts.backends:
         be = get_backend(backend, require_available=False)
         ok, reason = be.available()
+        if not ok and not be.built_on_device:
+            built += [_Built(backend, p, exports[backend][1], None, skipped=reason)
+                      for p in dict.fromkeys(opts.precisions) if p in be.precisions]
+            continue
         onnx_path, lowering = exports[backend]
         precisions = [p for p in (*opts.precisions, *opts.extra_precisions.get(backend, ())) if p in be.precisions]
         for precision in dict.fromkeys(precisions):
             for quantizer in (be.int8_flavors if precision == "int8" else (None,)):
-                item = _Built(backend, precision, lowering, quantizer)
-                built.append(item)
                 folder = work / backend / f"{precision}{'-' + quantizer if quantizer else ''}"
                 folder.mkdir(parents=True)
-                out = folder / f"model.{precision}{be.artifact_suffix}"
-                try:
-                    item.artifact = build_engine(onnx_path, backend, precision, out, flavor=quantizer,
-                                                 calib=ctx.calib if precision == "int8" else None)
-                except UserError as e:
-                    if ok:  # a user-caused failure of an installed backend stops the job, said plainly
-                        raise
-                    item.skipped = str(e).split(". Wrote")[0] if backend == "tensorrt" else reason
-                    item.extra_files = sorted(p for p in folder.iterdir() if p.is_file())
+                result = build_engine(onnx_path, backend, precision, folder / f"model.{precision}{be.artifact_suffix}",
+                                      flavor=quantizer, calib=ctx.calib if precision == "int8" else None)
+                built.append(_Built(backend, precision, lowering, quantizer, result.artifact, result.deferred,
+                                    [] if result.artifact else list(result.files)))
     return built
 
 
@@ -189,17 +187,18 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
             results.append((item, EngineResult.skipped(item.backend, item.precision, item.lowering, item.skipped)))
             continue
         files = bundle.add_artifact(item.artifact, rel_dir, _kind_of(item.artifact))
-        runner = get_backend(item.backend).load(item.artifact, threads=opts.threads)
-        parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, ctx.ckpt.config.task, item.precision,
-                               opts.thresholds)
-        latency = engine_latency(runner, ctx.x[:EVAL_BATCH], opts.batches, opts.bench_budget_s)
+        with get_backend(item.backend).load(item.artifact, threads=opts.threads) as runner:
+            parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, ctx.ckpt.config.task, item.precision,
+                                   opts.thresholds)
+            latency = engine_latency(runner, ctx.x[:EVAL_BATCH], opts.batches, opts.bench_budget_s)
+            info = dict(runner.info)
         size = sum((bundle.path / f).stat().st_size for f in files if not f.endswith(".json"))
         result = EngineResult(item.backend, item.precision, item.lowering, path=files[0], size_bytes=size,
                               parity=parity, latency=latency,
-                              extra={"quantizer": item.quantizer, **getattr(runner, "info", {})})
-        runner.close()
+                              extra={"quantizer": item.quantizer, **info})
         if not parity["passed"]:
-            result.blocks, result.first_divergent = localise_divergence(ctx, item, opts)
+            result.blocks, result.first_divergent = localise_divergence(
+                ctx, item.backend, item.precision, item.quantizer, lowering=opts.lowering, threads=opts.threads)
         results.append((item, result))
     return results
 

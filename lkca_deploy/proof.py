@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends.base import run_batched, static_batch
+
 EVAL_BATCH = 32
 LOCALISE_SAMPLES = 64
 BACKEND_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
@@ -32,11 +34,10 @@ class EvalContext:
     model: object  # the PyTorch FP32 reference (conv view)
 
     @classmethod
-    def load(cls, ckpt_dir: Path, data: str | None, opts, calibrate: bool = True) -> EvalContext:
-        """The evaluation split (never used for calibration) and the training split's calibration samples.
-
-        opts: anything with data_root, download, calib_samples and seed (PipelineOptions does).
-        """
+    def load(cls, ckpt_dir: Path, data: str | None = None, *, data_root: str | None = None, download: bool = False,
+             calib_samples: int = 0, seed: int = 0) -> EvalContext:
+        """The evaluation split (never used for calibration) and, when calib_samples > 0, that many calibration
+        samples from the training split."""
         import torch
 
         from .calibration.sources import load_calibration
@@ -45,14 +46,14 @@ class EvalContext:
 
         model, ckpt = load_checkpoint(ckpt_dir, view="conv")
         data = data or ckpt.meta.get("data") or DEFAULT_DATA[ckpt.config.task]
-        x, labels = load_arrays(data, "test", ckpt.spec, opts.data_root, opts.download)
+        x, labels = load_arrays(data, "test", ckpt.spec, data_root, download)
         with torch.no_grad():
             reference = np.concatenate([model(torch.from_numpy(x[i : i + EVAL_BATCH])).numpy()
                                         for i in range(0, len(x), EVAL_BATCH)])
         calib = np.zeros((0, *ckpt.spec.input_shape), np.float32)
-        if calibrate:
-            cal = load_calibration(data, ckpt.spec, samples=opts.calib_samples, seed=opts.seed,
-                                   data_root=opts.data_root, download=opts.download)
+        if calib_samples > 0:
+            cal = load_calibration(data, ckpt.spec, samples=calib_samples, seed=seed,
+                                   data_root=data_root, download=download)
             for message in cal.warnings:
                 print(f"warning: {message}", file=sys.stderr)
             calib = cal.array
@@ -65,23 +66,10 @@ class EvalContext:
             return {f"block_{i}": t.numpy() for i, t in enumerate(self.model.forward_blocks(torch.from_numpy(x)))}
 
 
-def static_batch(runner) -> int | None:
-    """The batch size an engine was built for, or None when its batch axis is dynamic."""
-    shape = runner.input_shape
-    return shape[0] if shape and isinstance(shape[0], int) else None
-
-
 def engine_logits(runner, x: np.ndarray) -> np.ndarray:
     """Run a runner over an array in batches its engine accepts (a static batch is padded)."""
     static = static_batch(runner)
-    step = static or EVAL_BATCH
-    outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        if static and len(chunk) < static:
-            chunk = np.concatenate([chunk, np.zeros((static - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        outs.append(runner(chunk)[: len(x) - i])
-    return np.concatenate(outs)
+    return run_batched(runner, x, step=static or EVAL_BATCH, static=static)
 
 
 def engine_parity(runner, x, reference, labels, task: str, precision: str, thresholds=None) -> dict:
@@ -109,7 +97,8 @@ def engine_latency(runner, sample: np.ndarray, batches: Sequence[int], budget_s:
 LOCALISE_SAMPLES = 64
 
 
-def localise_divergence(ctx: EvalContext, item, opts):
+def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantizer: str | None = None, *,
+                        lowering: str = "auto", threads: int | None = None):
     """Where a failing engine first diverges: the same engine built from an export whose transformer blocks are
     extra outputs, compared block by block with PyTorch (cheaper than marking every tensor, which runs out of
     memory on transformers). Returns (per-block errors, first divergent block) or (None, None) if unsupported."""
@@ -120,31 +109,18 @@ def localise_divergence(ctx: EvalContext, item, opts):
 
     with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
         tmp = Path(tmp)
-        onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=opts.lowering,
-                                 target=BACKEND_TARGETS[item.backend], block_outputs=True).path
-        be = get_backend(item.backend)
-        artifact = build_engine(onnx_path, item.backend, item.precision, tmp / f"blocks{be.artifact_suffix}",
-                                flavor=item.quantizer, calib=ctx.calib if item.precision == "int8" else None)
-        runner = be.load(artifact, threads=opts.threads)
-        if not hasattr(runner, "run_all"):
-            return None, None
+        onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=lowering,
+                                 target=BACKEND_TARGETS[backend], block_outputs=True).path
+        be = get_backend(backend)
+        built = build_engine(onnx_path, backend, precision, tmp / f"blocks{be.artifact_suffix}",
+                             flavor=quantizer, calib=ctx.calib if precision == "int8" else None)
         x = ctx.x[:LOCALISE_SAMPLES]
-        outs = runner.run_all(x)
-        runner.close()
+        with be.load(built.artifact, threads=threads) as runner:
+            outs = runner.run_all(x)
     engine = {k: v for k, v in outs.items() if k.startswith("block_")}
     return first_divergent_block(engine, ctx.reference_blocks(x))
 
 
-
-
-@dataclass
-class _EvalOptions:
-    data_root: str | None = None
-    download: bool = False
-    calib_samples: int = 0
-    seed: int = 0
-    threads: int | None = None
-    lowering: str = "auto"
 
 
 def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=None, data_root: str | None = None,
@@ -157,14 +133,12 @@ def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=No
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    opts = _EvalOptions(data_root=data_root, download=download, threads=threads)
-    ctx = EvalContext.load(bundle_dir / "checkpoint", data, opts, calibrate=False)
+    ctx = EvalContext.load(bundle_dir / "checkpoint", data, data_root=data_root, download=download)
     task, results = manifest.task, []
     for e in manifest.engines:
         verify_artifacts(bundle_dir, manifest, [e["artifact"], *e.get("files", [])])
-        runner = get_backend(e["backend"]).load(bundle_dir / e["artifact"], threads=threads)
-        parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, task, e["precision"], thresholds)
-        runner.close()
+        with get_backend(e["backend"]).load(bundle_dir / e["artifact"], threads=threads) as runner:
+            parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, task, e["precision"], thresholds)
         results.append(EngineResult(e["backend"], e["precision"], e.get("lowering", "conv"), path=e["artifact"],
                                     parity=parity, extra={"quantizer": e.get("quantizer")}))
     return Report.on_this_machine(manifest.model["name"], task, results, dataset=ctx.data,
@@ -195,12 +169,11 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
     rows = []
     rng = np.random.default_rng(0)
     for backend, artifact, precision in targets:
-        options = {"allow_spinning": False} if backend == "onnxruntime" else {}  # spinning skews shared cores
-        runner = get_backend(backend).load(artifact, threads=threads, **options)
-        shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
-        sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
-        latency = engine_latency(runner, sample, batches, budget_s)
-        rows.append({"backend": backend, "precision": precision, "artifact": str(artifact),
-                     "latency": {b: s.to_dict() for b, s in latency.items()}, "info": runner.info})
-        runner.close()
+        be = get_backend(backend)
+        with be.load(artifact, threads=threads, **be.interleaved_load_options) as runner:
+            shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
+            sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
+            latency = engine_latency(runner, sample, batches, budget_s)
+            rows.append({"backend": backend, "precision": precision, "artifact": str(artifact),
+                         "latency": {b: s.to_dict() for b, s in latency.items()}, "info": runner.info})
     return rows

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import PRECISIONS, atomic_output
+from .backends.base import PRECISIONS, run_batched, static_batch
 from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifacts
 from .data.spec import PreprocessSpec
 from .errors import UserError
+from .fsutil import atomic_output
 from .masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
 
 AUTO = "auto"
@@ -296,16 +297,8 @@ class Predictor:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NCHW -> logits, in chunks the engine accepts (padded to a static batch size)."""
-        static = self.runner.input_shape[0]
-        limit = static or self.runner.max_batch or len(batch)
-        outputs = []
-        for start in range(0, len(batch), limit):
-            chunk = batch[start : start + limit]
-            n = len(chunk)
-            if static and n < static:
-                chunk = np.concatenate([chunk, np.zeros((static - n, *chunk.shape[1:]), chunk.dtype)])
-            outputs.append(self.runner(chunk)[:n])
-        return np.concatenate(outputs)
+        static = static_batch(self.runner)
+        return run_batched(self.runner, batch, step=static or self.runner.max_batch or len(batch), static=static)
 
     def save_mask(self, result, image: ImageLike, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
         """Write `<stem>.mask.png` (class ids) and `<stem>.overlay.png` (colours blended over the image)."""

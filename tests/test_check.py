@@ -192,7 +192,7 @@ def test_count_dla_subgraphs_joins_branches():
 def test_npu_kernel_limit_and_its_fix():
     report = check_model(conv_model(grid=(8, 8), kernel=(15, 15)), "openvino-npu")
     (finding,) = report.errors
-    assert "over the NPU's hardware conv limit of 11" in finding.problem
+    assert "over openvino-npu's hardware conv limit of 11" in finding.problem
     assert finding.fix == "lower --strategy tiled --max-kernel 11"
     lowered, _ = lower_model(conv_model(grid=(8, 8), kernel=(15, 15)), "tiled", max_kernel=11)
     assert check_model(lowered, "openvino-npu").ok

@@ -1,6 +1,8 @@
 """The main job end to end on a small real checkpoint: engines, parity, latency, report and bundle."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -17,8 +19,23 @@ def bundle(nano_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "b"
     opts = PipelineOptions(backends=("onnxruntime", "openvino", "tensorrt"), precisions=("fp32", "fp16", "int8"),
                            batches=(1, 4), calib_samples=128, bench_budget_s=0.2)
-    report = run_pipeline(nano_checkpoint, "digits", out, opts)
+    old_umask = os.umask(0o022)  # the common default; the mode test below reads the bundle it gives
+    try:
+        report = run_pipeline(nano_checkpoint, "digits", out, opts)
+    finally:
+        os.umask(old_umask)
     return out, report
+
+
+def test_bundle_is_readable_by_other_users_under_umask_022(bundle):
+    # A bundle copied to a device is often served by another user or a container user: 0755 / 0644 (scripts 0755).
+    out, _ = bundle
+    for path in [out, *out.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_dir() or path.name.endswith(".trtexec.sh"):
+            assert mode == 0o755, (path, oct(mode))
+        else:
+            assert mode == 0o644, (path, oct(mode))
 
 
 def test_report_follows_the_contract(bundle):

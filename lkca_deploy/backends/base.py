@@ -1,4 +1,4 @@
-"""What every backend shares: the Backend and Runner interfaces, JSON sidecars, atomic writes, ONNX facts.
+"""What every backend shares: the Backend and Runner interfaces, JSON sidecars, ONNX facts.
 
 A backend is three verbs: `build` turns an ONNX (precision already baked in) into an artifact with a JSON sidecar
 beside it, `load` turns that artifact into a Runner, and a Runner maps a float32 NCHW batch to float32 logits.
@@ -7,19 +7,16 @@ Callers (CLI, reports, predictor) only ever see these names; which module serves
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import atomic_write_text, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SIDECAR_FORMAT = 1
@@ -28,19 +25,62 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 @runtime_checkable
 class Runner(Protocol):
-    """A loaded model: float32 NCHW in, the first output (logits) out as float32."""
+    """A loaded model: float32 NCHW in, float32 out. A context manager: `with backend.load(...) as runner:`."""
 
     input_name: str
     input_shape: tuple[int | None, ...]  # None where a dimension is dynamic (usually the batch)
     max_batch: int | None  # largest batch it accepts; None for any
     info: dict[str, Any]  # how it runs (providers, threads, precision hint): reports print it
 
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The first output (the logits)."""
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (parity localisation reads the block outputs)."""
 
     def close(self) -> None: ...
 
-    # Optional: every output by name, where a backend offers it (parity localisation reads block outputs).
-    # def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+    def __enter__(self): ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class RunnerBase:
+    """The context-manager half of Runner, for every backend's runner."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class BuildStep:
+    """One engine build in the making: what build_engine hands a backend's prepare_build, then its build."""
+
+    model_path: Path  # the ONNX the backend builds from (precision already baked in)
+    out: Path  # the artifact to build
+    precision: str
+    source: Any  # the fp32 ModelProto it was baked from
+    ranges: dict | None  # calibrated tensor ranges of a Q/DQ bake, else None
+    device: str | None
+    options: dict[str, Any]  # the backend's own build options
+    provenance: dict[str, Any]
+    cache_version: str | None = None  # TensorRT: the version a calibration cache is written for
+    files: list[Path] = field(default_factory=list)  # written beside the artifact for the device
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What build_engine made: the artifact, or None with the reason when it is built on the device instead."""
+
+    artifact: Path | None
+    files: tuple[Path, ...] = ()  # other files written beside it (baked ONNX, calibration cache, scripts)
+    deferred: str | None = None
 
 
 @runtime_checkable
@@ -49,8 +89,12 @@ class Backend(Protocol):
     precisions: tuple[str, ...]
     int8_flavors: tuple[str, ...]  # how INT8 is baked for this backend; the first is the default
     artifact_suffix: str
+    interleaved_load_options: dict[str, Any]  # load options for engines timed in turn with others
+    built_on_device: bool  # True: the baked ONNX and device files are written even where the library is missing
 
     def available(self) -> tuple[bool, str]: ...
+
+    def prepare_build(self, step: BuildStep) -> BuildStep: ...
 
     def build(
         self,
@@ -69,47 +113,14 @@ class Backend(Protocol):
     ) -> Runner: ...
 
 
-# ---------------------------------------------------------------- atomic writes
+class BackendBase:
+    """Defaults a backend module overrides where it differs."""
 
+    interleaved_load_options: ClassVar[dict[str, Any]] = {}
+    built_on_device = False
 
-@contextlib.contextmanager
-def atomic_output(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside `target`; on success it replaces `target`, on failure it is removed.
-
-    Beside, not in /tmp, so os.replace stays a rename on one file system.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> Path:
-    with atomic_output(target) as tmp:
-        tmp.write_bytes(data)
-    return Path(target)
-
-
-def atomic_write_text(target: Path, text: str) -> Path:
-    return atomic_write_bytes(target, text.encode("utf-8"))
-
-
-def atomic_copy(src: Path, dst: Path) -> Path:
-    return atomic_write_bytes(dst, Path(src).read_bytes())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    def prepare_build(self, step: BuildStep) -> BuildStep:
+        return step
 
 
 # ---------------------------------------------------------------- sidecars
@@ -209,39 +220,20 @@ def check_threads(threads: int | None) -> None:
 # ---------------------------------------------------------------- ONNX facts
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int | None, ...]  # None for a symbolic or unknown dimension
-    dtype: str  # numpy dtype name
-
-
 def load_onnx(path: Path):
     """The ModelProto at `path`, or a UserError that says why it cannot be one (one loader: onnx_io's)."""
-    from lkca_deploy.onnx_io import load_onnx as load_checked
+    from lkca_deploy.onnx_io import (
+        load_onnx as load_checked,  # here, not at the top: the runtime needs no onnx
+    )
 
     return load_checked(path)
 
 
-def onnx_input_spec(model) -> InputSpec:
-    """The first real graph input (initializers listed as inputs by old exporters are skipped)."""
-    from onnx import helper
-
-    initializers = {init.name for init in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
-        return InputSpec(value.name, shape, dtype)
-    raise UserError("the ONNX model has no input: re-export it")
-
-
 def input_facts(model) -> dict[str, Any]:
     """The model input as the sidecar records it."""
-    spec = onnx_input_spec(model)
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype}
+    from lkca_deploy.onnx_io import input_spec
+
+    return input_spec(model).as_dict()
 
 
 def onnx_precision(model) -> str:
@@ -300,6 +292,27 @@ def as_model_input(
             f"batch {x.shape[0]} exceeds this engine's largest batch {max_batch}: split the batch"
         )
     return x
+
+
+def static_batch(runner: Runner) -> int | None:
+    """The batch size an engine was built for, or None when its batch axis is dynamic."""
+    shape = runner.input_shape
+    return shape[0] if shape and isinstance(shape[0], int) else None
+
+
+def run_batched(
+    run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, step: int, static: int | None = None
+) -> np.ndarray:
+    """`run` over `x` in batches of `step`; for an engine built for a static batch `static`, the last batch is
+    padded with zeros to that size and the padding's outputs are dropped."""
+    outputs = []
+    for start in range(0, len(x), step):
+        chunk = x[start : start + step]
+        n = len(chunk)
+        if static and n < static:
+            chunk = np.concatenate([chunk, np.zeros((static - n, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(run(np.ascontiguousarray(chunk))[:n])
+    return np.concatenate(outputs)
 
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:

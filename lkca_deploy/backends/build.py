@@ -6,10 +6,10 @@ x86 fast path), TensorRT the tensorrt flavour (signed, zero-point 0) plus a cali
 with NNCF by default or reads the cpu-flavour Q/DQ ONNX ("qdq").
 
 Files beside the artifact `out` (unless the artifact is itself that ONNX, as for onnxruntime):
-  <stem>.<precision>.onnx      the baked ONNX the backend built from (TensorRT: always, even fp32, so the folder
-                               holds everything needed to rebuild on the device)
-  <stem>.calib.cache           TensorRT INT8 only: the calibration cache from the same ranges as the Q/DQ
-  <onnx>.trtexec.sh            TensorRT only: the command that builds the engine on the target itself
+  <stem>.<precision>.onnx      the baked ONNX the backend built from (a backend built on the device, TensorRT:
+                               always, even fp32, so the folder holds everything needed to build there)
+  and whatever the backend's prepare_build writes for the device (TensorRT: the calibration cache from the same
+  ranges as the Q/DQ, and a trtexec script per route).
 """
 
 from __future__ import annotations
@@ -22,20 +22,19 @@ import numpy as np
 
 from lkca_deploy.backends.base import (
     Backend,
-    atomic_output,
+    BuildResult,
+    BuildStep,
     check_precision,
     load_onnx,
     onnx_precision,
-    sha256_file,
 )
 from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import sha256_file
+from lkca_deploy.onnx_io import save_onnx_atomic
 
 # Which quantize_int8 flavour each backend INT8 flavour bakes; None: the backend quantizes itself (NNCF).
 QDQ_FLAVOR = {"cpu": "cpu", "tensorrt": "tensorrt", "qdq": "cpu", "nncf": None}
-# The calibration cache header names the TensorRT version that reads it. Without TensorRT here, write it for
-# JetPack 6's TensorRT 10.3, the TensorRT that runs implicit INT8 on a Jetson's DLA.
-DEFAULT_CACHE_TENSORRT = "10.3.0"
 
 
 def build_engine(
@@ -51,13 +50,15 @@ def build_engine(
     keep_fp: Sequence[str] = (),
     tensorrt_version: str | None = None,
     **options: Any,
-) -> Path:
-    """Build `backend`'s artifact at `out` from the fp32 ONNX `onnx_path` at `precision`; returns `out`.
+) -> BuildResult:
+    """Build `backend`'s artifact at `out` from the fp32 ONNX `onnx_path` at `precision`.
 
     calib: preprocessed float32 samples (N, C, H, W), required for int8. flavor: the INT8 flavour, one of the
     backend's `int8_flavors` (default the first). method / keep_fp: passed to quantize_int8 (Q/DQ flavours).
     tensorrt_version: the TensorRT the calibration cache is written for (default: the installed one).
     options: the backend's own build options (see its build()).
+    A backend built on the device (TensorRT) that is missing here still gets its baked ONNX and device files
+    written: the result then has no artifact and says why (`deferred`).
     """
     be = get_backend(backend, require_available=False)
     check_precision(precision, be.precisions, backend)
@@ -67,7 +68,7 @@ def build_engine(
     if int8_flavor == "nncf" and (method or keep_fp):
         raise UserError("method and keep_fp shape the Q/DQ flavours; NNCF chooses its own (use flavor qdq)")
     ok, reason = be.available()
-    if not ok and backend != "tensorrt":  # TensorRT: still bake and write the script for the device
+    if not ok and not be.built_on_device:
         raise UserError(reason)
 
     onnx_path, out = Path(onnx_path), Path(out)
@@ -84,28 +85,30 @@ def build_engine(
         "int8_flavor": int8_flavor,
     }
     baked, ranges = _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance)
-    artifact_is_onnx = be.artifact_suffix == ".onnx"
-    if baked is not None or backend == "tensorrt":
-        model_path = out if artifact_is_onnx else out.with_name(f"{out.stem}.{precision}.onnx")
-        _save_onnx(baked if baked is not None else source, model_path)
+    written = []
+    if baked is not None or be.built_on_device:
+        model_path = out if be.artifact_suffix == ".onnx" else out.with_name(f"{out.stem}.{precision}.onnx")
+        save_onnx_atomic(baked if baked is not None else source, model_path)
         provenance["baked_onnx"] = model_path.name
+        written = [model_path] if model_path != out else []
     else:
         model_path = onnx_path
-
-    if backend == "tensorrt":
-        return _build_tensorrt(
-            be, model_path, out, precision, source, ranges, device, tensorrt_version, provenance, options
-        )
-    backend_calib = calib if int8_flavor == "nncf" else None
-    return be.build(
-        model_path,
+    step = be.prepare_build(
+        BuildStep(model_path, out, precision, source, ranges, device, dict(options), provenance, tensorrt_version)
+    )
+    files = tuple(written + step.files)
+    if not ok:
+        return BuildResult(None, files, deferred=reason)
+    artifact = be.build(
+        step.model_path,
         out,
         precision=precision,
-        calib=backend_calib,
+        calib=calib if int8_flavor == "nncf" else None,
         device=device,
         provenance=provenance,
-        **options,
+        **step.options,
     )
+    return BuildResult(artifact, files)
 
 
 def resolve_int8_flavor(backend: Backend, precision: str, flavor: str | None) -> str | None:
@@ -144,67 +147,3 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
         "calibration_samples": len(calib),
     }
     return result.model, result.ranges
-
-
-def _build_tensorrt(
-    be, model_path, out, precision, source, ranges, device, tensorrt_version, provenance, options
-):
-    """Write the calibration cache and trtexec script(s), then build here when TensorRT is installed.
-
-    DLA on TensorRT 10 takes INT8 only implicitly (fp32 ONNX + calibration cache): that ONNX gets its own script.
-    """
-    from lkca_deploy.backends import tensorrt as trt_backend
-    from lkca_deploy.calibration.quantize import trt_cache_header, write_trt_calibration_cache
-
-    ok, reason = be.available()
-    installed = trt_backend.installed_version()
-    dla_core = trt_backend.parse_device(device)[1]
-    script_options = {
-        k: options[k] for k in ("min_batch", "opt_batch", "max_batch", "workspace_mib") if k in options
-    }
-    if "timing_cache" in options:
-        script_options["timing_cache"] = Path(options["timing_cache"])
-    calib_cache = None
-    if ranges is not None:
-        header = trt_cache_header(tensorrt_version or installed or DEFAULT_CACHE_TENSORRT)
-        calib_cache = write_trt_calibration_cache(
-            ranges, out.with_name(f"{out.stem}.calib.cache"), version_header=header
-        )
-        provenance["calib_cache"] = calib_cache.name
-    scripts = [
-        trt_backend.write_trtexec_script(
-            model_path, precision, engine_path=out, dla_core=dla_core, **script_options
-        )
-    ]
-    build_from, build_options = model_path, dict(options)
-    if calib_cache is not None and dla_core is not None:
-        fp32_path = out.with_name(f"{out.stem}.fp32.onnx")
-        _save_onnx(source, fp32_path)
-        scripts.append(
-            trt_backend.write_trtexec_script(
-                fp32_path,
-                precision,
-                engine_path=out,
-                dla_core=dla_core,
-                calib_cache=calib_cache,
-                **script_options,
-            )
-        )
-        if installed and not trt_backend.strongly_typed_only(installed):
-            build_from, build_options["calib_cache"] = fp32_path, calib_cache
-    if not ok:
-        written = ", ".join(p.name for p in scripts)
-        raise UserError(
-            f"{reason}. Wrote {written} in {out.parent}: run it on the target to build the engine there"
-        )
-    return be.build(
-        build_from, out, precision=precision, device=device, provenance=provenance, **build_options
-    )
-
-
-def _save_onnx(model, path: Path) -> Path:
-    import onnx
-
-    with atomic_output(path) as tmp:
-        onnx.save_model(model, str(tmp))
-    return path

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from lkca_deploy.backends.base import (
+    BackendBase,
+    RunnerBase,
     as_model_input,
-    atomic_output,
     check_options,
     check_precision,
     check_threads,
@@ -23,6 +24,7 @@ from lkca_deploy.backends.base import (
     write_sidecar,
 )
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import atomic_output
 
 NAME = "onnxruntime"
 INSTALL_HINT = "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA/TensorRT)"
@@ -34,7 +36,7 @@ DEVICE_PROVIDERS = {
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
 # "all" by default: on x86 it rewrites the large depthwise conv to the blocked NCHWc layout, 8-10x faster than
-# im2col + GEMM (research/backend-limits.md).
+# im2col + GEMM (docs/backend-limits.md).
 OPTIMIZATION_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -88,7 +90,7 @@ def _session_errors() -> tuple[type[Exception], ...]:
     return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerBase):
     """One InferenceSession; casts the float32 batch to the model's input type (fp16 models may take fp16)."""
 
     def __init__(self, session, info: dict[str, Any]):
@@ -116,11 +118,14 @@ class OnnxRuntimeRunner:
         self.session = None
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BackendBase):
     name = NAME
     precisions = ("fp32", "fp16", "int8")
     int8_flavors = ("cpu", "tensorrt")  # "tensorrt" shows on CPU what a TensorRT INT8 engine will compute
     artifact_suffix = ".onnx"
+    # Sessions timed in turn on few cores slow each other down when ORT threads spin after each run
+    # (docs/backend-limits.md): benchmarks and `tune` that interleave load with these.
+    interleaved_load_options: ClassVar[dict[str, Any]] = {"allow_spinning": False}
 
     def available(self) -> tuple[bool, str]:
         try:

@@ -11,14 +11,14 @@ converted model, or a Q/DQ ONNX read directly.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lkca_deploy.backends.base import (
+    BackendBase,
+    RunnerBase,
     as_model_input,
     check_options,
     check_precision,
@@ -27,10 +27,10 @@ from lkca_deploy.backends.base import (
     load_onnx,
     read_sidecar,
     require_onnx_precision,
-    sha256_file,
     write_sidecar,
 )
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import publish, sha256_file, staging_dir
 
 NAME = "openvino"
 INSTALL_HINT = "OpenVINO is not installed: pip install openvino"
@@ -120,7 +120,7 @@ def calibration_items(calib: np.ndarray) -> list[np.ndarray]:
 # ---------------------------------------------------------------- runner
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(RunnerBase):
     """One compiled model and one infer request; returns a float32 copy (the request reuses its buffers)."""
 
     def __init__(self, compiled, info: dict[str, Any]):
@@ -153,7 +153,7 @@ class OpenVinoRunner:
 # ---------------------------------------------------------------- backend
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(BackendBase):
     name = NAME
     precisions = ("fp32", "fp16", "bf16", "int8")
     int8_flavors = (
@@ -393,14 +393,10 @@ def _save_and_check(
 
     Returns the precision the compiled model computes in. The .xml is moved last: it names the artifact.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staging_dir(out) as tmp_dir:
         tmp_xml = tmp_dir / out.name
         _ov().save_model(ov_model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
         effective = _effective_precision(core.compile_model(str(tmp_xml), device, config))
-        tmp_xml.with_suffix(".bin").replace(out.with_suffix(".bin"))
-        tmp_xml.replace(out)
+        publish(tmp_xml.with_suffix(".bin"), out.with_suffix(".bin"))
+        publish(tmp_xml, out)
         return effective
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)

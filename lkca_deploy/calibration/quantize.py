@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import struct
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,8 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import atomic_write_text
+from lkca_deploy.onnx_io import InputSpec, graph_inputs
 
 Flavor = Literal["cpu", "tensorrt"]
 Method = Literal["minmax", "entropy", "percentile"]
@@ -48,12 +49,8 @@ FP16_KEEP_FP32_OP_TYPES: tuple[str, ...] = ("LayerNormalization", "GroupNormaliz
 # Ops that must never read a fake-quantized tensor in the tensorrt flavour.
 FLOAT_ONLY_READERS: tuple[str, ...] = ("LayerNormalization", "Softmax")
 
-# Measured on lkca_vit_nano trained 15 epochs on digits (FP32 top-1 91.39 % on the 360 test images), 512 training
-# images, 3 calibration seeds, mean top-1 / agreement with FP32 / calibration time on a busy 2-core CPU:
-#   tensorrt  minmax 91.39 / 99.63 % / 3-4 s    entropy 91.30 / 99.53 % / 40-64 s   percentile 91.11 / 99.72 % / 14-21 s
-#   cpu       minmax 90.93 / 99.35 % / 3-5 s    entropy 91.20 / 99.63 % / 39-66 s   percentile 91.02 / 99.63 % / 9 s
-# The methods differ by about one test image, so the default is the fastest, which also ranges every tensor; it is
-# what NVIDIA recommends for TensorRT and Ultralytics uses. Try percentile when activations carry outliers.
+# minmax: the methods differ by about one test image on a trained nano, and it is 10x faster than entropy
+# (table and source: docs/backend-limits.md, "Calibration methods").
 DEFAULT_METHOD: Method = "minmax"
 
 # Histogram calibrators keep every calibrated tensor of a collect call in memory: feed them in chunks.
@@ -143,8 +140,9 @@ def quantize_int8(
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     named = _with_node_names(model)
-    input_name = _single_input_name(named)
-    samples = _validated_samples(calib, named, input_name)
+    spec = _single_input(named)
+    input_name = spec.name
+    samples = _validated_samples(calib, spec)
     excluded = nodes_matching(named, keep_fp)
 
     with tempfile.TemporaryDirectory(prefix="lkca-int8-") as work_dir:
@@ -326,25 +324,23 @@ def _calibration_method(method: str):
     }[method]
 
 
-def _validated_samples(calib: np.ndarray, model: onnx.ModelProto, input_name: str) -> np.ndarray:
+def _validated_samples(calib: np.ndarray, spec: InputSpec) -> np.ndarray:
     calib = np.asarray(calib)
-    graph_input = next(i for i in model.graph.input if i.name == input_name)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+    dims = spec.shape
     expected = ["N", *(d if d is not None else "?" for d in dims[1:])]
     fits = calib.ndim == len(dims) and all(d is None or d == n for d, n in zip(dims[1:], calib.shape[1:]))
     if not fits or len(calib) == 0:
         raise UserError(
-            f"calibration data has shape {calib.shape}; the model's input {input_name!r} takes "
+            f"calibration data has shape {calib.shape}; the model's input {spec.name!r} takes "
             f"({', '.join(map(str, expected))}) with at least one sample"
         )
     return np.ascontiguousarray(calib, dtype=np.float32)
 
 
-def _single_input_name(model: onnx.ModelProto) -> str:
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+def _single_input(model: onnx.ModelProto) -> InputSpec:
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
-        raise UserError(f"INT8 calibration needs a model with one input; this one has {inputs}")
+        raise UserError(f"INT8 calibration needs a model with one input; this one has {[i.name for i in inputs]}")
     return inputs[0]
 
 
@@ -476,7 +472,7 @@ def write_trt_calibration_cache(
     """
     lines = [version_header]
     lines += [f"{name}: {struct.pack('>f', _int8_scale(lo, hi)).hex()}" for name, (lo, hi) in ranges.items()]
-    return _write_text_atomically(Path(path), "\n".join(lines) + "\n")
+    return atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def read_trt_calibration_cache(path: str | Path) -> dict[str, float]:
@@ -501,19 +497,6 @@ def read_trt_calibration_cache(path: str | Path) -> dict[str, float]:
 def _int8_scale(lo: float, hi: float) -> float:
     amax = max(abs(lo), abs(hi))
     return amax / 127.0 if amax > 0 else 1.0  # an all-zero tensor: any scale works, ORT uses 1 too
-
-
-def _write_text_atomically(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------ graph helpers

@@ -7,23 +7,13 @@ Segmentation data sets live in `scenes.py` / `segmentation.py` and are dispatche
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .spec import PreprocessSpec
+from .spec import PreprocessSpec, Split
 
 SEGMENTATION_DATASETS = ("digit-scenes", "ade20k")
-
-
-@dataclass
-class Split:
-    name: str
-    split: str
-    spec: PreprocessSpec
-    dataset: object  # torch.utils.data.Dataset yielding (float32 CHW tensor, target tensor)
-    natural: bool  # photos: crop/flip augmentation is safe
 
 
 def is_segmentation_data(name: str) -> bool:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from . import Split
 from .datasets import (
     DIGITS_TEST_FRACTION,
     IMAGE_SUFFIXES,
@@ -31,7 +30,7 @@ from .datasets import (
     SourceInfo,
     seeded_subset,
 )
-from .spec import IGNORE_INDEX, PreprocessSpec
+from .spec import IGNORE_INDEX, PreprocessSpec, Split
 
 PRELOAD_BYTES = 512 * 2**20  # splits whose preprocessed tensors fit are read once up front; larger ones per item
 

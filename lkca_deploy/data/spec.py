@@ -85,3 +85,14 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f" and array.max(initial=0) <= 1.0:
         array = array * 255.0
     return np.clip(array, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Split:
+    """One split of a data set, opened: what the trainer and evaluation iterate."""
+
+    name: str
+    split: str
+    spec: PreprocessSpec
+    dataset: object  # torch.utils.data.Dataset yielding (float32 CHW tensor, target tensor)
+    natural: bool  # photos: crop/flip augmentation is safe

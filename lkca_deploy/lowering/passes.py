@@ -1,7 +1,7 @@
 """Exact ONNX graph passes for large-kernel grouped (depthwise) convolutions: the LKCA token mixer.
 
-The conv on a fixed grid is a linear map with a known structure, so it can be written several exact ways
-(DESIGN.md, "Lowering"); each strategy is one small pass over any ONNX model:
+The conv on a fixed grid is a linear map with a known structure, so it can be written several exact ways; each
+strategy is one small pass over any ONNX model:
 
     conv    keep the Conv; only report what is there
     crop    drop kernel taps that can never touch the grid (needs a static H, W); pads adjusted to match
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -29,11 +29,12 @@ from onnx import helper, numpy_helper
 
 from lkca_deploy.errors import UserError
 from lkca_deploy.lowering import spectral
-from lkca_deploy.onnx_io import load_onnx, save_onnx_atomic
+from lkca_deploy.onnx_io import constant_tensors, load_onnx, save_onnx_atomic, static_shapes
+from lkca_deploy.targets import DLA_KERNEL_LIMIT
 
 STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral")
 DEFAULT_MIN_KERNEL = 7  # kernels up to 7x7 are "small": every backend runs them natively and fast
-DEFAULT_MAX_KERNEL = 32  # tiled default: the Jetson DLA's conv kernel limit per side
+DEFAULT_MAX_KERNEL = DLA_KERNEL_LIMIT  # tiled default: the Jetson DLA's conv kernel limit per side
 DEFAULT_MATMUL_BUDGET = 64 * 2**20
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -214,36 +215,6 @@ def _resolve_pads(
     return begin[0], begin[1], end[0], end[1]
 
 
-def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Tensor name -> shape from ONNX shape inference (None for a dynamic or unknown dimension)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
-        inferred = model  # best effort: shapes stay unknown, so passes that need them skip with a reason
-    shapes = {}
-    graph = inferred.graph
-    for value in chain(graph.input, graph.value_info, graph.output):
-        tensor_type = value.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[value.name] = tuple(
-                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in tensor_type.shape.dim
-            )
-    return shapes
-
-
-def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """Name -> TensorProto for initializers that a caller cannot override and Constant node outputs."""
-    overridable = {value.name for value in graph.input}
-    tensors = {t.name: t for t in graph.initializer if t.name not in overridable}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                tensors[node.output[0]] = value
-    return tensors
-
-
 def _constant_input(node: onnx.NodeProto, position: int, constants: dict) -> np.ndarray | None:
     name = node.input[position] if len(node.input) > position else ""
     return numpy_helper.to_array(constants[name]) if name in constants else None
@@ -324,6 +295,14 @@ def kernel_blocks(weight: np.ndarray, group: int) -> int:
 # ---------------------------------------------------------------- the passes
 
 
+@dataclass(frozen=True)
+class Rule:
+    """How one conv is lowered: a strategy, and for `tiled` the largest tile per side."""
+
+    strategy: str
+    max_kernel: int | None = None
+
+
 def lower_model(
     model: onnx.ModelProto,
     strategy: str,
@@ -331,12 +310,11 @@ def lower_model(
     max_kernel: int | None = None,
     min_kernel: int | None = None,
     budget_bytes: int = DEFAULT_MATMUL_BUDGET,
-    only: Collection[str] | None = None,
 ) -> tuple[onnx.ModelProto, LoweringReport]:
     """A copy of `model` with its large grouped convs rewritten by `strategy`, and a report on each one.
 
-    max_kernel: tiled only, the largest tile per side (default 32). min_kernel: lower only kernels with a
-    side above it (default 7; tiled lowers exactly the kernels above max_kernel). only: these node names.
+    max_kernel: tiled only, the largest tile per side (default: the DLA kernel limit). min_kernel: lower only
+    kernels with a side above it (default 7; tiled lowers exactly the kernels above max_kernel).
     Raises UserError for an unknown strategy and when matmul needs more Toeplitz bytes than `budget_bytes`.
     """
     if strategy not in STRATEGIES:
@@ -345,27 +323,42 @@ def lower_model(
         max_kernel = DEFAULT_MAX_KERNEL if max_kernel is None else max_kernel
         if max_kernel < 1:
             raise UserError(f"--max-kernel must be at least 1, got {max_kernel}")
-        _require_opset(model, 11, strategy)
-    threshold = (
-        max_kernel if strategy == "tiled" else (DEFAULT_MIN_KERNEL if min_kernel is None else min_kernel)
-    )
+    return apply_rules(model, Rule(strategy, max_kernel), label=strategy, min_kernel=min_kernel,
+                       budget_bytes=budget_bytes)
 
+
+def apply_rules(
+    model: onnx.ModelProto,
+    rules: Rule | Mapping[str, Rule],
+    *,
+    label: str,
+    min_kernel: int | None = None,
+    budget_bytes: int = DEFAULT_MATMUL_BUDGET,
+) -> tuple[onnx.ModelProto, LoweringReport]:
+    """One pass over the model: each grouped conv named in `rules` (or every one, for a single Rule) is checked
+    against its rule (`why_skip`) and rewritten by it. The matmul budget is spent over the whole pass."""
+    if any(rule.strategy == "tiled" for rule in _rules_in(rules)):
+        _require_opset(model, 11, "tiled")
     model = with_conv_names(model)
     graph = model.graph
     before = _constant_bytes(graph)
-    sites = [s for s in find_conv_sites(model) if only is None or s.name in only]
-    decisions = [(site, _why_skip(site, strategy, threshold)) for site in sites]
-    if strategy == "matmul":
-        _check_matmul_budget([site for site, problem in decisions if problem is None], budget_bytes)
+    decisions = []
+    for site in find_conv_sites(model):
+        rule = rules if isinstance(rules, Rule) else rules.get(site.name)
+        if rule is not None:
+            decisions.append((site, rule, why_skip(site, rule.strategy, _threshold(rule, min_kernel))))
+    _check_matmul_budget(
+        [site for site, rule, problem in decisions if problem is None and rule.strategy == "matmul"], budget_bytes
+    )
 
-    report = LoweringReport(strategy)
+    report = LoweringReport(label)
     names = _Names(graph)
     replacements: dict[int, list[onnx.NodeProto]] = {}
-    for site, problem in decisions:
+    for site, rule, problem in decisions:
         if problem is not None:
-            report.changes.append(NodeChange(site.name, "skipped", strategy, problem, kernel=site.kernel))
+            report.changes.append(NodeChange(site.name, "skipped", rule.strategy, problem, kernel=site.kernel))
             continue
-        nodes, initializers, change = _REWRITES[strategy](site, names, max_kernel)
+        nodes, initializers, change = _REWRITES[rule.strategy](site, names, rule.max_kernel)
         replacements[site.index] = nodes
         graph.initializer.extend(initializers)
         report.changes.append(change)
@@ -374,11 +367,22 @@ def lower_model(
         nodes = [replacements.get(i, [node]) for i, node in enumerate(graph.node)]
         del graph.node[:]
         graph.node.extend(n for group in nodes for n in group)
-        rewritten = [site for site in sites if site.index in replacements]
+        rewritten = [site for site, _, _ in decisions if site.index in replacements]
         _drop_unused_constants(graph, {name for site in rewritten for name in site.node.input[1:] if name})
         onnx.checker.check_model(model)
     report.extra_weight_bytes = _constant_bytes(graph) - before
     return model, report
+
+
+def _rules_in(rules: Rule | Mapping[str, Rule]) -> list[Rule]:
+    return [rules] if isinstance(rules, Rule) else list(rules.values())
+
+
+def _threshold(rule: Rule, min_kernel: int | None) -> int:
+    """Kernels up to this side are left alone: the tile size for tiled, else min_kernel (default 7)."""
+    if rule.strategy == "tiled":
+        return DEFAULT_MAX_KERNEL if rule.max_kernel is None else rule.max_kernel
+    return DEFAULT_MIN_KERNEL if min_kernel is None else min_kernel
 
 
 def lower_file(src: str | os.PathLike, dst: str | os.PathLike, strategy: str, **kwargs) -> LoweringReport:
@@ -388,14 +392,22 @@ def lower_file(src: str | os.PathLike, dst: str | os.PathLike, strategy: str, **
     return report
 
 
-def _why_skip(site: ConvSite, strategy: str, threshold: int) -> str | None:
-    """Why `site` is not lowered by `strategy`, or None when it is."""
+def not_lowerable(site: ConvSite) -> str | None:
+    """Why no strategy can rewrite `site` at all, or None."""
     if site.kernel is None:
         return "not a 2-D convolution"
     if any(s != 1 for s in site.strides):
         return f"stride {tuple(site.strides)}: only stride-1 convs are lowered"
     if site.weight is None:
         return site.weight_problem
+    return None
+
+
+def why_skip(site: ConvSite, strategy: str, threshold: int) -> str | None:
+    """Why `site` is not lowered by `strategy`, or None when it is."""
+    problem = not_lowerable(site)
+    if problem is not None:
+        return problem
     if max(site.kernel) <= threshold:
         bound = "max_kernel" if strategy == "tiled" else "min_kernel"
         return f"kernel {_kxk(site.kernel)} already small ({bound} {threshold})"
@@ -432,7 +444,7 @@ def _require_opset(model: onnx.ModelProto, minimum: int, strategy: str) -> None:
 
 
 def _check_matmul_budget(sites: list[ConvSite], budget_bytes: int) -> None:
-    total = sum(_matmul_nbytes(site) for site in sites)
+    total = sum(matmul_nbytes(site) for site in sites)
     if total > budget_bytes:
         raise UserError(
             f"matmul lowering needs {format_bytes(total)} of Toeplitz weights, "
@@ -441,7 +453,8 @@ def _check_matmul_budget(sites: list[ConvSite], budget_bytes: int) -> None:
         )
 
 
-def _matmul_nbytes(site: ConvSite) -> int:
+def matmul_nbytes(site: ConvSite) -> int:
+    """The Toeplitz bytes the matmul lowering of `site` adds (static grid only)."""
     cout, cin_g = site.weight.shape[:2]
     (h, w), (ho, wo) = site.grid, site.out_grid
     blocks = kernel_blocks(site.weight, site.group)

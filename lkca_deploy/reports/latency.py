@@ -13,7 +13,7 @@ Protocol
 - The thread count is the caller's to record (it belongs to the session, not to this protocol).
 - Comparing engines: `interleaved` runs them in round-robin rounds, rotating the order each round, and ranks them by
   the median of their per-round medians, so drift of the machine (thermal, neighbours) hits every engine alike.
-  ONNX Runtime sessions timed this way need `session.intra_op.allow_spinning = 0` (see research/backend-limits.md).
+  ONNX Runtime sessions timed this way need `session.intra_op.allow_spinning = 0` (see docs/backend-limits.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Facts about the machine, printed beside every timing: the same code runs on AVX2-only and AVX-512/VNNI CPUs, and
-whether INT8 or BF16 pays depends on which (research/backend-limits.md).
+whether INT8 or BF16 pays depends on which (docs/backend-limits.md).
 
 Nothing here imports torch or a backend: library versions come from installed package metadata.
 """

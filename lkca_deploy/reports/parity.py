@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.tasks.names import TASKS
 
-TASKS = ("classification", "segmentation")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 IGNORE_INDEX = 255
 
 # Direction of each metric a threshold may name: a limit is a minimum for the first set, a maximum for the second.

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import atomic_write_text
 from lkca_deploy.reports.latency import LatencyStats
 from lkca_deploy.reports.machine import int8_hint, isa_summary, machine_facts
 from lkca_deploy.reports.parity import TASKS
@@ -616,19 +616,6 @@ def render_html(report: Report) -> str:
 # Writing.
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside the target, then rename into place: readers never see half a file."""
-    # Not tempfile.mkstemp: its 0600 mode would survive the rename; open(.., "x") honours the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write report.json, report.md and report.html into `out_dir` (created if needed); returns their paths.
 
@@ -650,5 +637,5 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, P
     paths = {}
     for name, text in texts.items():
         paths[name] = out / name
-        _write_atomic(paths[name], text)
+        atomic_write_text(paths[name], text)
     return paths

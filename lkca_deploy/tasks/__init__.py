@@ -6,7 +6,9 @@ bundle, predictor) takes the task and never forks on it.
 
 from __future__ import annotations
 
-TASKS = ("classification", "segmentation")
+from .names import TASKS
+
+__all__ = ["TASKS", "get_task"]
 
 
 def get_task(name: str):

@@ -62,8 +62,9 @@ def test_build_engine_on_cpu(fp32_onnx, check, tmp_path, backend, precision, fla
     suffix = get_backend(backend).artifact_suffix
     out = tmp_path / f"model{suffix}"
     calib = CALIB if precision == "int8" else None
-    artifact = build_engine(fp32_onnx, backend, precision, out, calib=calib, flavor=flavor)
-    assert artifact == out
+    result = build_engine(fp32_onnx, backend, precision, out, calib=calib, flavor=flavor)
+    assert result.artifact == out and result.deferred is None
+    assert sorted(p.name for p in result.files) == sorted(f for f in extra_files if f.endswith(".onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, f"{out.name}.json", *extra_files])
     facts = json.loads(sidecar_path(out).read_text())
     assert facts["precision"] == precision and facts["backend"] == backend
@@ -88,7 +89,7 @@ def test_openvino_bf16_follows_the_cpu(fp32_onnx, check, tmp_path):
 
 
 def test_int8_records_how_it_was_quantized(fp32_onnx, tmp_path):
-    out = build_engine(fp32_onnx, "onnxruntime", "int8", tmp_path / "m.onnx", calib=CALIB, keep_fp=["head"])
+    out = build_engine(fp32_onnx, "onnxruntime", "int8", tmp_path / "m.onnx", calib=CALIB, keep_fp=["head"]).artifact
     quantize = json.loads(sidecar_path(out).read_text())["provenance"]["quantize"]
     assert quantize["keep_fp"] == ["head"] and quantize["excluded_nodes"] == ["head"]
     assert quantize["calibration_samples"] == 32 and quantize["method"] == "minmax"
@@ -104,8 +105,8 @@ def test_int8_records_how_it_was_quantized(fp32_onnx, tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_without_tensorrt_bakes_and_writes_the_device_script(fp32_onnx, tmp_path, precision):
     calib = CALIB if precision == "int8" else None
-    with pytest.raises(UserError, match=r"pip install lkca-deploy\[tensorrt\].*trtexec\.sh.*on the target"):
-        build_engine(fp32_onnx, "tensorrt", precision, tmp_path / "model.engine", calib=calib, max_batch=8)
+    result = build_engine(fp32_onnx, "tensorrt", precision, tmp_path / "model.engine", calib=calib, max_batch=8)
+    assert result.artifact is None and "pip install lkca-deploy[tensorrt]" in result.deferred
     baked = tmp_path / f"model.{precision}.onnx"
     assert onnx_precision(onnx.load(str(baked))) == precision
     script = (tmp_path / f"model.{precision}.onnx.trtexec.sh").read_text()
@@ -116,12 +117,13 @@ def test_tensorrt_without_tensorrt_bakes_and_writes_the_device_script(fp32_onnx,
         cache = (tmp_path / "model.calib.cache").read_text().splitlines()
         assert cache[0] == "TRT-100300-EntropyCalibration2" and len(cache) > 5
     assert {p.name for p in tmp_path.iterdir()} == expected  # no engine, no sidecar, no temp files
+    assert {p.name for p in result.files} == expected
 
 
 @pytest.mark.skipif(not TRT_MISSING, reason="TensorRT is installed here: the engine gets built")
 def test_tensorrt_int8_for_dla_also_keeps_the_implicit_route(fp32_onnx, tmp_path):
-    with pytest.raises(UserError, match="TensorRT is not installed"):
-        build_engine(fp32_onnx, "tensorrt", "int8", tmp_path / "model.engine", calib=CALIB, device="dla:0")
+    result = build_engine(fp32_onnx, "tensorrt", "int8", tmp_path / "model.engine", calib=CALIB, device="dla:0")
+    assert result.artifact is None and "TensorRT is not installed" in result.deferred
     explicit = (tmp_path / "model.int8.onnx.trtexec.sh").read_text()
     implicit = (tmp_path / "model.fp32.onnx.trtexec.sh").read_text()
     assert "--useDLACore=0 --allowGPUFallback" in explicit and "--stronglyTyped" in explicit
@@ -156,7 +158,7 @@ def test_user_errors(fp32_onnx, tmp_path):
 
 
 def test_an_already_baked_onnx_is_refused(fp32_onnx, tmp_path):
-    fp16 = build_engine(fp32_onnx, "onnxruntime", "fp16", tmp_path / "fp16.onnx")
+    fp16 = build_engine(fp32_onnx, "onnxruntime", "fp16", tmp_path / "fp16.onnx").artifact
     with pytest.raises(
         UserError, match="already computes in fp16: build_engine bakes precision from the fp32"
     ):
@@ -170,6 +172,6 @@ def test_every_backend_speaks_the_one_interface(fp32_onnx, tmp_path):
         assert set(backend.precisions) <= set(PRECISIONS) and backend.int8_flavors
     for name in ("onnxruntime", "openvino"):
         out = tmp_path / name / f"model{get_backend(name).artifact_suffix}"
-        runner = get_backend(name).load(build_engine(fp32_onnx, name, "fp32", out), threads=1)
-        assert isinstance(runner, Runner) and runner.max_batch is None
-        runner.close()
+        with get_backend(name).load(build_engine(fp32_onnx, name, "fp32", out).artifact, threads=1) as runner:
+            assert isinstance(runner, Runner) and runner.max_batch is None
+            assert list(runner.run_all(np.zeros((1, 3, 8, 8), np.float32))) == ["logits"]

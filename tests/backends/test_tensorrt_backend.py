@@ -15,12 +15,12 @@ import pytest
 from backend_models import onnxruntime_reference, sample_batch, tiny_lkca_model, write_tiny_lkca_onnx
 
 from lkca_deploy.backends.registry import BACKENDS, available_backends, get_backend
-from lkca_deploy.backends.tensorrt import (
+from lkca_deploy.backends.tensorrt import TensorRTBackend, current_gpu_facts
+from lkca_deploy.backends.trtexec import (
     BatchProfile,
-    TensorRTBackend,
+    TensorRTSettings,
     batch_profile,
     check_engine_compatible,
-    current_gpu_facts,
     dla_supported,
     engine_mismatches,
     parse_device,
@@ -112,6 +112,16 @@ def test_devices():
 # ---------------------------------------------------------------- profile shapes
 
 
+def test_settings_travel_as_a_dict_and_refuse_unknown_options():
+    settings = TensorRTSettings.from_options("int8", "dla:0", max_batch=8, timing_cache="t.cache")
+    assert settings.dla_core == 0 and settings.profile() == BatchProfile(1, 1, 1)  # DLA: static at opt
+    assert TensorRTSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(UserError, match="unknown option"):
+        TensorRTSettings.from_options("fp16", None, tf32=True)
+    with pytest.raises(UserError, match="1 <= min <= opt <= max"):
+        TensorRTSettings("fp16", opt_batch=4, max_batch=2)
+
+
 def test_profile_shapes():
     shapes = profile_shapes((None, 3, 32, 32), BatchProfile(1, 4, 16))
     assert shapes == {"min": (1, 3, 32, 32), "opt": (4, 3, 32, 32), "max": (16, 3, 32, 32)}
@@ -128,48 +138,35 @@ def test_profile_shapes():
 
 def test_trtexec_fp16_on_10_and_11(onnx_files, tmp_path):
     engine = tmp_path / "model.engine"
-    on_10 = trtexec_command(onnx_files["fp16"], "fp16", engine_path=engine, tensorrt_version="10.3")
+    on_10 = trtexec_command(onnx_files["fp16"], TensorRTSettings("fp16"), engine_path=engine, tensorrt_version="10.3")
     assert on_10.startswith(f"trtexec --onnx={onnx_files['fp16']} --saveEngine={engine}")
     assert "--fp16" in flags(on_10) and "--stronglyTyped" not in flags(on_10)
     assert "--minShapes=input:1x3x8x8 --optShapes=input:1x3x8x8 --maxShapes=input:32x3x8x8" in on_10
-    on_11 = trtexec_command(onnx_files["fp16"], "fp16", engine_path=engine, tensorrt_version="11.2")
+    on_11 = trtexec_command(onnx_files["fp16"], TensorRTSettings("fp16"), engine_path=engine, tensorrt_version="11.2")
     assert "--stronglyTyped" in flags(on_11) and not {"--fp16", "--int8", "--calib"} & flags(on_11)
 
 
 def test_trtexec_int8_explicit_implicit_and_dla(onnx_files, tmp_path):
     engine = tmp_path / "model.engine"
-    explicit = trtexec_command(onnx_files["int8"], "int8", engine_path=engine, tensorrt_version="10.3")
+    explicit = trtexec_command(onnx_files["int8"], TensorRTSettings("int8"), engine_path=engine, tensorrt_version="10.3")
     assert "--int8" in flags(explicit) and not {"--fp16", "--calib"} & flags(explicit)
-    implicit = trtexec_command(
-        onnx_files["fp32"],
-        "int8",
-        engine_path=engine,
-        tensorrt_version="10.3",
-        calib_cache=onnx_files["cache"],
-        dla_core=0,
-        min_batch=1,
-        opt_batch=2,
-        max_batch=8,
+    settings = TensorRTSettings(
+        "int8", calib_cache=str(onnx_files["cache"]), dla_core=0, min_batch=1, opt_batch=2, max_batch=8
     )
+    implicit = trtexec_command(onnx_files["fp32"], settings, engine_path=engine, tensorrt_version="10.3")
     assert {"--int8", "--fp16", "--useDLACore", "--allowGPUFallback"} <= flags(implicit)
     assert f"--calib={onnx_files['cache']}" in implicit and "--useDLACore=0" in implicit
     assert "--minShapes=input:2x3x8x8 --optShapes=input:2x3x8x8 --maxShapes=input:2x3x8x8" in implicit
     on_11 = trtexec_command(
-        onnx_files["int8"], "int8", engine_path=engine, tensorrt_version="11.4.1", dla_core=0
+        onnx_files["int8"], TensorRTSettings("int8", dla_core=0), engine_path=engine, tensorrt_version="11.4.1"
     )
     assert {"--stronglyTyped", "--useDLACore", "--allowGPUFallback"} <= flags(on_11)
     assert not {"--int8", "--calib"} & flags(on_11)
 
 
 def test_trtexec_extras_and_static_batch(onnx_files, tmp_path):
-    command = trtexec_command(
-        onnx_files["static"],
-        "fp32",
-        engine_path=tmp_path / "e.engine",
-        tensorrt_version="10",
-        timing_cache=tmp_path / "t.cache",
-        workspace_mib=1024,
-    )
+    settings = TensorRTSettings("fp32", timing_cache=str(tmp_path / "t.cache"), workspace_mib=1024)
+    command = trtexec_command(onnx_files["static"], settings, engine_path=tmp_path / "e.engine", tensorrt_version="10")
     assert (
         f"--timingCacheFile={tmp_path / 't.cache'}" in command and "--memPoolSize=workspace:1024" in command
     )
@@ -178,14 +175,15 @@ def test_trtexec_extras_and_static_batch(onnx_files, tmp_path):
 
 def test_trtexec_keeps_fp32_fp32_unless_tf32_is_allowed(onnx_files, tmp_path):
     # trtexec computes fp32 matmuls and convs in TF32 unless told not to; the Python build clears that flag too.
-    line = partial(trtexec_command, onnx_files["fp32"], "fp32", engine_path=tmp_path / "e.engine")
-    assert "--noTF32" in flags(line()) and "--noTF32" in flags(line(tensorrt_version="11.2"))
-    assert "--noTF32" not in flags(line(allow_tf32=True))
+    line = partial(trtexec_command, onnx_files["fp32"], engine_path=tmp_path / "e.engine")
+    fp32 = TensorRTSettings("fp32")
+    assert "--noTF32" in flags(line(fp32)) and "--noTF32" in flags(line(fp32, tensorrt_version="11.2"))
+    assert "--noTF32" not in flags(line(TensorRTSettings("fp32", allow_tf32=True)))
 
 
 def test_trtexec_script_runs_the_line_for_the_tensorrt_it_finds(onnx_files, tmp_path):
     script = write_trtexec_script(
-        onnx_files["int8"], "int8", engine_path=onnx_files["int8"].with_name("m.engine")
+        onnx_files["int8"], TensorRTSettings("int8"), engine_path=onnx_files["int8"].with_name("m.engine")
     )
     assert script.name == "model.int8.onnx.trtexec.sh" and os.access(script, os.X_OK)
     fake_bin = tmp_path / "bin"
@@ -203,7 +201,9 @@ def test_trtexec_script_runs_the_line_for_the_tensorrt_it_finds(onnx_files, tmp_
 
 
 def test_trtexec_script_explains_a_line_that_cannot_exist(onnx_files, tmp_path):
-    script = write_trtexec_script(onnx_files["fp32"], "int8", calib_cache=onnx_files["cache"], dla_core=0)
+    script = write_trtexec_script(
+        onnx_files["fp32"], TensorRTSettings("int8", calib_cache=str(onnx_files["cache"]), dla_core=0)
+    )
     done = subprocess.run(
         ["sh", str(script)],
         env={**os.environ, "TRT_MAJOR": "11"},
@@ -237,7 +237,7 @@ def test_an_engine_from_another_gpu_is_refused_with_the_rebuild_line(onnx_files,
         "precision": "int8",
         "source_onnx": "model.int8.onnx",
         "target": ORIN,
-        "options": {"profile": {"min": 1, "opt": 4, "max": 16}, "dla_core": None},
+        "settings": TensorRTSettings("int8", opt_batch=4, max_batch=16).to_dict(),
     }
     here = {"gpu_name": "NVIDIA H100", "compute_capability": "9.0", "tensorrt_version": "10.9.0"}
     with pytest.raises(UserError) as refused:
@@ -248,7 +248,7 @@ def test_an_engine_from_another_gpu_is_refused_with_the_rebuild_line(onnx_files,
     assert (
         "build on this device" in message and "--int8" in message and "--maxShapes=input:16x3x8x8" in message
     )
-    write_trtexec_script(onnx_path, "int8", engine_path=engine)
+    write_trtexec_script(onnx_path, TensorRTSettings("int8"), engine_path=engine)
     with pytest.raises(UserError, match=r"sh .*model\.int8\.onnx\.trtexec\.sh"):
         check_engine_compatible(facts, here, engine)
 

@@ -325,7 +325,7 @@ def test_openvino_runs_the_lowered_model(tmp_path, strategy):
     path = tmp_path / "lowered.onnx"
     save_onnx_atomic(lowered, path)
     core = ov.Core()
-    # f32 explicitly: on AVX512_BF16/AMX CPUs OpenVINO defaults to bf16 (research/backend-limits.md)
+    # f32 explicitly: on AVX512_BF16/AMX CPUs OpenVINO defaults to bf16 (docs/backend-limits.md)
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     for batch in (1, 3):
         x = random_x(model, batch)

@@ -1,0 +1,77 @@
+"""The house rules of the package's layout, checked on its source: no import cycles (imports inside functions
+count too), each target limit written once, and no comment pointing at a file this repository does not have."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import lkca_deploy
+
+PACKAGE = Path(lkca_deploy.__file__).parent
+REPO = PACKAGE.parent
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return mods
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m in mods and m != name}
+
+
+def test_no_module_imports_another_in_a_cycle():
+    mods = _modules()
+    graph = {name: _imports(name, path, mods) for name, path in mods.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a)})
+    assert cycles == []
+
+
+def test_each_hardware_kernel_limit_is_a_number_in_one_module():
+    for limit in ("DLA_KERNEL_LIMIT", "NPU_KERNEL_LIMIT"):
+        defined = [p for p in PACKAGE.rglob("*.py") if re.search(rf"^{limit} = \d+", p.read_text(), re.MULTILINE)]
+        assert [p.name for p in defined] == ["targets.py"], limit
+    # The numbers themselves as kernel limits (a tile size, a "-tap limit") appear nowhere else.
+    pattern = re.compile(r"(\b(32|11)-tap\b|tiled:(32|11)\b|max-kernel (32|11)\b|Capability\((32|11),)")
+    offenders = [p.name for p in PACKAGE.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_comments_name_only_files_this_repository_has():
+    cited = re.compile(r"\b((?:docs|benchmarks|tools|tests|lkca_deploy)/[\w./-]+\.(?:md|py|txt))|\b(DESIGN\.md)\b")
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in cited.finditer(line):
+                name = match.group(1) or match.group(2)
+                if not (REPO / name).exists() and not (PACKAGE / name).exists():
+                    missing.append(f"{path.relative_to(REPO)}:{number}: {name}")
+    assert missing == []
