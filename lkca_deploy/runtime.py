@@ -259,6 +259,28 @@ class Predictor:
         self.runner = get_backend(self.engine["backend"]).load(artifact, device=device, threads=threads)
         self._check_input_shape()
 
+    @classmethod
+    def around(
+        cls,
+        runner,
+        spec: PreprocessSpec,
+        task: str | None = None,
+        class_names: Sequence[str] | None = None,
+        top_k: int = 5,
+    ) -> Predictor:
+        """A Predictor on an engine already loaded, without a bundle: the pipeline times engines through these
+        very stages before their bundle is written (reports/e2e.py)."""
+        self = cls.__new__(cls)
+        self.bundle_dir, self.manifest = None, None
+        self.spec, self.task = spec, task or spec.task
+        self.class_names = list(class_names or spec.class_names)
+        self.top_k = _check_top_k(top_k)
+        info = getattr(runner, "info", {})
+        self.engine = {"backend": info.get("backend"), "precision": info.get("precision"), "artifact": "the engine"}
+        self.runner = runner
+        self._check_input_shape()
+        return self
+
     # -- public
 
     def __call__(
@@ -277,23 +299,33 @@ class Predictor:
         if not images:
             raise UserError("no images given: pass at least one image")
         slide = slide_options(slide, self.task, f"{self.bundle_dir} is a {self.task} bundle")
-        pils = [open_image(item, i, self.spec) for i, item in enumerate(images)]
+        pils = self.decode(images)
         if slide:
             logits = [slide_image_logits(im, self.spec, self.run, slide) for im in pils]
         else:
-            logits = self.run(self.spec.preprocess(pils))
-        if self.task == "segmentation":
-            results = [
-                self._segment(lg, (im.height, im.width), return_scores) for lg, im in zip(logits, pils)
-            ]
-        else:
-            if return_scores:
-                raise ValueError(
-                    "return_scores is for segmentation; classification results carry their scores"
-                )
-            k = _check_top_k(self.top_k if top_k is None else top_k)
-            results = [self._top_k(p, k) for p in softmax(logits)]
+            logits = self.run(self.preprocess(pils))
+        results = self.postprocess(logits, pils, top_k=top_k, return_scores=return_scores)
         return results[0] if single else results
+
+    # The four stages of a call, public so reports/e2e.py can time each one.
+
+    def decode(self, images: Sequence[ImageLike]) -> list:
+        """Paths, PIL images or arrays -> PIL images in the spec's mode (UserError naming what is not an image)."""
+        return [open_image(item, i, self.spec) for i, item in enumerate(images)]
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """PIL images -> float32 NCHW at the model's input size, normalised as in training."""
+        return self.spec.preprocess(images)
+
+    def postprocess(self, logits, images: Sequence, top_k: int | None = None, return_scores: bool = False) -> list:
+        """Per image: [(label, score)] best first; or a mask at the image's own size ((mask, scores) with
+        return_scores)."""
+        if self.task == "segmentation":
+            return [self._segment(lg, (im.height, im.width), return_scores) for lg, im in zip(logits, images)]
+        if return_scores:
+            raise ValueError("return_scores is for segmentation; classification results carry their scores")
+        k = _check_top_k(self.top_k if top_k is None else top_k)
+        return [self._top_k(p, k) for p in softmax(logits)]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NCHW -> logits, in chunks the engine accepts (padded to a static batch size)."""
