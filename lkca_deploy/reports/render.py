@@ -5,9 +5,15 @@ report.json contract (keys are only ever added, never renamed or removed; `valid
     {backend, precision, lowering, path, size_bytes, status ("ok" | "failed" | "skipped"), reason,
      parity: null | {classification: top1, top1_reference, top1_drop, agreement, max_abs_err, cosine, passed;
                      segmentation: miou, miou_reference, miou_drop, pixel_agreement, max_abs_err, cosine, passed},
-     latency: {"<batch>": {p50_ms, p90_ms, p99_ms, throughput, ...}}}]
-Fractions are in [0, 1], drops in percentage points, times in ms, throughput in images/s at p50. Non-finite numbers
-are written as null (strict JSON). Raw latency samples stay out of report.json; the HTML plots them.
+     latency: {"<batch>": {p50_ms, p90_ms, p99_ms, throughput, ...}},
+     cost: null | {load_ms, first_result_ms, peak_mb, process_peak_mb, library_mb, batches, runs, peak_method},
+     e2e: null | {batch: 1, images, stages: {decode, preprocess, inference, postprocess, total:
+                                             {p50_ms, p90_ms, p99_ms, ...}}}}]
+  comparison (only after `pipeline --baseline`): reports.compare.Comparison.to_dict(), {regressed, regressions,
+     engines: [{engine, figures: {figure: {base, new, change, unit, limit, regressed}}}], machine, thresholds, ...}
+Fractions are in [0, 1], drops in percentage points, times in ms, memory in MiB, throughput in images/s at p50.
+cost and e2e (reports/cost.py, reports/e2e.py) are checked where present: reports written before them lack them.
+Non-finite numbers are written as null (strict JSON). Raw latency samples stay out of report.json; the HTML plots them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any, NamedTuple
 
 from lkca_deploy.errors import UserError
 from lkca_deploy.fsutil import atomic_write_text
+from lkca_deploy.reports.cost import EngineCost
+from lkca_deploy.reports.e2e import STAGES, TOTAL, EndToEnd
 from lkca_deploy.reports.latency import LatencyStats
 from lkca_deploy.reports.machine import int8_hint, isa_summary, machine_facts
 from lkca_deploy.reports.parity import TASKS
@@ -57,6 +65,8 @@ PARITY_KEYS = {
     ),
 }
 LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput")
+COST_KEYS = ("load_ms", "first_result_ms", "peak_mb", "process_peak_mb", "library_mb")
+E2E_STAGES = (*STAGES, TOTAL)
 
 
 class _Columns(NamedTuple):
@@ -99,6 +109,8 @@ class EngineResult:
     blocks: list[dict[str, Any]] | None = None
     first_divergent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. threads, flavour, build seconds
+    cost: EngineCost | None = None  # load time and peak memory (reports/cost.py)
+    e2e: EndToEnd | None = None  # Predictor latency per stage at batch 1 (reports/e2e.py)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -129,6 +141,8 @@ class EngineResult:
             "reason": self.reason,
             "parity": self.parity,
             "latency": {batch: stats.to_dict() for batch, stats in self.latency.items()},
+            "cost": self.cost.to_dict() if self.cost else None,
+            "e2e": self.e2e.to_dict() if self.e2e else None,
         }
         if self.blocks is not None:
             d["blocks"] = self.blocks
@@ -156,6 +170,7 @@ class Report:
     thresholds: dict[str, Any] | None = None
     created_utc: str = field(default_factory=_now_utc)
     extra: dict[str, Any] = field(default_factory=dict)
+    comparison: dict[str, Any] | None = None  # reports.compare against a baseline run
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -189,6 +204,7 @@ class Report:
                 "thresholds": self.thresholds,
                 "engines": [e.to_dict() for e in self.engines],
                 **({"extra": self.extra} if self.extra else {}),
+                **({"comparison": self.comparison} if self.comparison is not None else {}),
             }
         )
 
@@ -232,6 +248,27 @@ def _latency_problems(where: str, latency: Any) -> list[str]:
     return problems
 
 
+def _cost_problems(where: str, cost: Any) -> list[str]:
+    if cost is None:
+        return []
+    if not isinstance(cost, dict):
+        return [f"{where} cost is not an object"]
+    return [f"{where} cost lacks {k!r}" for k in COST_KEYS if k not in cost]
+
+
+def _e2e_problems(where: str, e2e: Any) -> list[str]:
+    if e2e is None:
+        return []
+    stages = e2e.get("stages") if isinstance(e2e, dict) else None
+    if not isinstance(stages, dict):
+        return [f"{where} e2e has no stages object"]
+    problems = [f"{where} e2e lacks stage {s!r}" for s in E2E_STAGES if s not in stages]
+    for name, stats in stages.items():
+        missing = [k for k in ("p50_ms", "p99_ms") if not isinstance(stats, dict) or k not in stats]
+        problems += [f"{where} e2e stage {name!r} lacks {k!r}" for k in missing]
+    return problems
+
+
 def _engine_problems(i: int, engine: Any, task: str) -> list[str]:
     if not isinstance(engine, dict):
         return [f"engines[{i}] is not an object"]
@@ -248,6 +285,8 @@ def _engine_problems(i: int, engine: Any, task: str) -> list[str]:
         problems
         + _parity_problems(where, engine.get("parity"), task)
         + _latency_problems(where, engine.get("latency"))
+        + _cost_problems(where, engine.get("cost"))
+        + _e2e_problems(where, engine.get("e2e"))
     )
 
 
@@ -269,6 +308,13 @@ def validate_report_dict(d: Any) -> list[str]:
         return problems + ["engines is not a list"]
     for i, engine in enumerate(engines):
         problems += _engine_problems(i, engine, task)
+    comparison = d.get("comparison")
+    if "comparison" in d and not (
+        isinstance(comparison, dict)
+        and isinstance(comparison.get("regressed"), bool)
+        and isinstance(comparison.get("engines"), list)
+    ):
+        problems.append("comparison is not a comparison object (regressed, engines)")
     return problems
 
 
@@ -312,7 +358,11 @@ def engine_table(report: Report) -> tuple[list[str], list[list[str]]]:
     batches = _batches(report)
     top = batches[-1] if batches else None
     headers = ["backend", "precision", "lowering", "size", f"{cols.title} (drop pt)", "agreement", "max err"]
-    headers += [f"p50 @{b} ms" for b in batches] + ([f"img/s @{top}"] if top else []) + ["result"]
+    headers += [f"p50 @{b} ms" for b in batches] + ([f"img/s @{top}"] if top else [])
+    with_cost = any(e.cost for e in _ran(report))
+    with_e2e = any(e.e2e for e in _ran(report))
+    headers += (["load ms", "peak MiB"] if with_cost else []) + (["e2e p50/p99 ms"] if with_e2e else [])
+    headers.append("result")
     rows = []
     for e in _ran(report):
         p = e.parity or {}
@@ -328,8 +378,22 @@ def engine_table(report: Report) -> tuple[list[str], list[list[str]]]:
         row += [_fmt(e.latency[b].p50_ms, ".2f") if b in e.latency else "-" for b in batches]
         if top:
             row.append(_fmt(e.latency[top].throughput, ".0f") if top in e.latency else "-")
+        if with_cost:
+            row += [_fmt(e.cost.first_result_ms, ".0f"), _fmt(e.cost.peak_mb, ".1f")] if e.cost else ["-", "-"]
+        if with_e2e:
+            row.append(_p50_p99(e.e2e.stages[TOTAL]) if e.e2e else "-")
         rows.append(row + ["PASS" if e.status == "ok" else "FAIL"])
     return headers, rows
+
+
+def _p50_p99(stats: LatencyStats) -> str:
+    return f"{stats.p50_ms:.2f} / {stats.p99_ms:.2f}"
+
+
+def e2e_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """One image file through the Predictor at batch 1: p50 / p99 ms per stage, per engine that has timings."""
+    rows = [[e.name] + [_p50_p99(e.e2e.stages[s]) for s in E2E_STAGES] for e in _ran(report) if e.e2e]
+    return ["engine"] + [f"{s} p50 / p99 ms" for s in E2E_STAGES], rows
 
 
 def skipped_table(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -420,6 +484,13 @@ def summary_table(report: Report) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+_E2E_TITLE = "End to end through the Predictor (batch 1, one image file per call)"
+_COST_NOTE = (
+    "load ms: from the artifact on disk to the first result, in a fresh process; peak MiB: the resident-set "
+    "high-water mark the engine adds while loaded and running (a child process per engine, reports/cost.py)."
+)
+
+
 def render_markdown(report: Report) -> str:
     parts = [
         f"# lkca-deploy report: {report.model} ({report.task})",
@@ -432,6 +503,8 @@ def render_markdown(report: Report) -> str:
     failures = _failure_lines(report)
     if failures:
         parts += ["## Failures", "\n".join(f"- {line}" for line in failures)]
+    if any(e.e2e for e in report.engines):
+        parts += [f"## {_E2E_TITLE}", _md_table(*e2e_table(report)), _COST_NOTE]
     if _with_blocks(report):
         parts += [
             "## Per-block error (cosine / max abs err)",
@@ -593,6 +666,8 @@ def render_html(report: Report) -> str:
     headers, skipped = skipped_table(report)
     if skipped:
         parts += ["<h2>Skipped engines</h2>", _html_table(headers, skipped)]
+    if any(e.e2e for e in report.engines):
+        parts += [f"<h2>{_E2E_TITLE}</h2>", _html_table(*e2e_table(report)), f"<p>{html.escape(_COST_NOTE)}</p>"]
     figures = [
         ("Accuracy against latency", _accuracy_latency_figure(report)),
         ("Latency distributions", _latency_box_figure(report)),

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.reports.cost import EngineCost
+from lkca_deploy.reports.e2e import EndToEnd
 from lkca_deploy.reports.latency import stats_from_samples
 from lkca_deploy.reports.parity import (
     classification_parity,
@@ -15,6 +17,8 @@ from lkca_deploy.reports.parity import (
     with_verdict,
 )
 from lkca_deploy.reports.render import (
+    COST_KEYS,
+    E2E_STAGES,
     ENGINE_KEYS,
     LATENCY_KEYS,
     PARITY_KEYS,
@@ -202,3 +206,44 @@ def test_report_dir_that_is_a_file_is_a_user_error(tmp_path):
     target.write_text("x")
     with pytest.raises(UserError, match="is an existing file"):
         write_report(Report("m", "classification", []), target)
+
+
+def _with_costs(report: Report) -> Report:
+    """Load time, peak memory and end-to-end stage timings on every engine that ran."""
+    rng = np.random.default_rng(1)
+    for i, e in enumerate(x for x in report.engines if x.status != "skipped"):
+        e.cost = EngineCost(load_ms=40.0 + i, first_result_ms=42.0 + i, peak_mb=12.5 + i, process_peak_mb=90.0,
+                            library_mb=31.0, batches=(1, 32))
+        e.e2e = EndToEnd(images=16, stages={s: stats_from_samples(0.1 * (k + 1) * (1 + rng.random(40)), batch=1)
+                                            for k, s in enumerate(E2E_STAGES)})
+    return report
+
+
+def test_cost_and_end_to_end_latency_in_every_rendering(tmp_path):
+    report = _with_costs(_classification_report())
+    write_report(report, tmp_path)
+    d = json.loads((tmp_path / "report.json").read_text())
+    ran = [e for e in d["engines"] if e["status"] != "skipped"]
+    assert all(set(COST_KEYS) <= set(e["cost"]) and list(e["e2e"]["stages"]) == list(E2E_STAGES) for e in ran)
+    assert d["engines"][-1]["cost"] is None and d["engines"][-1]["e2e"] is None  # the skipped engine
+    total = report.engines[0].e2e.stages["total"]
+    shown = f"{total.p50_ms:.2f} / {total.p99_ms:.2f}"
+    md = (tmp_path / "report.md").read_text()
+    assert "## End to end through the Predictor" in md and "decode p50 / p99 ms" in md and shown in md
+    text = summary_table(report)
+    assert all(h in text for h in ("load ms", "peak MiB", "e2e p50/p99 ms", shown))
+    assert "End to end through the Predictor" in (tmp_path / "report.html").read_text()
+
+
+def test_contract_checks_cost_and_e2e_where_present():
+    d = _with_costs(_classification_report()).to_dict()
+    assert validate_report_dict(d) == []
+    del d["engines"][0]["cost"]["peak_mb"]
+    del d["engines"][1]["e2e"]["stages"]["decode"]
+    problems = validate_report_dict(d)
+    assert any("cost lacks 'peak_mb'" in p for p in problems), problems
+    assert any("e2e lacks stage 'decode'" in p for p in problems), problems
+    old = _classification_report().to_dict()  # as written before these keys existed
+    for engine in old["engines"]:
+        del engine["cost"], engine["e2e"]
+    assert validate_report_dict(old) == []
