@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lkca_deploy.backends.trtexec import DLA_RELEASES
 from lkca_deploy.lowering.passes import ConvSite, find_conv_sites
 from lkca_deploy.lowering.planner import Plan, choose_lowering
 from lkca_deploy.onnx_io import constant_tensors, graph_inputs, static_shapes
@@ -132,6 +133,8 @@ def check_model(model: onnx.ModelProto, target: str, allow_gpu_fallback: bool = 
             report.stats.update(stats)
         elif name == "kernel_limit":
             findings = _kernel_limit(context, target, spec.kernel_limit, f"{target}'s hardware conv")
+        elif name == "int8_grouped_convs":
+            findings = _int8_grouped_convs(context, target, spec.int8_group_multiple)
         else:
             findings = _RULES[name](context)
         report.findings += findings
@@ -228,6 +231,50 @@ def _qdq_zero_points(ctx: _Context) -> Iterable[Finding]:
             )
 
 
+def _int8_grouped_convs(ctx: _Context, target: str, multiple: int) -> Iterable[Finding]:
+    """A grouped conv that reads a DequantizeLinear is asked to run in INT8; TensorRT documents INT8 grouped convs
+    only for channels per group in multiples of `multiple` (docs/tensorrt.md, which also says what is unknown)."""
+    producers = {out: node for node in ctx.nodes for out in node.output}
+    for index, node in enumerate(ctx.nodes):
+        group = int(ctx.attr(node, "group", 1))
+        source = producers.get(node.input[0]) if node.input else None
+        if node.op_type != "Conv" or group <= 1 or source is None or source.op_type != "DequantizeLinear":
+            continue
+        dims = _weight_dims(ctx, node.input[1], producers)
+        if dims is None:
+            continue
+        per_group_in, per_group_out = dims[1], dims[0] // group
+        if per_group_in % multiple == 0 and per_group_out % multiple == 0:
+            continue
+        fix = (
+            "keep this conv in fp16 on the DLA, or run on the GPU (target tensorrt) with a MatMul mixer"
+            if target == "jetson-dla"
+            else "make the mixer a MatMul before quantizing: export --lowering auto --target tensorrt "
+            "--precision int8, or lower --strategy matmul"
+        )
+        yield Finding(
+            "warning",
+            ctx.name(index),
+            "Conv",
+            f"INT8 {'depthwise' if per_group_in == per_group_out == 1 else 'grouped'} conv with "
+            f"{per_group_in}/{per_group_out} input/output channel(s) per group: TensorRT documents INT8 grouped "
+            f"convs for multiples of {multiple} only (IConvolutionLayer::setNbGroups), so no INT8 kernel is "
+            "documented for it (it may run in float between the Q/DQ, or fail to build)",
+            fix,
+        )
+
+
+def _weight_dims(ctx: _Context, name: str, producers: dict) -> tuple[int, ...] | None:
+    """The weight's shape: a constant, the constant a DequantizeLinear reads, or the inferred shape."""
+    source = producers.get(name)
+    if name not in ctx.constants and source is not None and source.op_type == "DequantizeLinear":
+        name = source.input[0]
+    if name in ctx.constants:
+        return tuple(ctx.constants[name].dims)
+    shape = ctx.shapes.get(name)
+    return tuple(shape) if shape is not None and None not in shape else None
+
+
 def _static_inputs(ctx: _Context) -> Iterable[Finding]:
     for spec in graph_inputs(ctx.model):
         if spec.symbols:
@@ -285,6 +332,7 @@ def _dla_placement(ctx: _Context, allow_gpu_fallback: bool) -> tuple[list[Findin
         "gpu_fallback_nodes": fallbacks,
         "dla_subgraphs": subgraphs,
         "dla_subgraph_cap": DLA_SUBGRAPHS_PER_CORE,
+        "dla_needs": DLA_RELEASES,  # which TensorRT can place anything on the DLA (docs/tensorrt.md)
     }
     return findings, stats
 
@@ -456,7 +504,7 @@ def _onnxruntime_cpu(ctx: _Context) -> Iterable[Finding]:
             )
 
 
-# The lints a target's `checks` name (targets.py); the two that take more than the model are called directly above.
+# The lints a target's `checks` name (targets.py); those that take more than the model are called directly above.
 _RULES = {
     "standard_ops": _standard_ops,
     "tensorrt_parser": _tensorrt_parser,

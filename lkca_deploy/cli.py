@@ -131,13 +131,16 @@ def export(
     seed: int = typer.Option(0, help="Seed of a zoo model's random weights."),
     matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
     tune_backend: str = typer.Option("onnxruntime", help="Backend that times candidates for --lowering tune."),
+    precision: str | None = typer.Option(None, help="Precision the engines will run (fp32 | fp16 | bf16 | int8), "
+                                         "for --lowering auto: int8 on tensorrt gets a MatMul mixer."),
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
     from .export import export_model
 
     result = export_model(source, out, lowering=lowering, target=target, max_kernel=max_kernel,
                           batch=_parse_batch(batch), opset=opset, simplify=not no_simplify,
-                          budget_bytes=int(matmul_budget * MiB), seed=seed, tune_backend=tune_backend)
+                          budget_bytes=int(matmul_budget * MiB), seed=seed, tune_backend=tune_backend,
+                          precision=precision)
     if result.lowering is not None:
         typer.echo(result.lowering.summary())
     typer.echo(f"wrote {result.path}  (self-check: max abs error vs PyTorch {result.max_abs_err:.2e})")

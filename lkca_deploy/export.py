@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lkca_deploy.backends.base import run_batched
+from lkca_deploy.backends.base import PRECISIONS, run_batched
 from lkca_deploy.errors import UserError
 from lkca_deploy.lowering.passes import STRATEGIES, LoweringReport, lower_model
 from lkca_deploy.lowering.planner import lower_auto
@@ -115,18 +115,21 @@ def export_model(
     tolerance: float = 1e-4,
     block_outputs: bool = False,
     tune_backend: str = "onnxruntime",
+    precision: str | None = None,
 ) -> ExportResult:
     """Export `source` (checkpoint directory or zoo name) to a lowered, self-checked ONNX at `out`.
 
     lowering: conv | crop | matmul | tiled (tiles of at most `max_kernel`) | auto (planner table for `target`)
     | tune (time the candidates on `tune_backend` here, keep the fastest exact one). batch: None for a dynamic
     batch axis, N for a static one. block_outputs: add every transformer block's tokens as outputs
-    block_0..block_{depth-1} (parity localisation). opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
+    block_0..block_{depth-1} (parity localisation). precision: what the engines built from this ONNX compute in,
+    when known (auto plans for it: INT8 on tensorrt gets a MatMul mixer); None plans for any precision.
+    opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
     `budget_bytes`, SelfCheckError when ONNX Runtime and PyTorch differ by more than `tolerance`; in both cases
     nothing is written at `out`.
     """
     opset = opset or DEFAULT_OPSET
-    _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend)
+    _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend, precision)
     src = load_source(source, seed)
     base = traced_onnx(src, batch=batch, opset=opset, simplify=simplify, block_outputs=block_outputs)
     model, report, plans, tune_table = apply_lowering(
@@ -138,11 +141,13 @@ def export_model(
         tune_backend=tune_backend,
         batch=batch,
         seed=seed,
+        precision=precision,
     )
     x, check_inputs = check_inputs_for(src, check_data, check_samples, seed)
     max_abs_err = self_check(model, src.model, x, batch=batch, tolerance=tolerance)
     lowering_facts = {
         "requested": lowering,
+        "precision": precision,
         "summary": report.summary(),
         "report": report.to_dict(),
         "plans": [plan.to_dict() for plan in plans],
@@ -312,10 +317,12 @@ def apply_lowering(
     tune_backend: str = "onnxruntime",
     batch: int | None = None,
     seed: int = 0,
+    precision: str | None = None,
 ) -> tuple[onnx.ModelProto, LoweringReport, list, list[TuneRow] | None]:
-    """(lowered model, report, auto's plans, tune's table) for one of LOWERINGS."""
+    """(lowered model, report, auto's plans, tune's table) for one of LOWERINGS (precision: auto's, see
+    planner.choose_lowering)."""
     if lowering == "auto":
-        lowered, report, plans = lower_auto(model, target, budget_bytes)
+        lowered, report, plans = lower_auto(model, target, budget_bytes, precision)
         return lowered, report, plans, None
     if lowering == "tune":
         return tune_model(model, tune_backend, budget_bytes=budget_bytes, batch=batch, seed=seed)
@@ -424,7 +431,7 @@ def _set_metadata(model: onnx.ModelProto, metadata: dict) -> None:
 # ---------------------------------------------------------------- arguments
 
 
-def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend) -> None:
+def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend, precision=None) -> None:
     if lowering not in LOWERINGS:
         raise UserError(f"unknown lowering {lowering!r}: choose one of {', '.join(LOWERINGS)}")
     get_target(target)
@@ -436,5 +443,7 @@ def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, 
         raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
     if check_samples < 1:
         raise UserError(f"the self-check needs at least 1 sample, got {check_samples}")
+    if precision is not None and precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if lowering == "tune" and tune_backend not in TUNE_BACKENDS:
         raise UserError(f"unknown tune backend {tune_backend!r}: choose one of {', '.join(TUNE_BACKENDS)}")

@@ -34,10 +34,14 @@ class Target:
     matmul_max_tokens: int  # grids of at most this many tokens run the Toeplitz matmul faster; 0: never
     conv_note: str  # why the conv is the choice when nothing else applies
     spectral_over_tokens: int = 0  # depthwise convs on grids of more than this many tokens: DFT matmuls; 0: never
+    # INT8 grouped convs want channels per group to be a multiple of this (0: no such rule). TensorRT's
+    # IConvolutionLayer::setNbGroups documents 4 (docs/tensorrt.md): a depthwise conv has 1.
+    int8_group_multiple: int = 0
     checks: tuple[str, ...] = ()  # the lints of check.py that apply, by name
 
 
-_TENSORRT_CHECKS = ("standard_ops", "tensorrt_parser", "qdq_zero_points")
+_TENSORRT_CHECKS = ("standard_ops", "tensorrt_parser", "qdq_zero_points", "int8_grouped_convs")
+_TENSORRT_INT8_GROUP_MULTIPLE = 4
 
 # Lowering choices: end to end, benchmarks/lowering.py on a 2-core AVX-512 EPYC (README "Measured here"). The
 # per-head Toeplitz matmul beats the conv on both CPU backends up to 16x16 (ORT 1.2x at 8x8, 1.3-1.5x at 16x16;
@@ -47,11 +51,12 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target(
             "tensorrt", "tensorrt", None, 0, "TensorRT runs the conv; at small grids matmul may win: try `tune`",
-            checks=_TENSORRT_CHECKS,
+            checks=_TENSORRT_CHECKS, int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE,
         ),
         Target(
             "jetson-dla", "tensorrt", DLA_KERNEL_LIMIT, 0, f"the kernel fits the DLA's {DLA_KERNEL_LIMIT}-tap limit",
             checks=(*_TENSORRT_CHECKS, "static_inputs", "dla_placement"),
+            int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE,
         ),
         Target(
             "openvino-cpu", "openvino", None, 256, "grid dynamic: OpenVINO's depthwise conv", 256,

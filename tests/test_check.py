@@ -228,6 +228,52 @@ def test_non_standard_ops_fail_everywhere(target):
     assert "not a standard ONNX operator" in check_model(model, target).errors[0].problem
 
 
+# ---------------------------------------------------------------- INT8 grouped convs and DLA releases (docs/tensorrt.md)
+
+
+def _int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with the tensorrt flavour's Q/DQ, calibrated on random samples (the real quantizer)."""
+    from lkca_deploy.calibration.quantize import quantize_int8
+
+    channels = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    calib = np.random.default_rng(0).standard_normal((8, channels, 8, 8)).astype(np.float32)
+    quantized = quantize_int8(model, calib, flavor="tensorrt").model
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    assert all(n.input[0] in dequantized for n in quantized.graph.node if n.op_type in ("Conv", "MatMul"))
+    return quantized
+
+
+def _int8_conv_warnings(report) -> list:
+    return [f for f in report.warnings if f.op == "Conv" and f.problem.startswith("INT8")]
+
+
+def test_an_int8_depthwise_conv_is_flagged_once_with_the_matmul_fix():
+    quantized = _int8(conv_model(channels=8, kernel=(15, 15)))
+    report = check_model(quantized, "tensorrt")
+    (finding,) = _int8_conv_warnings(report)
+    assert report.ok and finding.node == "mixer"
+    assert "1/1 input/output channel(s) per group" in finding.problem and "multiples of 4" in finding.problem
+    assert "--precision int8" in finding.fix and "lower --strategy matmul" in finding.fix
+    (dla,) = _int8_conv_warnings(check_model(quantized, "jetson-dla"))
+    assert "fp16 on the DLA" in dla.fix
+    assert _int8_conv_warnings(check_model(quantized, "onnxruntime-cpu")) == []
+
+
+def test_no_int8_conv_warning_for_float_models_wide_groups_or_the_matmul_lowering():
+    depthwise = conv_model(channels=8, kernel=(15, 15))
+    assert _int8_conv_warnings(check_model(depthwise, "tensorrt")) == []  # float: no INT8 asked for
+    four_per_group = conv_model(channels=8, kernel=(15, 15), cin_per_group=4, cout_per_group=4)
+    assert _int8_conv_warnings(check_model(_int8(four_per_group), "tensorrt")) == []
+    lowered, _ = lower_model(depthwise, "matmul")
+    assert _int8_conv_warnings(check_model(_int8(lowered), "tensorrt")) == []
+
+
+def test_dla_report_says_which_tensorrt_can_place_it():
+    report = check_model(conv_model(kernel=(15, 15), batch=1), "jetson-dla")
+    assert "10.0-10.7" in report.stats["dla_needs"] and "11.4.1" in report.stats["dla_needs"]
+    assert "dla needs: TensorRT 10.0-10.7 (JetPack 6) or 11.4.1 and later" in report.format_text()
+
+
 # ---------------------------------------------------------------- the report
 
 

@@ -354,3 +354,19 @@ def test_seg_tiny_lowerings_match_torch(seg_tiny, seg_tiny_reference, lowering, 
     assert max(kernels) == {"conv": 63, "crop": 63, "tiled": 32, "spectral": 16}[lowering]  # 16: patch embed
     assert max_abs(ort_outputs(result.path, x)["logits"], want) < TOL
     assert max_abs(openvino_logits(result.path, x), want) < TOL
+
+
+def test_auto_for_tensorrt_at_int8_exports_matmul_mixers_and_records_the_precision(tmp_path):
+    result = export_model(
+        "lkca_vit_nano", tmp_path / "int8.onnx", target="tensorrt", precision="int8", check_samples=4
+    )
+    assert [p.strategy for p in result.plans] == ["matmul"] * len(result.plans) and result.plans
+    assert "INT8 on tensorrt" in result.plans[0].reason
+    assert result.metadata["lowering"]["precision"] == "int8" and result.max_abs_err < TOL
+    assert not [n for n in conv_nodes(result.path) if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def test_an_unknown_precision_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="unknown precision 'int4'"):
+        export_model("lkca_vit_nano", tmp_path / "x.onnx", precision="int4")
+    assert not list(tmp_path.iterdir())

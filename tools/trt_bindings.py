@@ -9,7 +9,6 @@ every class, method, property and enum member it binds as a string literal. `fet
 from __future__ import annotations
 
 import ast
-import os
 import re
 import struct
 import subprocess
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.fsutil import publish
 
 CACHE = Path.home() / ".cache" / "lkca-deploy" / "trt-bindings"
 # One bindings package per major: 11.x is built for CUDA 13 (the cu12 package has 11.x too; one choice keeps one file).
@@ -225,6 +225,4 @@ def fetch_wheel(major: int, version: str | None = None, cache: Path = CACHE) -> 
         if proc.returncode != 0 or len(wheels) != 1:
             reason = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise UserError(f"cannot download {package}=={version}: {reason}")
-        target = cache / wheels[0].name
-        os.replace(wheels[0], target)  # one rename within the cache: never a half-written wheel there
-    return target
+        return publish(wheels[0], cache / wheels[0].name)  # one rename within the cache: never half a wheel

@@ -421,7 +421,7 @@ def _build_serialized(
     config = builder.create_builder_config()
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    for flag in plan.flags:
+    for flag in plan.flags:  # trt-api: <11 uses BuilderFlag.INT8 BuilderFlag.FP16 (weak typing: empty on 11)
         config.set_flag(getattr(trt.BuilderFlag, flag))
     # TF32, on by default, rounds fp32 matmuls and convs to a 10-bit mantissa: that is not fp32 parity.
     if not allow_tf32 and hasattr(trt.BuilderFlag, "TF32"):
@@ -435,9 +435,9 @@ def _build_serialized(
         optimization_profile = builder.create_optimization_profile()
         optimization_profile.set_shape(spec.name, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(optimization_profile)
-        if plan.quantization == "implicit":
+        if plan.quantization == "implicit":  # trt-api: <11 (precision_plan refuses implicit INT8 on 11)
             config.set_calibration_profile(optimization_profile)
-    if plan.quantization == "implicit":
+    if plan.quantization == "implicit":  # trt-api: <11 (calibrators were removed in 11)
         config.int8_calibrator = _cache_calibrator(trt, calib_cache)
     cache = _attach_timing_cache(config, timing_cache)
 

@@ -46,8 +46,13 @@ def strongly_typed_only(version: str) -> bool:
     return parse_version(version)[0] >= 11
 
 
+# Which TensorRT releases place layers on a Jetson's DLA (docs/tensorrt.md, section 3): said by check, the script
+# and the refusal below.
+DLA_RELEASES = "TensorRT 10.0-10.7 (JetPack 6) or 11.4.1 and later (Jetson AGX Orin, JetPack 7.2.2 or later)"
+
+
 def dla_supported(version: str) -> bool:
-    """DLA: up to TensorRT 10.7 (JetPack 6), none in 11.0-11.3, back from 11.4.1 (AGX Orin, JetPack >= 7.2.2)."""
+    """DLA: up to TensorRT 10.7 (JetPack 6), none in 10.8-11.3 (11.4.0: Windows on ARM only), back from 11.4.1."""
     v = parse_version(version)
     return v < (10, 8) or v >= (11, 4, 1)
 
@@ -64,9 +69,7 @@ def precision_plan(
 ) -> PrecisionPlan:
     """How TensorRT `version` builds `precision` from an ONNX that computes in `onnx_precision`."""
     if dla and not dla_supported(version):
-        raise UserError(
-            f"TensorRT {version} has no DLA support (none in 11.0-11.3): use the GPU or TensorRT 10"
-        )
+        raise UserError(f"TensorRT {version} cannot place layers on a Jetson's DLA: use the GPU, or {DLA_RELEASES}")
     if dla and precision == "fp32":
         raise UserError("DLA runs fp16 or int8 only: build with --precision fp16 or int8")
     if precision == "int8" and onnx_precision == "fp32":
@@ -271,10 +274,11 @@ def write_trtexec_script(onnx_path: Path, settings: TensorRTSettings, *, engine_
         major: _script_line(onnx_path, settings, engine_path, version)
         for major, version in SCRIPT_VERSIONS.items()
     }
+    dla_note = f"\n# DLA core {settings.dla_core}: needs {DLA_RELEASES}." if settings.dla_core is not None else ""
     script = f"""#!/bin/sh
 # Builds {engine_path.name} from {onnx_path.name} ({settings.precision}) on THIS device: a TensorRT engine runs only
 # on the GPU model and TensorRT version that built it. Written by lkca-deploy. Needs trtexec
-# (JetPack: /usr/src/tensorrt/bin/trtexec). Set TRT_MAJOR=10 or 11 to skip the detection.
+# (JetPack: /usr/src/tensorrt/bin/trtexec). Set TRT_MAJOR=10 or 11 to skip the detection.{dla_note}
 set -eu
 cd "$(dirname "$0")"
 PATH="$PATH:/usr/src/tensorrt/bin"

@@ -53,22 +53,29 @@ def choose_lowering(
     itemsize: int = 4,
     toeplitz_bytes: int | None = None,
     depthwise: bool = True,
+    precision: str | None = None,
 ) -> Plan:
     """The lowering for one depthwise conv on `target` (grid None: dynamic spatial shape).
 
     heads: contiguous channel blocks sharing one kernel (default: every channel its own). toeplitz_bytes
-    overrides the depthwise estimate heads*N^2*itemsize (plan_model passes the exact figure).
+    overrides the depthwise estimate heads*N^2*itemsize (plan_model passes the exact figure). precision: what the
+    engine will compute in, when the caller knows (None: unknown, the choice for any precision); at "int8" a
+    target whose INT8 grouped convs want wider groups (targets.py) gets a MatMul mixer where one fits.
     """
     caps = get_target(target)
     if max(kernel) <= min(DEFAULT_MIN_KERNEL, caps.kernel_limit or DEFAULT_MIN_KERNEL):
         return Plan("conv", None, f"{kernel[0]}x{kernel[1]} is a small kernel: every target runs it natively")
     if caps.kernel_limit is not None:
         return _fit_kernel_limit(target, caps.kernel_limit, grid, kernel, pads, dilations, batch_static)
-    if caps.matmul_max_tokens and grid is not None and grid[0] * grid[1] <= caps.matmul_max_tokens:
+
+    def toeplitz_need() -> int:
         tokens = grid[0] * grid[1]
-        need = (
-            toeplitz_bytes if toeplitz_bytes is not None else (heads or channels) * tokens * tokens * itemsize
-        )
+        return toeplitz_bytes if toeplitz_bytes is not None else (heads or channels) * tokens * tokens * itemsize
+
+    if precision == "int8" and caps.int8_group_multiple and depthwise:
+        return _int8_matmul_mixer(target, caps.int8_group_multiple, grid, toeplitz_need, budget_bytes)
+    if caps.matmul_max_tokens and grid is not None and grid[0] * grid[1] <= caps.matmul_max_tokens:
+        need = toeplitz_need()
         where = f"at {grid[0]}x{grid[1]} the Toeplitz matmul beats the conv on {target}"
         if need <= budget_bytes:
             return Plan("matmul", None, f"{where} ({format_bytes(need)} of Toeplitz weights)")
@@ -82,6 +89,26 @@ def choose_lowering(
             return Plan("spectral", None, f"at {grid[0]}x{grid[1]} the DFT matmuls beat the conv on {target}")
         return Plan("conv", None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
     return Plan("conv", None, caps.conv_note)
+
+
+def _int8_matmul_mixer(target, multiple, grid, toeplitz_need, budget_bytes) -> Plan:
+    """INT8 where grouped convs want `multiple` channels per group: the depthwise conv has no documented INT8
+    kernel there (docs/tensorrt.md), a MatMul has one. The Toeplitz when it fits the budget, else DFT matmuls."""
+    why = (
+        f"INT8 on {target}: its INT8 grouped convs are documented for multiples of {multiple} channels per group, "
+        "a depthwise conv has 1"
+    )
+    if grid is None:
+        return Plan("conv", None, f"{why}, but the grid is dynamic: export a fixed image size for a MatMul mixer")
+    need = toeplitz_need()
+    if need <= budget_bytes:
+        return Plan("matmul", None, f"{why}: the Toeplitz MatMul runs in INT8 ({format_bytes(need)} of weights)")
+    return Plan(
+        "spectral",
+        None,
+        f"{why}: the Toeplitz needs {format_bytes(need)}, over the {format_bytes(budget_bytes)} budget, "
+        "so DFT MatMuls instead",
+    )
 
 
 def _fit_kernel_limit(target, limit, grid, kernel, pads, dilations, batch_static) -> Plan:
@@ -107,8 +134,14 @@ def _fit_kernel_limit(target, limit, grid, kernel, pads, dilations, batch_static
     )
 
 
-def plan_model(model: onnx.ModelProto, target: str, budget_bytes: int = DEFAULT_MATMUL_BUDGET) -> list[Plan]:
-    """One plan per grouped conv; matmul picks share one budget, spent in graph order."""
+def plan_model(
+    model: onnx.ModelProto,
+    target: str,
+    budget_bytes: int = DEFAULT_MATMUL_BUDGET,
+    precision: str | None = None,
+) -> list[Plan]:
+    """One plan per grouped conv; matmul picks share one budget, spent in graph order. precision: see
+    choose_lowering."""
     get_target(target)
     batch_static = all(spec.shape[:1] != (None,) for spec in graph_inputs(model))
     plans, left = [], budget_bytes
@@ -130,6 +163,7 @@ def plan_model(model: onnx.ModelProto, target: str, budget_bytes: int = DEFAULT_
             itemsize=site.weight.itemsize,
             toeplitz_bytes=toeplitz,
             depthwise=site.depthwise,
+            precision=precision,
         )
         if plan.strategy == "matmul":
             left -= toeplitz
@@ -150,9 +184,12 @@ def apply_plan(
 
 
 def lower_auto(
-    model: onnx.ModelProto, target: str, budget_bytes: int = DEFAULT_MATMUL_BUDGET
+    model: onnx.ModelProto,
+    target: str,
+    budget_bytes: int = DEFAULT_MATMUL_BUDGET,
+    precision: str | None = None,
 ) -> tuple[onnx.ModelProto, LoweringReport, list[Plan]]:
-    """plan_model then apply_plan: the `auto` strategy."""
-    plans = plan_model(model, target, budget_bytes)
+    """plan_model then apply_plan: the `auto` strategy (precision: see choose_lowering)."""
+    plans = plan_model(model, target, budget_bytes, precision)
     lowered, report = apply_plan(model, plans, budget_bytes)
     return lowered, report, plans

@@ -93,8 +93,9 @@ def test_precision_plans_for_10_and_11():
         precision_plan("int8", "10.3.0", onnx_precision="int8", dla=True)
     with pytest.raises(UserError, match="DLA runs fp16 or int8 only"):
         precision_plan("fp32", "10.3.0", onnx_precision="fp32", dla=True)
-    with pytest.raises(UserError, match="no DLA support"):
-        precision_plan("fp16", "11.2.0", onnx_precision="fp16", dla=True)
+    for no_dla in ("10.8.0", "11.2.0", "11.4.0"):  # the refusal names the releases that have a DLA
+        with pytest.raises(UserError, match=r"cannot place layers on a Jetson's DLA: .* 10\.0-10\.7 .* 11\.4\.1"):
+            precision_plan("fp16", no_dla, onnx_precision="fp16", dla=True)
 
 
 def test_devices():
@@ -212,6 +213,9 @@ def test_trtexec_script_explains_a_line_that_cannot_exist(onnx_files, tmp_path):
         check=False,
     )
     assert done.returncode == 2 and "no implicit INT8 calibration" in done.stderr
+    assert "# DLA core 0: needs TensorRT 10.0-10.7 (JetPack 6) or 11.4.1 and later" in script.read_text()
+    gpu_only = write_trtexec_script(onnx_files["int8"], TensorRTSettings("int8"))
+    assert "DLA" not in gpu_only.read_text()
 
 
 # ---------------------------------------------------------------- engine compatibility

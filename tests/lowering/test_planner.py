@@ -135,3 +135,42 @@ def test_lower_auto_with_nothing_to_do_returns_an_equal_copy():
     lowered, report, plans = lower_auto(model, "openvino-npu")
     assert report.nothing_lowered and plans[0].strategy == "conv"
     assert lowered is not model and lowered.graph == model.graph
+
+
+# ---------------------------------------------------------------- auto at INT8 (docs/tensorrt.md, section 1)
+
+
+def test_tensorrt_at_int8_prefers_a_matmul_mixer_and_the_default_is_unchanged():
+    args = {"target": "tensorrt", "grid": (8, 8), "kernel": (15, 15), "channels": 192, "heads": 12}
+    assert choose_lowering(**args).strategy == "conv"  # no precision given: as before
+    assert choose_lowering(**args, precision="fp16").strategy == "conv"
+    plan = choose_lowering(**args, precision="int8")
+    assert plan.strategy == "matmul"
+    assert "INT8 on tensorrt" in plan.reason and "multiples of 4" in plan.reason and "MiB" in plan.reason
+
+
+def test_int8_matmul_preference_respects_budget_grid_and_depthwise():
+    over = choose_lowering("tensorrt", (32, 32), (63, 63), channels=192, precision="int8", budget_bytes=2**20)
+    assert over.strategy == "spectral" and "over the 1.0 MiB budget" in over.reason
+    dynamic = choose_lowering("tensorrt", None, (63, 63), channels=192, precision="int8")
+    assert dynamic.strategy == "conv" and "dynamic" in dynamic.reason
+    grouped = choose_lowering("tensorrt", (8, 8), (15, 15), channels=192, precision="int8", depthwise=False)
+    assert grouped.strategy == "conv"
+
+
+@pytest.mark.parametrize("target", ["jetson-dla", "onnxruntime-cpu", "openvino-cpu", "openvino-gpu"])
+@pytest.mark.parametrize("grid", [(8, 8), (32, 32)])
+def test_int8_changes_nothing_where_the_target_has_no_group_rule_or_runs_no_matmul(target, grid):
+    args = {"target": target, "grid": grid, "kernel": (63, 63), "channels": 192, "heads": 12}
+    assert choose_lowering(**args, precision="int8") == choose_lowering(**args)
+
+
+def test_lower_auto_at_int8_for_tensorrt_gives_an_exact_matmul_mixer():
+    model = conv_model(channels=8, grid=(8, 8), kernel=(15, 15))
+    lowered, _, plans = lower_auto(model, "tensorrt", precision="int8")
+    assert [p.strategy for p in plans] == ["matmul"]
+    ops = {n.op_type for n in lowered.graph.node}
+    assert "MatMul" in ops and "Conv" not in ops
+    x = random_x(model, 2)
+    np.testing.assert_allclose(run_ort(lowered, x), run_ort(model, x), rtol=0, atol=1e-5)
+    assert [p.strategy for p in plan_model(model, "tensorrt")] == ["conv"]
