@@ -1,7 +1,8 @@
 """The toolkit's metadata in an ONNX file's metadata_props: what every later stage reads back.
 
 Values are strings (ONNX's rule); structured ones are JSON. Keys: model, task, preprocessing, class_names,
-lowering, target, toolkit_version, opset, self_check_max_abs_err, check_inputs.
+lowering, target, toolkit_version, opset, self_check_max_abs_err, check_inputs; int8_accuracy and fp16_headroom
+where the pipeline decided them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import json
 
 from .data.spec import PreprocessSpec
 
-JSON_KEYS = ("preprocessing", "class_names", "lowering")
+# Reduced precision decided on the FP32 export, obeyed by every build from it (backends/build.py):
+INT8_ACCURACY = "int8_accuracy"  # calibration/accuracy_aware.py: float units, drop per step, validation size
+FP16_HEADROOM = "fp16_headroom"  # calibration/headroom.py: tensors FP16 cannot hold, nodes kept FP32
+JSON_KEYS = ("preprocessing", "class_names", "lowering", INT8_ACCURACY, FP16_HEADROOM)
 
 
 def set_metadata(model, values: dict) -> None:

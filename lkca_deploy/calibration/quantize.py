@@ -61,9 +61,12 @@ _SAMPLES_PER_COLLECT = 128
 
 
 def to_fp16(
-    model: onnx.ModelProto, keep_fp32_op_types: Sequence[str] = FP16_KEEP_FP32_OP_TYPES
+    model: onnx.ModelProto,
+    keep_fp32_op_types: Sequence[str] = FP16_KEEP_FP32_OP_TYPES,
+    keep_fp32_nodes: Sequence[str] = (),
 ) -> onnx.ModelProto:
-    """Weights and compute in FP16; `keep_fp32_op_types` (and their inputs, cast before them) stay FP32.
+    """Weights and compute in FP16; `keep_fp32_op_types` and the nodes named in `keep_fp32_nodes` (and their
+    inputs, cast before them) stay FP32. calibration/headroom.py names the nodes whose tensors FP16 cannot hold.
 
     Graph inputs and outputs stay float32 with casts at the edges, so callers feed and read the same arrays as for
     the FP32 model.
@@ -76,9 +79,13 @@ def to_fp16(
     # inside the converter rebuilds them.
     del source.graph.value_info[:]
     converted = convert_float_to_float16(
-        source, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32_op_types]
+        source,
+        keep_io_types=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32_op_types],
+        node_block_list=list(keep_fp32_nodes),
     )
     _restore_fp32_weights(converted, model)
+    _skip_fp16_round_trips(converted.graph)
     # The converter appends its edge casts at the end of the node list; ONNX wants producers first.
     OnnxModel.graph_topological_sort(converted.graph)
     onnx.checker.check_model(converted)
@@ -106,6 +113,29 @@ def _restore_fp32_weights(converted: onnx.ModelProto, original: onnx.ModelProto)
             graph.value_info.remove(vi)
 
 
+def _skip_fp16_round_trips(graph: onnx.GraphProto) -> None:
+    """A node kept FP32 that reads another one's output reads it in FP32, not through a Cast to FP16 and back.
+
+    The converter casts every kept node's output to FP16 and back before the next kept node, which turns a value
+    kept FP32 because it does not fit FP16 (calibration/headroom.py) into inf.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type != "Cast" or _attribute(node, "to") != TensorProto.FLOAT:
+            continue
+        to_fp16 = producers.get(node.input[0])
+        if (to_fp16 is not None and to_fp16.op_type == "Cast" and _attribute(to_fp16, "to") == TensorProto.FLOAT16
+                and types.get(to_fp16.input[0]) == TensorProto.FLOAT):
+            _rename_input(graph, node.output[0], to_fp16.input[0])
+    outputs = {o.name for o in graph.output}
+    while unread := [n for n in graph.node if n.op_type == "Cast" and n.output[0] not in
+                     {i for reader in graph.node for i in reader.input} | outputs]:
+        for node in unread:
+            graph.node.remove(node)
+
+
 # --------------------------------------------------------------------------------------------------------------- INT8
 
 
@@ -118,43 +148,87 @@ class QuantizeResult:
     excluded_nodes: list[str]
 
 
-def quantize_int8(
+@dataclass(frozen=True)
+class Calibration:
+    """One flavour's calibrated ranges (ORT's TensorsData): quantize_int8 takes it instead of calibrating again.
+
+    The ranges do not depend on which nodes stay float, so a search over float units calibrates once.
+    """
+
+    flavor: str
+    method: str
+    tensor_ranges: object
+    samples: int
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return _plain_ranges(self.tensor_ranges)
+
+
+def calibrate(
     model: onnx.ModelProto,
     calib: np.ndarray,
     *,
     flavor: Flavor,
     method: Method = DEFAULT_METHOD,
     percentile: float = 99.99,
-    keep_fp: Sequence[str] = (),
     batch_size: int = 32,
-) -> QuantizeResult:
-    """INT8 Q/DQ on Conv, MatMul and Gemm, calibrated on `calib` (preprocessed float32 samples of the one input).
-
-    The ranges are computed once and feed both the QDQ model and `write_trt_calibration_cache`. With minmax and
-    percentile they cover every float tensor, not only the quantized ones, so a TensorRT implicit-INT8 build (DLA)
-    finds a scale for each layer; with entropy only the inputs and outputs of Conv, MatMul and Gemm.
-    `keep_fp` names nodes or op types kept in float on top of the defaults.
-    """
+) -> Calibration:
+    """The ranges quantize_int8 computes on `calib` (preprocessed float32 samples of the one input)."""
     _require_choice("flavor", flavor, FLAVORS)
     _require_choice("method", method, METHODS)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     named = _with_node_names(model)
     spec = _single_input(named)
-    input_name = spec.name
     samples = _validated_samples(calib, spec)
+    with tempfile.TemporaryDirectory(prefix="lkca-calib-") as work_dir:
+        work = Path(work_dir)
+        source = work / "model.onnx"
+        onnx.save_model(named, source)
+        tensor_ranges = _calibrate(source, spec.name, samples, method, percentile, flavor, batch_size, work)
+    return Calibration(flavor, method, tensor_ranges, len(samples))
+
+
+def quantize_int8(
+    model: onnx.ModelProto,
+    calib: np.ndarray | None,
+    *,
+    flavor: Flavor,
+    method: Method = DEFAULT_METHOD,
+    percentile: float = 99.99,
+    keep_fp: Sequence[str] = (),
+    batch_size: int = 32,
+    calibration: Calibration | None = None,
+) -> QuantizeResult:
+    """INT8 Q/DQ on Conv, MatMul and Gemm, calibrated on `calib` (preprocessed float32 samples of the one input).
+
+    The ranges are computed once and feed both the QDQ model and `write_trt_calibration_cache`. With minmax and
+    percentile they cover every float tensor, not only the quantized ones, so a TensorRT implicit-INT8 build (DLA)
+    finds a scale for each layer; with entropy only the inputs and outputs of Conv, MatMul and Gemm.
+    `keep_fp` names nodes or op types kept in float on top of the defaults. `calibration` (from `calibrate`, same
+    flavour) stands for calib, method, percentile and batch_size.
+    """
+    _require_choice("flavor", flavor, FLAVORS)
+    named = _with_node_names(model)
     excluded = nodes_matching(named, keep_fp)
+    if calibration is None:
+        calibration = calibrate(named, calib, flavor=flavor, method=method, percentile=percentile,
+                                batch_size=batch_size)
+    elif calibration.flavor != flavor:
+        raise ValueError(f"a {calibration.flavor} calibration cannot quantize the {flavor} flavour")
 
     with tempfile.TemporaryDirectory(prefix="lkca-int8-") as work_dir:
         work = Path(work_dir)
         source = work / "model.onnx"
         onnx.save_model(named, source)
-        tensor_ranges = _calibrate(source, input_name, samples, method, percentile, flavor, batch_size, work)
         options = _quantizer_options(flavor, named)
-        quantized = _quantize_with_ranges(source, tensor_ranges, flavor, method, excluded, options, work)
+        quantized = _quantize_with_ranges(
+            source, calibration.tensor_ranges, flavor, calibration.method, excluded, options, work
+        )
     _float_readers_read_float(quantized.graph, excluded)
     onnx.checker.check_model(quantized)
-    return QuantizeResult(quantized, _plain_ranges(tensor_ranges), excluded)
+    return QuantizeResult(quantized, calibration.ranges, excluded)
 
 
 def nodes_matching(model: onnx.ModelProto, names_or_op_types: Sequence[str]) -> list[str]:
