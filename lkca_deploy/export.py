@@ -11,6 +11,11 @@ Steps of `export_model`, each one place:
 5. metadata (name, task, preprocessing, class names, lowering per layer and why, versions, self-check error),
    checker + shape inference, atomic write. Anything that fails before the write leaves nothing at `out`.
 
+Segmentation logits (`logits`): "input" (the default) keeps the model's own output, upsampled to the input size
+inside the graph; "grid" ends the graph at the head's grid logits (lkca_seg_tiny: 150 x 32 x 32 instead of
+150 x 512 x 512) and leaves the one bilinear upsample to the image's own size to the Predictor, parity and the
+sliding windows (masks.py), which do it anyway; "HxW" ends it at a size the user names.
+
 The dynamo exporter was chosen over the TorchScript one (still present, deprecated): after simplification its
 graph is leaner (78 vs 112 nodes for lkca_vit_nano; no Reshape/Gemm/Reshape detours around the Linear layers).
 It is slower to trace (seconds), so the traced, simplified graph is memoised per process, keyed by the weights'
@@ -42,6 +47,8 @@ LOWERINGS = (*STRATEGIES, "auto", "tune")
 TUNE_BACKENDS = ("onnxruntime", "openvino")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 BATCH_DIM = "batch"
+LOGITS_INPUT, LOGITS_GRID = "input", "grid"
+DEFAULT_LOGITS = LOGITS_INPUT  # what the PyTorch model returns; the pipeline's bundles choose "grid"
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT keeps it FP32 only as one op)
 # 20: GELU is one op, which ONNX Runtime fuses with its bias (BiasGelu); the split Erf form it does not fuse.
 # TensorRT 10 parses opsets 9-20 (Gelu included); OpenVINO and ONNX Runtime read it.
@@ -67,6 +74,7 @@ META_KEYS = (
     "check_inputs",
     "check_samples",
     "self_check_max_abs_error",
+    "logits",
 )
 
 
@@ -116,6 +124,7 @@ def export_model(
     block_outputs: bool = False,
     tune_backend: str = "onnxruntime",
     precision: str | None = None,
+    logits: str | None = None,
 ) -> ExportResult:
     """Export `source` (checkpoint directory or zoo name) to a lowered, self-checked ONNX at `out`.
 
@@ -124,14 +133,16 @@ def export_model(
     batch axis, N for a static one. block_outputs: add every transformer block's tokens as outputs
     block_0..block_{depth-1} (parity localisation). precision: what the engines built from this ONNX compute in,
     when known (auto plans for it: INT8 on tensorrt gets a MatMul mixer); None plans for any precision.
-    opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
+    logits (segmentation): "input" (default), "grid" or "HxW", see the module docstring. opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
     `budget_bytes`, SelfCheckError when ONNX Runtime and PyTorch differ by more than `tolerance`; in both cases
     nothing is written at `out`.
     """
     opset = opset or DEFAULT_OPSET
     _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend, precision)
     src = load_source(source, seed)
-    base = traced_onnx(src, batch=batch, opset=opset, simplify=simplify, block_outputs=block_outputs)
+    size = logits_size(src.model, src.config.task, logits)
+    base = traced_onnx(src, batch=batch, opset=opset, simplify=simplify, block_outputs=block_outputs,
+                       logits_size=size)
     model, report, plans, tune_table = apply_lowering(
         base,
         lowering,
@@ -144,7 +155,7 @@ def export_model(
         precision=precision,
     )
     x, check_inputs = check_inputs_for(src, check_data, check_samples, seed)
-    max_abs_err = self_check(model, src.model, x, batch=batch, tolerance=tolerance)
+    max_abs_err = self_check(model, logits_module(src.model, size), x, batch=batch, tolerance=tolerance)
     lowering_facts = {
         "requested": lowering,
         "precision": precision,
@@ -163,6 +174,7 @@ def export_model(
         check_inputs=check_inputs,
         samples=len(x),
         max_abs_err=max_abs_err,
+        logits=_logits_label(src.config.task, logits, size),
     )
     _set_metadata(model, metadata)
     metadata = read_metadata(model)  # what a reader of the file gets: JSON types (lists, not tuples)
@@ -219,12 +231,20 @@ _TRACES: OrderedDict[tuple, bytes] = OrderedDict()
 
 
 def traced_onnx(
-    src: _Source, *, batch: int | None, opset: int, simplify: bool, block_outputs: bool
+    src: _Source,
+    *,
+    batch: int | None,
+    opset: int,
+    simplify: bool,
+    block_outputs: bool,
+    logits_size: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
-    """The model as ONNX with folded constant weights (and simplified): a fresh copy of a per-process memo."""
-    key = (src.key, batch, opset, simplify, block_outputs)
+    """The model as ONNX with folded constant weights (and simplified): a fresh copy of a per-process memo.
+
+    logits_size: segmentation logits at this (H, W) (see logits_size()); None: the model's own output."""
+    key = (src.key, batch, opset, simplify, block_outputs, logits_size)
     if key not in _TRACES:
-        model = _trace(src, batch=batch, opset=opset, block_outputs=block_outputs)
+        model = _trace(src, batch=batch, opset=opset, block_outputs=block_outputs, logits_size=logits_size)
         if simplify:
             model = _simplify(model)
         _TRACES[key] = model.SerializeToString()
@@ -234,11 +254,13 @@ def traced_onnx(
     return onnx.load_from_string(_TRACES[key])
 
 
-def _trace(src: _Source, *, batch: int | None, opset: int, block_outputs: bool) -> onnx.ModelProto:
+def _trace(
+    src: _Source, *, batch: int | None, opset: int, block_outputs: bool, logits_size: tuple[int, int] | None
+) -> onnx.ModelProto:
     import onnxscript.optimizer
     import torch
 
-    module = _with_blocks(src.model) if block_outputs else src.model
+    module = _with_blocks(src.model, logits_size) if block_outputs else logits_module(src.model, logits_size)
     c, (h, w) = src.config.in_chans, src.spec.input_size
     # Batch 2 as the example: torch.export specialises a dimension of size 1 to a constant.
     example = torch.zeros(batch or 2, c, h, w)
@@ -265,7 +287,7 @@ def _trace(src: _Source, *, batch: int | None, opset: int, block_outputs: bool) 
     return model
 
 
-def _with_blocks(model):
+def _with_blocks(model, logits_size: tuple[int, int] | None = None):
     """`model` returning its logits plus every block's tokens (B, N, C): where two engines first diverge."""
     from torch import nn
 
@@ -276,9 +298,61 @@ def _with_blocks(model):
 
         def forward(self, x):
             blocks = self.model.forward_blocks(x)
-            return (self.model.head(self.model.norm(blocks[-1])), *blocks)
+            return (_head(self.model, blocks[-1], logits_size), *blocks)
 
     return WithBlocks(model)
+
+
+def logits_size(model, task: str, logits: str | None) -> tuple[int, int] | None:
+    """The (H, W) a segmentation export's logits end at, from the `logits` option; None: the model's own output
+    (the input size). UserError for a bad value, or for the option on a classifier."""
+    if logits is None or (task == "segmentation" and logits == LOGITS_INPUT):
+        return None
+    if task != "segmentation":
+        raise UserError(f"--logits is for segmentation models; this one is a {task} model")
+    named = check_logits(logits)
+    return tuple(model.head.logit_grid) if named is None else named
+
+
+def check_logits(logits: str) -> tuple[int, int] | None:
+    """The (H, W) of an "HxW" `logits` option, None for input or grid; UserError for anything else."""
+    if logits in (LOGITS_INPUT, LOGITS_GRID):
+        return None
+    height, _, width = str(logits).lower().partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise UserError(f"--logits must be {LOGITS_INPUT}, {LOGITS_GRID} or a size HxW like 128x128, got {logits!r}")
+    return int(height), int(width)
+
+
+def logits_module(model, size: tuple[int, int] | None):
+    """The PyTorch model with its segmentation logits at `size` (None: `model` itself): the export's reference."""
+    if size is None:
+        return model
+    from torch import nn
+
+    class LogitsAt(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return _head(self.model, self.model.forward_blocks(x)[-1], size)
+
+    return LogitsAt(model).eval()
+
+
+def _head(model, tokens, size: tuple[int, int] | None):
+    """The head on the last block's tokens: as the model runs it (size None), or segmentation logits at `size`."""
+    return model.head(model.norm(tokens)) if size is None else model.head(model.norm(tokens), size)
+
+
+def _logits_label(task: str, logits: str | None, size: tuple[int, int] | None) -> str:
+    """The metadata's "logits": classes, input, grid or HxW (what the output holds)."""
+    if task != "segmentation":
+        return "classes"
+    if size is None:
+        return LOGITS_INPUT
+    return LOGITS_GRID if logits == LOGITS_GRID else f"{size[0]}x{size[1]}"
 
 
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -403,6 +477,7 @@ def _metadata(
     check_inputs: str,
     samples: int,
     max_abs_err: float,
+    logits: str,
 ) -> dict:
     from lkca_deploy import __version__
 
@@ -420,6 +495,7 @@ def _metadata(
         "check_inputs": check_inputs,
         "check_samples": str(samples),
         "self_check_max_abs_error": f"{max_abs_err:.3g}",
+        "logits": logits,
     }
 
 

@@ -2,7 +2,8 @@
 data set and without PyTorch.
 
 The set holds N real evaluation samples, preprocessed exactly as the runtime preprocesses, their labels (class ids,
-or masks at the model's output size), and what PyTorch FP32 computed on them. `compare` measures an engine's
+or masks at the model's input size), and what PyTorch FP32 computed on them (at the logits' size: an export that
+ends at the grid logits is scored after the one upsample to the masks, as parity scores it). `compare` measures an engine's
 outputs against it with the parity metrics of reports/parity.py and judges them against a tolerance per
 precision (`tolerance_for`). The file is a plain .npz read with allow_pickle=False, after its sha256 is checked
 against the manifest. Torch-free: numpy only.
@@ -37,6 +38,9 @@ _REFERENCE_KEYS = {
     "classification": ("ref_logits",),
     "segmentation": ("ref_argmax", "ref_top1", "ref_margin"),
 }
+# Where segmentation logits are smaller than the masks (an export ending at the grid logits): the reference's class
+# per mask pixel after the one bilinear upsample (masks.upsampled_argmax), which the mIoU needs.
+_UPSAMPLED_KEY = "ref_argmax_upsampled"
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,8 @@ def pick_samples(total: int, samples: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=samples, replace=False))
 
 
-def compact_segmentation_reference(logits: np.ndarray) -> dict[str, np.ndarray]:
+def compact_segmentation_reference(logits: np.ndarray, mask_size: tuple[int, int] | None = None
+                                   ) -> dict[str, np.ndarray]:
     """What the segmentation check needs of (N, K, H, W) reference logits, instead of the logits themselves.
 
     The logits are too big to carry: 64 ADE20K samples at 150 x 512 x 512 float32 are 10 GB. The check needs, per
@@ -84,11 +89,17 @@ def compact_segmentation_reference(logits: np.ndarray) -> dict[str, np.ndarray]:
     argmax = logits.argmax(axis=1)
     top1 = np.take_along_axis(logits, argmax[:, None], axis=1)[:, 0]
     second = np.partition(logits, classes - 2, axis=1)[:, classes - 2] if classes > 1 else top1
-    return {
-        "ref_argmax": argmax.astype(np.uint8 if classes <= 256 else np.uint16),
+    ids = np.uint8 if classes <= 256 else np.uint16
+    compact = {
+        "ref_argmax": argmax.astype(ids),
         "ref_top1": top1.astype(np.float32),
         "ref_margin": (top1 - second).astype(np.float16),
     }
+    if mask_size is not None and tuple(mask_size) != logits.shape[2:]:
+        from .masks import upsampled_argmax
+
+        compact[_UPSAMPLED_KEY] = np.stack([upsampled_argmax(sample, mask_size) for sample in logits]).astype(ids)
+    return compact
 
 
 def make_golden(
@@ -108,7 +119,7 @@ def make_golden(
     reference = (
         {"ref_logits": ref.astype(np.float32)}
         if task == "classification"
-        else compact_segmentation_reference(ref)
+        else compact_segmentation_reference(ref, np.shape(labels)[1:])
     )
     labels = np.asarray(labels)[idx]
     labels = labels.astype(np.int64) if task == "classification" else labels.astype(_mask_dtype(labels))
@@ -163,7 +174,7 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> GoldenSet:
     if missing:
         raise bad(f"no {', '.join(missing)}")
     x, labels = arrays["x"], arrays["labels"]
-    reference = {k: arrays[k] for k in _REFERENCE_KEYS[task]}
+    reference = {k: arrays[k] for k in (*_REFERENCE_KEYS[task], _UPSAMPLED_KEY) if k in arrays}
     if x.dtype != np.float32 or x.ndim != 4 or any(len(a) != len(x) for a in (labels, *reference.values())):
         raise bad(f"inputs {x.dtype} {x.shape} do not match labels {labels.shape} and the reference")
     return GoldenSet(task, x, labels, reference)
@@ -209,8 +220,16 @@ def _segmentation_metrics(golden: GoldenSet, outputs: np.ndarray) -> dict[str, A
     valid = (labels == IGNORE_INDEX) | (labels < classes)
     if not valid.all():
         raise UserError(f"the golden masks name classes beyond the engine's {classes}: an engine of another model")
-    engine.update(pred, labels)
-    reference.update(np.minimum(ref, classes - 1), labels)
+    scored, scored_ref = pred, ref
+    if labels.shape[1:] != ref.shape[1:]:  # grid logits: scored after the one upsample to the masks, as parity does
+        from .masks import upsampled_argmax
+
+        if _UPSAMPLED_KEY not in golden.reference:
+            raise UserError("the golden set has no upsampled reference for these grid logits: rebuild the bundle")
+        scored = np.stack([upsampled_argmax(sample, labels.shape[1:]) for sample in outputs])
+        scored_ref = golden.reference[_UPSAMPLED_KEY].astype(np.int64)
+    engine.update(scored, labels)
+    reference.update(np.minimum(scored_ref, classes - 1), labels)
     miou, miou_ref = miou_from_confusion(engine.confusion), miou_from_confusion(reference.confusion)
     return {
         "miou": miou,

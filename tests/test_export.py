@@ -232,7 +232,7 @@ def test_tune_times_the_candidates_and_keeps_an_exact_one(nano, tmp_path):
     _, model, ckpt = nano
     result = export_model(ckpt, tmp_path / "tuned.onnx", lowering="tune", check_samples=4)
     rows = {row.candidate: row for row in result.tune_table}
-    assert set(rows) == {"conv", "crop", "matmul", "spectral", "tiled:32"}
+    assert set(rows) == {"conv", "crop", "matmul", "spectral", "token_spectral", "tiled:32"}
     assert rows["spectral"].median_s > 0  # timed like the others (it loses at 8x8)
     assert rows["conv"].median_s > 0 and rows["matmul"].median_s > 0
     assert rows["crop"].status == "same as conv" and rows["tiled:32"].status == "same as conv"
@@ -370,3 +370,37 @@ def test_an_unknown_precision_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserError, match="unknown precision 'int4'"):
         export_model("lkca_vit_nano", tmp_path / "x.onnx", precision="int4")
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- where segmentation logits end
+
+
+def test_grid_logits_upsampled_by_masks_equal_the_models_own_resize(tmp_path):
+    """`logits="grid"` stops before the head's Resize; the one numpy upsample (masks.py) reproduces that Resize."""
+    from lkca_deploy.masks import resize_bilinear
+
+    ckpt, model = strong_checkpoint(tmp_path, "lkca_seg_nano", None)
+    full = export_model(ckpt, tmp_path / "full.onnx", lowering="token_spectral", check_samples=2)
+    grid = export_model(ckpt, tmp_path / "grid.onnx", lowering="token_spectral", logits="grid", check_samples=2)
+    named = export_model(ckpt, tmp_path / "named.onnx", lowering="conv", logits="24x40", check_samples=2)
+    assert (full.metadata["logits"], grid.metadata["logits"], named.metadata["logits"]) == ("input", "grid", "24x40")
+    x = random_x(3, "lkca_seg_nano")
+    at_input, at_grid = ort_outputs(full.path, x)["logits"], ort_outputs(grid.path, x)["logits"]
+    assert at_grid.shape == (3, 11, 16, 16) and ort_outputs(named.path, x)["logits"].shape == (3, 11, 24, 40)
+    assert max_abs(at_input, torch_logits(model, x)) < TOL
+    assert max_abs(np.stack([resize_bilinear(g, (64, 64)) for g in at_grid]), at_input) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "logits", "match"),
+    [
+        ("lkca_seg_nano", "3y4", "must be input, grid or a size HxW"),
+        ("lkca_seg_nano", "0x8", "must be input, grid or a size HxW"),
+        ("lkca_vit_nano", "grid", "for segmentation models"),
+    ],
+)
+def test_bad_logits_options_are_user_errors_before_any_tracing(tmp_path, name, logits, match, monkeypatch):
+    monkeypatch.setattr(exporter, "traced_onnx", lambda *a, **k: pytest.fail("traced before the refusal"))
+    with pytest.raises(UserError, match=match):
+        export_model(name, tmp_path / "x.onnx", logits=logits)
+    assert not (tmp_path / "x.onnx").exists()

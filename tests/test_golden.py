@@ -156,3 +156,18 @@ def test_segmentation_metrics_on_masks():
     assert compare(golden, moved, "fp32", tol)["passed"]  # 0.9993 >= 0.999
     broken = compare(golden, logits[:, ::-1].copy(), "fp32", tol)
     assert not broken["passed"] and "pixel_agreement" in broken["failures"][0]
+
+
+def test_grid_logits_are_scored_after_the_one_upsample_to_the_masks(tmp_path):
+    """An export that ends at the grid logits: agreement at the logits, mIoU per mask pixel after the upsample."""
+    from lkca_deploy.masks import upsampled_argmax
+
+    logits = segmentation_logits()  # (6, K, 16, 16): grid logits for 64x64 masks
+    masks = np.stack([upsampled_argmax(sample, (64, 64)) for sample in logits]).astype(np.uint8)
+    masks[:, :3] = 255
+    golden = make_golden(np.zeros((6, 1, 64, 64), np.float32), masks, logits, "segmentation", samples=6)
+    assert golden.reference["ref_argmax_upsampled"].shape == (6, 64, 64)
+    again = read_golden(tmp_path / "g.npz", write_golden(golden, tmp_path / "g.npz"))
+    exact = golden_metrics(again, logits)
+    assert exact["miou"] == 1.0 and exact["pixel_agreement"] == 1.0 and exact["pixels"] == 6 * 16 * 16
+    assert not compare(again, logits[:, ::-1].copy(), "fp32", tolerance_for("segmentation", "fp32", None, 6))["passed"]

@@ -59,3 +59,17 @@ def test_window_options_are_checked():
     assert slide_options(True, "segmentation", "") == Slide() and slide_options(False, "classification", "") is None
     with pytest.raises(UserError, match=r"\(--slide\) are for segmentation; x is a classification bundle"):
         slide_options(Slide(), "classification", "x is a classification bundle")
+
+
+@pytest.mark.parametrize("shape, size", [((150, 32, 32), (512, 683)), ((11, 16, 16), (64, 64)), ((3, 9, 7), (5, 20))])
+def test_upsampled_argmax_is_the_argmax_of_the_dense_bilinear_resize(shape, size):
+    """Two taps per output row and column, row blocks, classes last: the same mask as the dense matrices."""
+    from lkca_deploy.masks import bilinear_matrix, resize_bilinear, upsampled_argmax
+
+    logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    dense = bilinear_matrix(size[0], shape[1]) @ logits @ bilinear_matrix(size[1], shape[2]).T
+    np.testing.assert_allclose(resize_bilinear(logits, size), dense, atol=1e-5)
+    mask = upsampled_argmax(logits, size)
+    assert mask.shape == size and mask.dtype == np.int32
+    near_tie = np.sort(dense, axis=0)[-1] - np.sort(dense, axis=0)[-2] < 1e-5  # float rounding may pick either
+    assert np.array_equal(mask[~near_tie], dense.argmax(axis=0)[~near_tie])

@@ -9,6 +9,9 @@ strategy is one small pass over any ONNX model:
     tiled   pad once, then per tile of at most `max_kernel` taps a Slice + unpadded Conv, summed by Adds
     spectral  depthwise only: DFT matrices as four small MatMuls around a complex product per head
             (lowering/spectral.py; needs a static H, W; large grids, where the Toeplitz is too big)
+    token_spectral  spectral for the whole LKCA mixer: where tokens reach the conv by Transpose + Reshape and go
+            back the same way, those layout nodes go too and the DFTs act on the token layout
+            (lowering/token_spectral.py); any other depthwise conv is lowered as by `spectral`
 
 Candidates are stride-1 2-D Conv nodes with group > 1 and a constant weight whose kernel exceeds a threshold.
 Every candidate is reported as lowered or skipped, with the reason.
@@ -28,11 +31,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lkca_deploy.errors import UserError
-from lkca_deploy.lowering import spectral
+from lkca_deploy.lowering import spectral, token_spectral
 from lkca_deploy.onnx_io import constant_tensors, load_onnx, save_onnx_atomic, static_shapes
 from lkca_deploy.targets import DLA_KERNEL_LIMIT
 
-STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral")
+STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral", "token_spectral")
 DEFAULT_MIN_KERNEL = 7  # kernels up to 7x7 are "small": every backend runs them natively and fast
 DEFAULT_MAX_KERNEL = DLA_KERNEL_LIMIT  # tiled default: the Jetson DLA's conv kernel limit per side
 DEFAULT_MATMUL_BUDGET = 64 * 2**20
@@ -353,22 +356,31 @@ def apply_rules(
 
     report = LoweringReport(label)
     names = _Names(graph)
+    mixers = token_spectral.find_mixers(
+        model, [site for site, rule, problem in decisions if problem is None and rule.strategy == "token_spectral"]
+    )
     replacements: dict[int, list[onnx.NodeProto]] = {}
     for site, rule, problem in decisions:
         if problem is not None:
             report.changes.append(NodeChange(site.name, "skipped", rule.strategy, problem, kernel=site.kernel))
             continue
-        nodes, initializers, change = _REWRITES[rule.strategy](site, names, rule.max_kernel)
+        if rule.strategy == "token_spectral":
+            nodes, initializers, change, replaced = _rewrite_token_spectral(site, mixers[site.index], names)
+        else:
+            nodes, initializers, change = _REWRITES[rule.strategy](site, names, rule.max_kernel)
+            replaced = (site.index,)
+        replacements.update(dict.fromkeys(replaced, []))
         replacements[site.index] = nodes
         graph.initializer.extend(initializers)
         report.changes.append(change)
 
     if replacements:
+        # The constants the replaced nodes read (weights, reshape shapes): dropped below where nothing else reads them
+        stale = {name for i in replacements for name in graph.node[i].input[1:] if name}
         nodes = [replacements.get(i, [node]) for i, node in enumerate(graph.node)]
         del graph.node[:]
         graph.node.extend(n for group in nodes for n in group)
-        rewritten = [site for site, _, _ in decisions if site.index in replacements]
-        _drop_unused_constants(graph, {name for site in rewritten for name in site.node.input[1:] if name})
+        _drop_unused_constants(graph, stale)
         onnx.checker.check_model(model)
     report.extra_weight_bytes = _constant_bytes(graph) - before
     return model, report
@@ -413,9 +425,9 @@ def why_skip(site: ConvSite, strategy: str, threshold: int) -> str | None:
         return f"kernel {_kxk(site.kernel)} already small ({bound} {threshold})"
     if strategy == "conv":
         return "strategy conv keeps the Conv as it is"
-    if strategy == "spectral" and not site.depthwise:
-        return "spectral lowers depthwise convs (one input and one output channel per group)"
-    if strategy in ("crop", "matmul", "spectral") and site.grid is None:
+    if strategy in ("spectral", "token_spectral") and not site.depthwise:
+        return f"{strategy} lowers depthwise convs (one input and one output channel per group)"
+    if strategy in ("crop", "matmul", "spectral", "token_spectral") and site.grid is None:
         return (
             f"dynamic or unknown spatial shape: {strategy} needs a static H and W "
             "(export with a fixed image size)"
@@ -717,6 +729,26 @@ def _rewrite_spectral(site: ConvSite, names: _Names, _max_kernel: int | None) ->
     )
     change = NodeChange(site.name, "lowered", "spectral", reason, site.kernel, heads=blocks, weight_bytes=extra)
     return nodes, initializers, change
+
+
+def _rewrite_token_spectral(site: ConvSite, mixer, names: _Names):
+    """(nodes, constants, change, replaced node indices): the whole mixer where the graph around the conv is the
+    token-layout pattern (lowering/token_spectral.py); else the conv alone, as `spectral` lowers it."""
+    if isinstance(mixer, str):
+        nodes, initializers, change = _rewrite_spectral(site, names, None)
+        change.reason = f"the conv alone: {mixer}; {change.reason}"
+        return nodes, initializers, change, (site.index,)
+    heads = kernel_blocks(site.weight, site.group)
+    rewrite = token_spectral.rewrite_mixer(site, mixer, heads, names)
+    (ph, pw) = rewrite.periods
+    reason = (
+        f"the whole mixer in token layout, no Transpose: DFT matmuls with periods {ph}x{pw} and {heads} kernel "
+        f"spectra ({format_bytes(rewrite.weight_bytes)}; {format_bytes(rewrite.runtime_bytes)} once the runtime "
+        "expands them per channel), exact: no wrap-around"
+    )
+    change = NodeChange(site.name, "lowered", "token_spectral", reason, site.kernel, heads=heads,
+                        weight_bytes=rewrite.weight_bytes)
+    return rewrite.nodes, rewrite.initializers, change, mixer.nodes
 
 
 _REWRITES = {

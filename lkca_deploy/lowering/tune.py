@@ -21,7 +21,7 @@ from lkca_deploy.lowering.passes import DEFAULT_MATMUL_BUDGET, STRATEGIES, lower
 from lkca_deploy.onnx_io import graph_inputs, input_spec, save_onnx_atomic
 from lkca_deploy.targets import DLA_KERNEL_LIMIT
 
-DEFAULT_TUNE_CANDIDATES = ("conv", "crop", "matmul", "spectral", f"tiled:{DLA_KERNEL_LIMIT}")
+DEFAULT_TUNE_CANDIDATES = ("conv", "crop", "matmul", "spectral", "token_spectral", f"tiled:{DLA_KERNEL_LIMIT}")
 TUNE_REPEATS = 5
 
 

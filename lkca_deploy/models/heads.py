@@ -34,11 +34,19 @@ class SegmentationHead(nn.Module):
         steps = max(0, (img_size[0] // grid[0]).bit_length() - 1) if progressive else 0
         self.up = nn.ModuleList(nn.Conv2d(num_classes, num_classes, 3, padding=1) for _ in range(steps))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def logit_grid(self) -> tuple[int, int]:
+        """(H, W) of the logits before the final bilinear resize: the token grid, doubled per progressive step."""
+        return self.grid[0] << len(self.up), self.grid[1] << len(self.up)
+
+    def forward(self, tokens: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """size: the logits' (H, W), reached by one bilinear resize from `logit_grid` (none when equal); None: the
+        input size. An export that ends at logit_grid leaves that one resize to whoever needs the image's size."""
         (h, w), k = self.grid, self.num_classes
         x = self.fc(self.norm(tokens)).transpose(1, 2).reshape(-1, k, h, w)
         for conv in self.up:
             x = conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
-        if tuple(x.shape[-2:]) != self.img_size:
-            x = F.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False)
+        size = self.img_size if size is None else tuple(size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x

@@ -243,7 +243,12 @@ class SegmentationMeter:
 
 
 class SegmentationParityMeter:
-    """Streaming segmentation parity on logits (B, K, H, W) against labels (B, H, W); labels may be None."""
+    """Streaming segmentation parity on logits (B, K, h, w) against labels (B, H, W); labels may be None.
+
+    The errors compare engine and reference where the engines are exact, at the graph's output. Logits smaller than
+    the labels (an export that ends at the grid logits) are upsampled to the labels' size before the argmax, engine
+    and reference the same way (masks.upsampled_argmax, what the Predictor does): agreement and mIoU are per pixel
+    of the labels."""
 
     def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         self.ignore_index = ignore_index
@@ -258,7 +263,14 @@ class SegmentationParityMeter:
         if logits.ndim != 4:
             raise ValueError(f"segmentation logits must be (batch, classes, H, W), got shape {logits.shape}")
         self._error.update(logits, reference)
-        pred, pred_ref = logits.argmax(axis=1), reference.argmax(axis=1)
+        if labels is not None and np.shape(labels)[1:] != logits.shape[2:]:
+            from lkca_deploy.masks import upsampled_argmax
+
+            size = np.shape(labels)[1:]
+            pred = np.stack([upsampled_argmax(sample, size) for sample in logits])
+            pred_ref = np.stack([upsampled_argmax(sample, size) for sample in reference])
+        else:
+            pred, pred_ref = logits.argmax(axis=1), reference.argmax(axis=1)
         self._pixels += pred.size
         self._agree += int(np.sum(pred == pred_ref))
         if labels is None:

@@ -281,3 +281,21 @@ def test_block_meter_streams():
     (streamed, first_streamed), (at_once, first) = meter.result(), first_divergent_block(eng, ref)
     assert first_streamed == first == "b0"
     assert streamed == [pytest.approx(b) for b in at_once]
+
+
+def test_grid_logits_are_upsampled_like_the_predictor_before_the_argmax():
+    """Errors at the graph's output (the grid); agreement and mIoU per label pixel after the same upsample."""
+    from lkca_deploy.masks import resize_bilinear, upsampled_argmax
+
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((2, 5, 8, 8)).astype(np.float32)
+    engine = reference + rng.standard_normal(reference.shape).astype(np.float32) * 0.05
+    labels = np.stack([upsampled_argmax(r, (32, 32)) for r in reference])
+    grid = segmentation_parity(engine, reference, labels)
+    full = segmentation_parity(
+        np.stack([resize_bilinear(e, (32, 32)) for e in engine]), np.stack([resize_bilinear(r, (32, 32)) for r in reference]),
+        labels,
+    )
+    assert grid["miou_reference"] == 1.0 and grid["miou"] == pytest.approx(full["miou"])
+    assert grid["pixel_agreement"] == pytest.approx(full["pixel_agreement"]) and grid["pixels"] == 2 * 32 * 32
+    assert grid["max_abs_err"] == pytest.approx(float(np.abs(engine - reference).max()))
