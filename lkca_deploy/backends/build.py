@@ -85,6 +85,8 @@ def build_engine(
         "int8_flavor": int8_flavor,
     }
     baked, ranges = _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance)
+    if int8_flavor == "nncf" and provenance.get("int8_float_units"):
+        options["nncf_ignored_nodes"] = provenance["int8_float_nodes"]  # the same float units as the Q/DQ ones
     written = []
     if baked is not None or be.built_on_device:
         model_path = out if be.artifact_suffix == ".onnx" else out.with_name(f"{out.stem}.{precision}.onnx")
@@ -127,15 +129,30 @@ def resolve_int8_flavor(backend: Backend, precision: str, flavor: str | None) ->
 
 
 def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
-    """(ONNX that computes in `precision` or None when the backend takes the fp32 one, calibrated ranges)."""
+    """(ONNX that computes in `precision` or None when the backend takes the fp32 one, calibrated ranges).
+
+    What the FP32 export's metadata decided is obeyed here, for every backend alike: the nodes FP16 cannot hold
+    stay FP32 (calibration/headroom.py), the units the accuracy-aware search returned to float stay float in the
+    Q/DQ flavours and in NNCF's ignored scope (calibration/accuracy_aware.py).
+    """
     from lkca_deploy.calibration import quantize
+    from lkca_deploy.calibration.accuracy_aware import planned_float_nodes
+    from lkca_deploy.calibration.headroom import planned_fp32_nodes
 
     if precision == "fp16":
+        keep = planned_fp32_nodes(source)
         provenance["baked"] = "to_fp16"
-        return quantize.to_fp16(source), None
-    if precision != "int8" or QDQ_FLAVOR[int8_flavor] is None:
+        if keep:
+            provenance["fp16_keep_fp32_nodes"] = keep
+        return quantize.to_fp16(source, keep_fp32_nodes=keep), None
+    if precision != "int8":
         return None, None
-    kwargs: dict[str, Any] = {"keep_fp": tuple(keep_fp)}
+    units, float_nodes = planned_float_nodes(source)
+    if units:
+        provenance["int8_float_units"], provenance["int8_float_nodes"] = units, float_nodes
+    if QDQ_FLAVOR[int8_flavor] is None:
+        return None, None
+    kwargs: dict[str, Any] = {"keep_fp": (*keep_fp, *float_nodes)}
     if method:
         kwargs["method"] = method
     result = quantize.quantize_int8(source, calib, flavor=QDQ_FLAVOR[int8_flavor], **kwargs)

@@ -11,6 +11,7 @@ converted model, or a Q/DQ ONNX read directly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ INSTALL_HINT = "OpenVINO is not installed: pip install openvino"
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 NNCF_PRESETS = ("mixed", "performance")
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16")
-BUILD_OPTIONS = ("performance_hint", "inference_precision", "nncf_preset", "nncf_smooth_quant")
+BUILD_OPTIONS = ("performance_hint", "inference_precision", "nncf_preset", "nncf_smooth_quant", "nncf_ignored_nodes")
 LOAD_OPTIONS = ("performance_hint",)
 # What the ONNX handed to build must already compute in, per precision (precision lives in the ONNX): bf16 is a
 # compile-time hint on an fp32 graph; int8 is either a Q/DQ ONNX or an fp32 one that NNCF quantizes here.
@@ -213,12 +214,14 @@ class OpenVinoBackend(BackendBase):
             if quantizer == "nncf":
                 preset = options.get("nncf_preset", "mixed")
                 smooth_quant = bool(options.get("nncf_smooth_quant", False))
+                ignored = list(options.get("nncf_ignored_nodes", ()))
                 ov_model = nncf_quantize(
-                    ov_model, calib, device=device, preset=preset, smooth_quant=smooth_quant
+                    ov_model, calib, device=device, preset=preset, smooth_quant=smooth_quant, ignored_nodes=ignored
                 )
                 nncf_facts = {
                     "preset": preset,
                     "smooth_quant": smooth_quant,
+                    "ignored_nodes": ignored,
                     "subset_size": len(calib),
                     "model_type": "transformer",
                 }
@@ -288,9 +291,15 @@ class OpenVinoBackend(BackendBase):
 
 
 def nncf_quantize(
-    ov_model, calib: np.ndarray | None, *, device: str, preset: str = "mixed", smooth_quant: bool = False
+    ov_model,
+    calib: np.ndarray | None,
+    *,
+    device: str,
+    preset: str = "mixed",
+    smooth_quant: bool = False,
+    ignored_nodes: Sequence[str] = (),
 ):
-    """NNCF post-training INT8 of an IR.
+    """NNCF post-training INT8 of an IR; `ignored_nodes` (ONNX node names) stay float.
 
     model_type TRANSFORMER keeps LayerNorm, residual Add, GELU/Softmax in float (FQ-ViT: quantizing those breaks
     ViTs). Preset MIXED: symmetric weights, asymmetric activations, because GELU and LayerNorm outputs are far from
@@ -315,6 +324,7 @@ def nncf_quantize(
     return nncf.quantize(
         ov_model,
         nncf.Dataset(items),
+        ignored_scope=nncf.IgnoredScope(names=ov_op_names(ov_model, ignored_nodes)),
         preset=nncf.QuantizationPreset(preset),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(items),
@@ -325,6 +335,20 @@ def nncf_quantize(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)  # -1 turns it off
         ),
     )
+
+
+def ov_op_names(ov_model, onnx_nodes: Sequence[str]) -> list[str]:
+    """The ops the ONNX frontend made of `onnx_nodes`: one keeps the node's name, a Conv with bias becomes
+    "<name>/WithoutBiases" plus an Add named <name>."""
+    names = [op.get_friendly_name() for op in ov_model.get_ordered_ops()]
+    found, missing = [], []
+    for node in dict.fromkeys(onnx_nodes):
+        ops = [n for n in names if n == node or n.startswith(node + "/")]
+        found += ops
+        missing += [] if ops else [node]
+    if missing:
+        raise UserError(f"OpenVINO's model has no op for the node(s) kept float: {', '.join(sorted(missing))}")
+    return list(dict.fromkeys(found))
 
 
 def _nncf_target(device: str):

@@ -201,12 +201,17 @@ def rank_units(model, units: Sequence[Unit], quantizer, x: np.ndarray, reference
 
 
 def task_metric(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
-    """Top-1 accuracy (classification, logits N x K) or mIoU (segmentation, N x K x H x W), in percent."""
+    """Top-1 accuracy (classification, logits N x K) or mIoU (segmentation, N x K x h x w against N x H x W masks;
+    grid logits are upsampled bilinearly to the masks, as parity does), in percent."""
     if task == "classification":
         return float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
+    from lkca_deploy.masks import upsampled_argmax
     from lkca_deploy.reports.parity import confusion_matrix, miou_from_confusion
 
-    confusion = confusion_matrix(np.argmax(logits, axis=1), labels, logits.shape[1])
+    size = tuple(labels.shape[-2:])
+    pred = (np.argmax(logits, axis=1) if tuple(logits.shape[-2:]) == size
+            else np.stack([upsampled_argmax(one, size) for one in logits]))
+    confusion = confusion_matrix(pred, labels, logits.shape[1])
     return miou_from_confusion(confusion) * 100.0
 
 

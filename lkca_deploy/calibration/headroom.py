@@ -1,7 +1,7 @@
 """FP16 headroom: the tensors whose calibrated range does not fit FP16 with a margin, and the ops kept FP32 for them.
 
-FP16 tops out at 65504. A tensor past it becomes inf, and after a MatMul or a normalisation NaN, or (TensorRT
-#2709, onnxruntime #31626) plainly wrong logits with no NaN in sight. The calibration ranges (minmax covers every
+FP16 tops out at 65504. A tensor past it becomes inf, and after a MatMul or a normalisation NaN, or plainly wrong
+logits with no NaN in sight (reports in docs/reduced-precision.md). The calibration ranges (minmax covers every
 float tensor, calibration/quantize.py) say which tensors come near: a tensor whose observed max |x| times
 `margin` passes 65504 (margin: images outside the calibration set go further than those in it) is a risk; its
 producer and every reader stay FP32, so it is computed and read in FP32 (the rest of the model stays FP16).
@@ -48,6 +48,12 @@ class Risk:
         return {"tensor": self.tensor, "observed_max": _finite(self.observed_max), "reason": self.reason,
                 "producer": self.producer, "keep_fp32": list(self.keep_fp32)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Risk:
+        peak = d.get("observed_max")
+        return cls(d["tensor"], math.inf if peak is None else float(peak), d["reason"], d.get("producer"),
+                   tuple(d.get("keep_fp32") or ()))
+
 
 def find_risks(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN
@@ -89,6 +95,14 @@ def find_risks(
 def keep_fp32_nodes(risks: Sequence[Risk]) -> list[str]:
     """The nodes the risks keep FP32, each once, in the order met."""
     return _unique([node for risk in risks for node in risk.keep_fp32])
+
+
+def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEFAULT_MARGIN) -> list[Risk]:
+    """find_risks on the ranges of `calib`, nodes named as quantize_int8 and to_fp16_with_headroom name them."""
+    from .quantize import _with_node_names
+
+    named = _with_node_names(model)
+    return find_risks(named, tensor_ranges(named, calib), margin)
 
 
 def tensor_ranges(model: onnx.ModelProto, calib: np.ndarray) -> dict[str, tuple[float, float]]:

@@ -5,7 +5,7 @@ mixer's output projection divided by it. In between the channel passes only thro
 alone (LKCA: a depthwise conv, no bias; MHSA: attention weights times V), so the FP32 logits do not change, while
 the tensors in between now hold one channel `factor` times larger than the rest: a per-tensor INT8 range is then
 spent on that channel, and a large enough factor pushes it past FP16's 65504. Trained transformers grow such
-channels by themselves (LLM.int8(), Dettmers et al. 2022); this builds one from any checkpoint, without new data.
+channels by themselves (docs/reduced-precision.md); this builds one from any checkpoint, without new data.
 """
 
 from __future__ import annotations
