@@ -298,6 +298,8 @@ def pipeline(
     threads: int | None = typer.Option(None, help="Inference threads (default: the backend's)."),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
+    baseline: Path | None = typer.Option(None, help="A report.json or bundle to compare against at the end "
+                                                    "(`compare` with its default limits); exit 1 on a regression."),
 ) -> None:
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
     from .backends.base import PRECISIONS
@@ -313,13 +315,40 @@ def pipeline(
                            lowering=lowering, batches=[int(b) for b in batches.split(",")], epochs=epochs,
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
-                           extra_precisions=extra)
+                           extra_precisions=extra, baseline=baseline)
     report = run_pipeline(source, data, out, opts)
+    regressed = bool(report.comparison and report.comparison["regressed"])
     typer.echo(summary_table(report))
     typer.echo(f"bundle: {out}  report: {out / 'reports' / 'report.html'}  "
-               f"{'PASSED' if report.passed else 'FAILED'}")
-    if not report.passed:
+               f"{'PASSED' if report.passed else 'FAILED'}{'  REGRESSED against the baseline' if regressed else ''}")
+    if not report.passed or regressed:
         raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="Baseline: a report.json, a reports folder or a bundle."),
+    new: Path = typer.Argument(..., help="The run to judge: a report.json, a reports folder or a bundle."),
+    as_json: bool = typer.Option(False, "--json", help="The comparison as one JSON object on stdout."),
+    markdown: bool = typer.Option(False, "--markdown", help="Short Markdown for a pull-request comment."),
+    max_accuracy_drop: float = typer.Option(1.0, help="Largest accuracy (or agreement) drop, in points."),
+    max_latency_increase: float = typer.Option(100.0, help="Largest p50 increase in percent, judged at every batch "
+                                                           "size; shared machines move p50 by up to 2x."),
+    max_memory_increase: float = typer.Option(20.0, help="Largest peak-memory increase, in percent."),
+    same_machine_required: bool = typer.Option(False, "--same-machine-required",
+                                               help="Other machine facts are a regression; latency gates anyway."),
+) -> None:
+    """What got worse from BASE to NEW, engine by engine; exit 1 on a regression, 0 otherwise."""
+    from .reports.compare import CompareThresholds
+    from .reports.compare import compare as run_comparison
+
+    limits = CompareThresholds(max_accuracy_drop, max_latency_increase, max_memory_increase, same_machine_required)
+    result = run_comparison(base, new, limits)
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        typer.echo(result.markdown() if markdown else result.text(), nl=False)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()

@@ -48,6 +48,8 @@ class PipelineOptions:
     seed: int = 0
     thresholds: object = None  # reports.parity.Thresholds; None: the defaults
     extra_precisions: dict = field(default_factory=dict)  # backend -> precisions offered only there (bf16)
+    baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
+    compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
 
 
 class Stages:
@@ -70,11 +72,14 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
                  opts: PipelineOptions | None = None, echo: Callable[[str], None] | None = None):
     """Run the whole path and write the bundle at ``out``; returns the Report (also in out/reports/)."""
     from .bundle import BundleWriter
+    from .reports.compare import load_report
 
     opts = opts or PipelineOptions()
     unknown = [b for b in opts.backends if b not in BACKENDS]
     if unknown:
         raise UserError(f"unknown backend {unknown[0]!r}; valid: {', '.join(BACKENDS)}")
+    # Read before anything runs: a bad baseline fails in a second, and `--out` may be replacing it.
+    baseline = load_report(opts.baseline) if opts.baseline is not None else None
     stages = Stages(6, echo)
     with BundleWriter(out, force=opts.force) as bundle, tempfile.TemporaryDirectory(prefix="lkca-work-") as work:
         work = Path(work)
@@ -85,7 +90,7 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         exports = stages.run("export and lower", _export_stage, ctx, bundle, opts)
         engines = stages.run("build engines", _build_stage, ctx, exports, work, opts)
         results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts)
-        report = stages.run("report and bundle", _finish, ctx, results, bundle, opts)
+        report = stages.run("report and bundle", _finish, ctx, results, bundle, opts, baseline)
     return report
 
 
@@ -210,8 +215,9 @@ def _kind_of(path: Path) -> str:
             ".json": "sidecar"}.get(suffix, "sidecar")
 
 
-def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions):
+def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=None):
     from . import __version__
+    from .reports.compare import compare
     from .reports.parity import Thresholds
     from .reports.render import Report, write_report
 
@@ -220,6 +226,10 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions):
                                     thresholds=(opts.thresholds or Thresholds()).to_dict(),
                                     extra={"toolkit_version": __version__, "eval_samples": len(ctx.x),
                                            "calibration_samples": len(ctx.calib)})
+    if baseline is not None:
+        doc, label = baseline
+        report.comparison = compare(doc, report.to_dict(), opts.compare_thresholds, base_label=label,
+                                    new_label="this run").to_dict()
     write_report(report, bundle.path / "reports")
     bundle.register_dir("reports", "report")
     bundle.set_model(config.name, config.task, config.to_dict(), ctx.ckpt.spec)

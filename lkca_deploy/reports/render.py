@@ -481,6 +481,10 @@ def summary_table(report: Report) -> str:
     failures = _failure_lines(report)
     if failures:
         parts.append("Failures:\n" + "\n".join(f"  {line}" for line in failures))
+    if report.comparison is not None:
+        from lkca_deploy.reports.compare import comparison_text
+
+        parts.append("Against the baseline:\n" + comparison_text(report.comparison))
     return "\n\n".join(parts) + "\n"
 
 
@@ -511,6 +515,10 @@ def render_markdown(report: Report) -> str:
             _md_table(*block_table(report)),
             _divergence_text(report),
         ]
+    if report.comparison is not None:
+        from lkca_deploy.reports.compare import comparison_markdown
+
+        parts += ["## Against the baseline", comparison_markdown(report.comparison, heading=None).strip()]
     return "\n\n".join(parts) + "\n"
 
 
@@ -533,84 +541,20 @@ def _png_base64(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _new_figure(width: float, height: float, panels: int = 1) -> tuple[Any, list[Any]]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
-
-
 def _accuracy_latency_figure(report: Report) -> Any | None:
-    """Accuracy (or agreement, without labels) against p50 latency at the smallest batch, one labelled point each."""
+    """Accuracy (or agreement, without labels) against p50 latency at the smallest batch."""
+    from lkca_deploy.reports.figures import accuracy_latency
+
     cols = _TASK_COLUMNS[report.task]
     batches = _batches(report)
-    engines = [e for e in _ran(report) if e.parity and batches and batches[0] in e.latency]
-    metric, title = cols.metric, cols.title
-    if not any(e.parity.get(metric) is not None for e in engines):  # no labels: plot agreement instead
-        metric, title = cols.agreement, "agreement with reference %"
-    points = [
-        (e.latency[batches[0]].p50_ms, e.parity[metric] * 100, e)
-        for e in engines
-        if e.parity.get(metric) is not None
-    ]
-    if not points:
-        return None
-    fig, (ax,) = _new_figure(8, 4.5)
-    for x, y, e in points:
-        ax.scatter(x, y, s=50, color="tab:green" if e.status == "ok" else "tab:red", zorder=3)
-        ax.annotate(e.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ref = next(
-        (e.parity[cols.reference] for _, _, e in points if e.parity.get(cols.reference) is not None), None
-    )
-    if ref is not None and metric == cols.metric:
-        ax.axhline(ref * 100, linestyle="--", color="gray", label=report.reference)
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set(xlabel=f"p50 latency at batch {batches[0]} (ms)", ylabel=title, title=f"{title} against latency")
-    ax.margins(x=0.25, y=0.1)  # room for the labels of the outermost points
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def _latency_box_figure(report: Report) -> Any | None:
-    """Per batch size, a box of every engine's per-call latencies."""
-    batches = [
-        b for b in _batches(report) if any(b in e.latency and e.latency[b].samples_ms for e in _ran(report))
-    ]
     if not batches:
         return None
-    fig, axes = _new_figure(4.5 * len(batches), 4.5, panels=len(batches))
-    for ax, batch in zip(axes, batches):
-        engines = [e for e in _ran(report) if batch in e.latency and e.latency[batch].samples_ms]
-        ax.boxplot([e.latency[batch].samples_ms for e in engines], showfliers=True)
-        ax.set_xticks(
-            range(1, len(engines) + 1), [e.name for e in engines], rotation=30, ha="right", fontsize=8
-        )
-        ax.set(ylabel="latency per call (ms)", title=f"Latency at batch {batch}")
-        ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-def _blocks_figure(report: Report) -> Any | None:
-    engines = _with_blocks(report)
-    if not engines:
-        return None
-    fig, (cos_ax, err_ax) = _new_figure(10, 4, panels=2)
-    for e in engines:
-        labels = [b["block"] for b in e.blocks]
-        cos_ax.plot(labels, [b["cosine"] for b in e.blocks], marker="o", label=e.name)
-        err_ax.plot(labels, [max(b["max_abs_err"], 1e-12) for b in e.blocks], marker="o", label=e.name)
-    cos_ax.set(title="Cosine to reference per block", ylabel="mean per-sample cosine", xlabel="block")
-    err_ax.set(
-        title="Max abs error per block",
-        ylabel="max |engine - reference| (0 drawn at 1e-12)",
-        xlabel="block",
-        yscale="log",
-    )
-    for ax in (cos_ax, err_ax):
-        ax.tick_params(axis="x", rotation=30, labelsize=8)
-        ax.grid(alpha=0.3)
-    err_ax.legend(fontsize=8)
-    return fig
+    parities = [e.parity for e in _ran(report) if e.parity]
+    metric, title = cols.metric, cols.title
+    if not any(p.get(metric) is not None for p in parities):  # no labels: plot agreement instead
+        metric, title = cols.agreement, "agreement with reference %"
+    ref = next((p[cols.reference] for p in parities if p.get(cols.reference) is not None), None)
+    return accuracy_latency(report, batches[0], metric, title, ref if metric == cols.metric else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -646,6 +590,19 @@ def _html_figure(fig: Any | None, alt: str) -> str:
     )
 
 
+def _comparison_html(comparison: dict[str, Any]) -> list[str]:
+    """The `compare` verdict against the baseline run: findings, the change per engine as tables and a figure."""
+    from lkca_deploy.reports.compare import comparison_summary_lines, comparison_tables
+    from lkca_deploy.reports.figures import baseline_changes
+
+    regressed = comparison["regressed"]
+    verdict = f'<span class="{"fail" if regressed else "pass"}">{"REGRESSED" if regressed else "NO REGRESSION"}</span>'
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in comparison_summary_lines(comparison))
+    parts = ['<h2 id="baseline">Against the baseline</h2>', f"<p>Verdict: {verdict}</p>", f"<ul>{lines}</ul>"]
+    parts += [_html_table(*table) for table in comparison_tables(comparison)]
+    return parts + [_html_figure(baseline_changes(comparison), "Change against the baseline")]
+
+
 def render_html(report: Report) -> str:
     """A self-contained page: facts, tables, and figures embedded as base64 PNG (no external assets)."""
     title = f"lkca-deploy report: {report.model} ({report.task})"
@@ -668,9 +625,11 @@ def render_html(report: Report) -> str:
         parts += ["<h2>Skipped engines</h2>", _html_table(headers, skipped)]
     if any(e.e2e for e in report.engines):
         parts += [f"<h2>{_E2E_TITLE}</h2>", _html_table(*e2e_table(report)), f"<p>{html.escape(_COST_NOTE)}</p>"]
+    from lkca_deploy.reports import figures as plots
+
     figures = [
         ("Accuracy against latency", _accuracy_latency_figure(report)),
-        ("Latency distributions", _latency_box_figure(report)),
+        ("Latency distributions", plots.latency_distributions(report, _batches(report))),
     ]
     parts += [f"<h2>{name}</h2>{_html_figure(fig, name)}" for name, fig in figures if fig is not None]
     if _with_blocks(report):
@@ -679,7 +638,9 @@ def render_html(report: Report) -> str:
             for e in _with_blocks(report)
         )
         parts += ["<h2>Per-block error (cosine / max abs err)</h2>", _html_table(*block_table(report))]
-        parts += [f"<ul>{divergence}</ul>", _html_figure(_blocks_figure(report), "Per-block error")]
+        parts += [f"<ul>{divergence}</ul>", _html_figure(plots.block_errors(_with_blocks(report)), "Per-block error")]
+    if report.comparison is not None:
+        parts += _comparison_html(report.comparison)
     body = "\n".join(parts)
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
