@@ -247,3 +247,111 @@ def test_contract_checks_cost_and_e2e_where_present():
     for engine in old["engines"]:
         del engine["cost"], engine["e2e"]
     assert validate_report_dict(old) == []
+
+
+# ------------------------------------------------------------------------------------- figures a person can read
+
+
+def _two_backends_report() -> Report:
+    """Seven engines: two backends, four precisions, two INT8 flavours each; three share one accuracy and p50."""
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(64, 10)).astype(np.float32)
+    labels = reference.argmax(1)
+    engines = []
+    for backend, precision, quantizer, noise, base in (
+        ("onnxruntime", "fp32", None, 0.0, 0.3), ("onnxruntime", "fp16", None, 0.0, 0.3),
+        ("onnxruntime", "int8", "cpu", 0.0, 0.3), ("onnxruntime", "int8", "tensorrt", 0.3, 0.25),
+        ("openvino", "fp32", None, 0.0, 3.0), ("openvino", "int8", "nncf", 0.5, 2.0),
+        ("openvino", "int8", "qdq", 0.2, 0.6),
+    ):
+        logits = reference + rng.normal(scale=noise, size=reference.shape).astype(np.float32)
+        parity = with_verdict(classification_parity(logits, reference, labels), precision, "classification")
+        latency = {"1": stats_from_samples(np.r_[base * (1 + 0.1 * rng.random(60)), 20.0], batch=1)}  # one outlier
+        engines.append(EngineResult(backend, precision, "matmul", parity=parity, latency=latency,
+                                    extra={"quantizer": quantizer}))
+    return Report.on_this_machine("lkca_vit_nano", "classification", engines)
+
+
+def test_accuracy_against_latency_names_every_engine_in_a_legend_not_on_the_points():
+    from lkca_deploy.reports.figures import COLOURS, MARKERS, accuracy_latency, engine_label
+
+    report = _two_backends_report()
+    fig = accuracy_latency(report, "1", "top1", "top-1 %", report.engines[0].parity["top1_reference"])
+    (ax,) = fig.axes
+    assert len(ax.texts) == 0  # no labels printed beside points, where they overlapped
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    names = [engine_label(e) + (" - FAILED" if e.status == "failed" else "") for e in report.engines]
+    assert legend[:-1] == names and len(set(names)) == 7  # both INT8 flavours of a backend told apart
+    assert "onnxruntime int8 (tensorrt), matmul - FAILED" in legend  # its noise costs more than 1 point
+    assert legend[-1].startswith("pytorch fp32")  # the reference line is kept
+    assert ax.get_xscale() == "log"
+    points = [c for c in ax.collections if not c.get_label().startswith("_")]  # not the x over a failed one
+    assert len(points) == 7
+    # markers by backend, colours by precision and flavour: no two engines share both
+    styles = {(MARKERS[e.backend], COLOURS[f"{e.precision} ({e.extra['quantizer']})" if e.extra["quantizer"]
+                                          else e.precision]) for e in report.engines}
+    assert len(styles) == 7
+    # the three onnxruntime engines at the same point are drawn as nested rings, not on top of each other
+    sizes = [p.get_sizes()[0] for p in points[:3]]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_latency_distributions_are_on_a_log_axis_one_labelled_box_per_engine():
+    from lkca_deploy.reports.figures import engine_label, latency_distributions
+
+    report = _two_backends_report()
+    fig = latency_distributions(report, ["1"])
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"  # the 20 ms outlier cannot flatten the 0.3 ms boxes
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks == [engine_label(e) for e in report.engines][::-1]  # horizontal: names read left to right
+    low, high = ax.get_xlim()
+    assert low < 0.3 and high > 20
+
+
+def _comparison(report: Report, worse_engine: int) -> dict:
+    from lkca_deploy.reports.compare import compare
+
+    base = report.to_dict()
+    new = json.loads(json.dumps(base))
+    parity = new["engines"][worse_engine]["parity"]
+    parity["top1"] -= 0.05
+    parity["top1_drop"] += 5.0
+    return compare(base, new, base_label="main", new_label="this run").to_dict()
+
+
+def test_a_report_with_a_comparison_shows_it_everywhere(tmp_path):
+    report = _two_backends_report()
+    report.comparison = _comparison(report, worse_engine=5)
+    write_report(report, tmp_path)
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert validate_report_dict(doc) == [] and doc["comparison"]["regressed"] is True
+    page = (tmp_path / "report.html").read_text()
+    section = page.split('<h2 id="baseline">Against the baseline</h2>', 1)[1]
+    assert '<span class="fail">REGRESSED</span>' in section
+    assert "Regression: openvino/int8-nncf/matmul: top-1 " in section
+    assert section.count("<table>") == 2  # accuracy; speed and cost
+    assert '<img alt="Change against the baseline" src="data:image/png;base64,' in section
+    md = (tmp_path / "report.md").read_text()
+    assert "## Against the baseline" in md and ":x: **Regressed** against `main`" in md
+    assert "Against the baseline:\n" in summary_table(report)
+
+
+def test_change_against_the_baseline_figure_marks_the_regression():
+    from matplotlib.colors import to_hex
+
+    from lkca_deploy.reports.figures import FAIL_COLOUR, baseline_changes
+
+    report = _two_backends_report()
+    fig = baseline_changes(_comparison(report, worse_engine=5))
+    accuracy_ax = fig.axes[0]
+    assert [t.get_text() for t in accuracy_ax.get_yticklabels()][::-1][5] == "openvino/int8-nncf/matmul"
+    bars = accuracy_ax.patches[::-1]
+    assert [to_hex(b.get_facecolor()) == FAIL_COLOUR for b in bars] == [i == 5 for i in range(7)]
+    assert bars[5].get_width() == pytest.approx(-5.0)
+
+
+def test_contract_checks_a_comparison_where_present():
+    d = _two_backends_report().to_dict()
+    d["comparison"] = {"regressed": "yes", "engines": []}
+    assert validate_report_dict(d) == ["comparison is not a comparison object (regressed, engines)"]
