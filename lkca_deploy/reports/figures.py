@@ -216,13 +216,18 @@ def baseline_changes(comparison: Mapping[str, Any]) -> Any | None:
             values.append(f.get("change") if f.get("change") is not None else 0.0)
             colours.append(FAIL_COLOUR if f.get("regressed") else "#4c72b0")
         ax.barh(range(len(engines)), values, color=colours, height=0.6)
+        unit = " pt" if figure == "accuracy" else " %"
+        for y, value in enumerate(values):  # the number itself, beside its bar's end
+            ax.annotate(f"{value:+.2f}{unit}" if unit == " pt" else f"{value:+.0f}{unit}", (value, y),
+                        xytext=(4 if value >= 0 else -4, 0), textcoords="offset points", va="center",
+                        ha="left" if value >= 0 else "right", fontsize=8)
         ax.axvline(0, color="#333", linewidth=0.8)
         gated = figure == "accuracy" or figure == "peak_mb" or comparison["machine"]["latency_gated"]
         if gated:
             ax.axvline(limit, color=FAIL_COLOUR, linestyle="--", linewidth=1, alpha=0.7)
         ax.set_yticks(range(len(engines)), names if i == 0 else [""] * len(engines), fontsize=9)
-        ax.set_title(title + ("" if gated else "\n(not gated: machines differ)"), fontsize=10)
+        ax.set_title(title + ("\n(dashed: the limit)" if gated else "\n(not gated: machines differ)"), fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         span = max([abs(v) for v in values] + [abs(limit) * 1.1 if gated else 0.0, 1.0])
-        ax.set_xlim(-span * 1.1, span * 1.1)
+        ax.set_xlim(-span * 1.45, span * 1.45)  # room for the numbers beside the longest bars
     return fig
