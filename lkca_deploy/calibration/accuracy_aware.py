@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -68,7 +68,7 @@ class AccuracyAwareResult:
     sensitivity: list[tuple[str, float]]  # (unit, KL in nats) most sensitive first; empty if none was needed
     validation_size: int
     validation_source: str = ""
-    extra: dict = field(default_factory=dict)
+    met: bool = True  # the drop is within max_drop (False only with fail=False)
 
     @property
     def drop(self) -> float:
@@ -82,6 +82,7 @@ class AccuracyAwareResult:
             "metric": self.metric,
             "reference": round(self.reference, 4),
             "drop": round(self.drop, 4),
+            "met": self.met,
             "float_units": list(self.float_units),
             "float_nodes": list(self.float_nodes),
             "units": len(self.units),
@@ -116,13 +117,15 @@ def quantize_accuracy_aware(
     max_float_units: int | None = None,
     method: str = q.DEFAULT_METHOD,
     validation_source: str = "",
+    fail: bool = True,
 ) -> AccuracyAwareResult:
     """INT8 Q/DQ of `model` in each of `flavors` whose task metric on (val_x, val_labels) is at most `max_drop`
     points below FP32's, with as few units in float as the greedy search finds.
 
     val_x / val_labels: preprocessed validation samples and their labels (class ids, or masks for segmentation),
     disjoint from `calib` (calibration/holdout.validation_subset draws them). max_float_units: default a quarter
-    of the units, at least one. Raises AccuracyBoundError (a UserError) when the bound cannot be met.
+    of the units, at least one. Raises AccuracyBoundError (a UserError) when the bound cannot be met, or with
+    fail=False returns the best split found, `met` False (the pipeline then lets parity judge the engines).
     """
     _check_arguments(task, flavors, max_drop, max_float_units, val_x, val_labels)
     units = find_units(model)
@@ -153,7 +156,7 @@ def quantize_accuracy_aware(
             steps.append(Step(unit, trial if kept else floats, trial_drops, kept))
             if kept:
                 floats, results = trial, trial_results
-        if _final(steps).worst > max_drop:
+        if _final(steps).worst > max_drop and fail:
             raise AccuracyBoundError(_bound_message(steps, max_drop, limit, len(units), METRIC_NAMES[task]), steps)
     return AccuracyAwareResult(
         results=results,
@@ -167,6 +170,7 @@ def quantize_accuracy_aware(
         sensitivity=sensitivity,
         validation_size=len(val_x),
         validation_source=validation_source,
+        met=_final(steps).worst <= max_drop,
     )
 
 

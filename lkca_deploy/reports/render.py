@@ -403,6 +403,25 @@ def skipped_table(report: Report) -> tuple[list[str], list[list[str]]]:
     return ["backend", "precision", "lowering", "reason"], rows
 
 
+def float_parts_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Per reduced-precision engine: which of its parts run in float, and why (pipeline's precision plan)."""
+    rows = [[f"{e.name} ({e.extra['quantizer']})" if e.extra.get("quantizer") else e.name,
+             ", ".join(note["float"]) or "nothing", note["why"]]
+            for e in _ran(report) if (note := e.extra.get("float_parts"))]
+    return ["engine", "runs in float", "why"], rows
+
+
+def int8_search_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The accuracy-aware INT8 search, one row per try (calibration/accuracy_aware.py); empty when none ran."""
+    plan = report.extra.get("int8_accuracy") or {}
+    steps = plan.get("steps") or []
+    flavors = list(steps[0]["drop"]) if steps else []
+    rows = [[str(i), s["unit"] or "(every unit INT8)", ", ".join(s["float_units"]) or "-",
+             *(f"{s['drop'][f]:.2f}" for f in flavors), "-" if s["unit"] is None else ("yes" if s["kept"] else "no")]
+            for i, s in enumerate(steps)] if len(steps) > 1 else []
+    return ["step", "returned to float", "float units", *(f"drop {f} (pt)" for f in flavors), "kept"], rows
+
+
 def _failure_lines(report: Report) -> list[str]:
     lines = []
     for e in report.engines:
@@ -501,6 +520,13 @@ def render_markdown(report: Report) -> str:
         "\n".join(f"- {x}" for x in _header_lines(report)),
     ]
     parts += ["## Engines", _md_table(*engine_table(report))]
+    headers, floats = float_parts_table(report)
+    if floats:
+        parts += ["## What runs in float", _md_table(headers, floats)]
+    headers, search = int8_search_table(report)
+    if search:
+        parts += ["## Accuracy-aware INT8 search (validation subset of the training split)",
+                  _md_table(headers, search)]
     headers, skipped = skipped_table(report)
     if skipped:
         parts += ["## Skipped engines", _md_table(headers, skipped)]
@@ -614,6 +640,13 @@ def render_html(report: Report) -> str:
         f'<ul class="facts">{facts}</ul>',
     ]
     parts += ["<h2>Engines</h2>", _html_table(*engine_table(report))]
+    headers, floats = float_parts_table(report)
+    if floats:
+        parts += ["<h2>What runs in float</h2>", _html_table(headers, floats)]
+    headers, search = int8_search_table(report)
+    if search:
+        parts += ["<h2>Accuracy-aware INT8 search (validation subset of the training split)</h2>",
+                  _html_table(headers, search)]
     failures = _failure_lines(report)
     if failures:
         parts += [

@@ -119,6 +119,11 @@ def test_an_unreachable_bound_fails_in_one_line_naming_what_was_tried(int8_outli
     assert isinstance(raised.value, UserError) and "\n" not in message
     assert "over the bound of 0.5" in message and "the limit" in message and "all INT8" in message
     assert "| 0 | (none: every unit INT8) |" in raised.value.table
+    # The pipeline asks for the best split instead, and lets parity judge the engines.
+    best = quantize_accuracy_aware(case.model, case.calib, case.holdout.x, case.holdout.labels,
+                                   task="classification", flavors=("cpu",), max_drop=BOUND, max_float_units=0,
+                                   fail=False)
+    assert not best.met and best.float_units == () and best.drop > 2.0 and best.summary()["met"] is False
 
 
 def test_units_cover_every_int8_op_once_and_are_named_by_module(clean_case):

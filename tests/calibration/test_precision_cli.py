@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
+from precision_cases import OUTLIER_BLOCK
+
 from lkca_deploy.onnx_io import load_onnx, save_onnx_atomic
 from lkca_deploy.onnx_meta import INT8_ACCURACY, read_metadata
-from precision_cases import OUTLIER_BLOCK
 
 
 def cli(*args) -> subprocess.CompletedProcess:
