@@ -33,6 +33,7 @@ ARTIFACT_KINDS = (
     "calibration-cache",
     "trtexec",
     "sidecar",
+    "golden",
     "report",
     "checkpoint",
 )

@@ -3,9 +3,10 @@
 Both are keyed: a check result by the engine's file hash and the machine fingerprint (fingerprint.py), a device-
 built TensorRT engine by GPU, compute capability, TensorRT version, driver and what it was built from. An entry
 whose stored facts differ from the facts asked for is never loaded; a corrupt or partly missing entry counts as
-absent. The cache lives beside the bundle (BUNDLE/device-cache/) and, where the bundle's directory cannot be
-written (a read-only mount, another user's files), in the user's cache directory under the bundle's identity
-(the sha256 of its manifest). Lookups read both places; writes go to the first that takes them, atomically.
+absent. The cache lives beside the bundle (BUNDLE.device-cache/, never inside it: a bundle is served only whole,
+with no file its manifest does not list) and, where that folder cannot be written (a read-only mount, another
+user's files), in the user's cache directory under the bundle's identity (the sha256 of its manifest). Lookups
+read both places; writes go to the first that takes them, atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .fingerprint import fingerprint_key
 from .fsutil import atomic_copy, atomic_dir, atomic_write_text, sha256_file
 
 CACHE_FORMAT = 1
-BUNDLE_CACHE_DIR = "device-cache"
+CACHE_SUFFIX = ".device-cache"  # BUNDLE.device-cache beside BUNDLE
 CACHE_ENV = "LKCA_DEPLOY_CACHE"  # overrides the user cache directory
 _ENTRY = "entry.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -62,6 +63,12 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def beside_bundle(bundle_dir: str | Path) -> Path:
+    """BUNDLE.device-cache, the folder beside the bundle."""
+    bundle_dir = Path(bundle_dir).resolve()
+    return bundle_dir.with_name(bundle_dir.name + CACHE_SUFFIX)
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe form of an engine name ('onnxruntime/int8-cpu' -> 'onnxruntime-int8-cpu')."""
     return _UNSAFE.sub("-", text).strip("-.") or "engine"  # never "." or "..": a name, not a path
@@ -74,7 +81,7 @@ class DeviceCache:
         self.bundle_dir = Path(bundle_dir)
         self.bundle_id = sha256_file(self.bundle_dir / "manifest.json")[:16]
         self.places = [
-            self.bundle_dir / BUNDLE_CACHE_DIR,
+            beside_bundle(self.bundle_dir),
             Path(user_root if user_root is not None else user_cache_root()) / self.bundle_id,
         ]
         self._write_place: Path | None = None

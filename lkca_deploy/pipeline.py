@@ -48,6 +48,7 @@ class PipelineOptions:
     seed: int = 0
     thresholds: object = None  # reports.parity.Thresholds; None: the defaults
     extra_precisions: dict = field(default_factory=dict)  # backend -> precisions offered only there (bf16)
+    golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
     baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
     compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
 
@@ -87,9 +88,10 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         bundle.register_dir("checkpoint", "checkpoint")
         ctx = stages.run("reference and calibration data", EvalContext.load, ckpt_dir, data, data_root=opts.data_root,
                          download=opts.download, calib_samples=opts.calib_samples, seed=opts.seed)
+        golden = _golden_stage(ctx, bundle, opts)
         exports = stages.run("export and lower", _export_stage, ctx, bundle, opts)
         engines = stages.run("build engines", _build_stage, ctx, exports, work, opts)
-        results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts)
+        results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts, golden)
         report = stages.run("report and bundle", _finish, ctx, results, bundle, opts, baseline)
     return report
 
@@ -114,6 +116,31 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
                                                   data_root=opts.data_root, download=opts.download))
     (dest / "optimizer.safetensors").unlink(missing_ok=True)  # a deploy bundle does not resume training
     return dest
+
+
+def _golden_stage(ctx: EvalContext, bundle, opts: PipelineOptions):
+    """The golden samples the device re-proves engines with (golden.py), written into the bundle; None for 0."""
+    from .golden import GOLDEN_REL, make_golden, write_golden
+
+    if not opts.golden:
+        return None
+    golden = make_golden(ctx.x, ctx.labels, ctx.reference, ctx.ckpt.config.task, samples=opts.golden, seed=opts.seed)
+    digest = write_golden(golden, bundle.path / GOLDEN_REL)
+    bundle.register(GOLDEN_REL, "golden")
+    bundle.set_extra(golden={"path": GOLDEN_REL, "sha256": digest, "samples": golden.samples, "seed": opts.seed})
+    return golden
+
+
+def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptions) -> dict | None:
+    """What an engine achieved on the golden samples here, and the tolerance the device must meet."""
+    from .device_verify import check_runner
+    from .golden import tolerance_for
+
+    if golden is None:
+        return None
+    tolerance = tolerance_for(task, precision, opts.thresholds, golden.samples)
+    achieved = check_runner(runner, golden, precision, tolerance)
+    return {"achieved": achieved, "tolerance": tolerance}
 
 
 def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, tuple[Path, str]]:
@@ -152,6 +179,7 @@ class _Built:
     artifact: Path | None = None
     skipped: str | None = None
     extra_files: list[Path] = field(default_factory=list)  # e.g. TensorRT's trtexec line and calibration cache
+    golden: dict | None = None  # achieved on the golden samples + the device's tolerance
 
 
 def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
@@ -174,12 +202,13 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
                 folder.mkdir(parents=True)
                 result = build_engine(onnx_path, backend, precision, folder / f"model.{precision}{be.artifact_suffix}",
                                       flavor=quantizer, calib=ctx.calib if precision == "int8" else None)
-                built.append(_Built(backend, precision, lowering, quantizer, result.artifact, result.deferred,
-                                    [] if result.artifact else list(result.files)))
+                # A backend built on the device keeps its device files even when built here: engines do not move.
+                keep = list(result.files) if be.built_on_device or not result.artifact else []
+                built.append(_Built(backend, precision, lowering, quantizer, result.artifact, result.deferred, keep))
     return built
 
 
-def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions):
+def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions, golden=None):
     from .backends.registry import get_backend
     from .reports.render import EngineResult
 
@@ -196,6 +225,7 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
             parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, ctx.ckpt.config.task, item.precision,
                                    opts.thresholds)
             latency = engine_latency(runner, ctx.x[:EVAL_BATCH], opts.batches, opts.bench_budget_s)
+            item.golden = _golden_entry(runner, golden, ctx.ckpt.config.task, item.precision, opts)
             info = dict(runner.info)
         size = sum((bundle.path / f).stat().st_size for f in files if not f.endswith(".json"))
         result = EngineResult(item.backend, item.precision, item.lowering, path=files[0], size_bytes=size,
@@ -239,6 +269,40 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
             continue
         bundle.add_engine(item.backend, item.precision, result.path, lowering=item.lowering,
                           quantizer=item.quantizer, passed=result.status == "ok",
-                          p50_ms={b: s.p50_ms for b, s in result.latency.items()})
-    bundle.set_extra(data=ctx.data, passed=report.passed)
+                          p50_ms={b: s.p50_ms for b, s in result.latency.items()},
+                          **({"golden": item.golden} if item.golden else {}))
+    device_builds = [_device_build_entry(item, ctx, opts) for item, _ in results if item.extra_files]
+    bundle.set_extra(data=ctx.data, passed=report.passed,
+                     **({"device_builds": [d for d in device_builds if d]} if any(device_builds) else {}))
     return report
+
+
+def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -> dict | None:
+    """How the device builds this engine itself (TensorRT): the baked ONNX, script and calibration cache in the
+    bundle, the one TensorRTSettings the script was written from, and the tolerance to prove it with."""
+    from .backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
+    from .golden import tolerance_for
+
+    if item.backend != "tensorrt":
+        return None
+    rel_dir = f"{item.backend}/{item.precision}{'-' + item.quantizer if item.quantizer else ''}"
+    names = [f.name for f in item.extra_files]
+    # The baked ONNX build_engine wrote beside the engine (<engine stem>.<precision>.onnx).
+    onnx = next((n for n in names if n.endswith(f".{item.precision}.onnx")), None)
+    if onnx is None:
+        return None
+    cache = next((n for n in names if n.endswith(".calib.cache")), None)
+    golden = min(opts.golden, len(ctx.x)) or None  # the golden set's own size (golden.pick_samples)
+    return {
+        "backend": item.backend,
+        "precision": item.precision,
+        "quantizer": item.quantizer,
+        "lowering": item.lowering,
+        "onnx": f"{rel_dir}/{onnx}",
+        "script": f"{rel_dir}/{onnx}{SCRIPT_SUFFIX}",
+        "engine": f"{rel_dir}/model.{item.precision}.engine",  # where the script writes it
+        "calib_cache": f"{rel_dir}/{cache}" if cache else None,
+        "settings": TensorRTSettings(item.precision).to_dict(),
+        "golden": {"tolerance": tolerance_for(ctx.ckpt.config.task, item.precision, opts.thresholds, golden)}
+        if golden else None,
+    }

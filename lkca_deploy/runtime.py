@@ -234,6 +234,16 @@ class Predictor:
     that backend's engines (at `precision` if given): those that passed parity, then unjudged ones; the fastest by
     p50 at batch 1; without timings the most exact precision (fp32 first). The engine's files (artifact, sidecar,
     OpenVINO weights) are checked against the manifest's sha256 before loading.
+
+    backend "tensorrt" with a bundle that carries the TensorRT ONNX: the engine for this GPU and TensorRT is the
+    bundle's own if it was built on a machine like this, else a cached device build, else built here now from
+    the ONNX with the trtexec script's settings (device_build.py), proven before it is kept.
+
+    verify: "first-use" (default) checks the engine on the bundle's golden samples the first time it is loaded
+    on a machine (keyed by engine and machine fingerprint, device_cache.py) and refuses to serve, with one line
+    naming the engine and its numbers, when it misses its tolerance; later loads reuse the result. "always"
+    checks on every load; "off" never. A bundle without golden samples is not checked (first-use) or refused
+    (always). `self.verification` holds the check (None when none was made).
     """
 
     def __init__(
@@ -244,20 +254,30 @@ class Predictor:
         device: str | None = None,
         threads: int | None = None,
         top_k: int = 5,
+        verify: str = "first-use",
     ):
         from .backends.registry import get_backend
+        from .device_verify import VERIFY_MODES
 
+        if verify not in VERIFY_MODES:
+            raise UserError(f"unknown verify mode {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir)
         self.spec = self.manifest.spec
         self.task = self.manifest.task
         self.class_names = list(self.manifest.class_names or self.spec.class_names)
         self.top_k = _check_top_k(top_k)
-        self.engine = choose_engine(self.manifest.engines, backend, precision)
-        verify_artifacts(self.bundle_dir, self.manifest, engine_files(self.manifest, self.engine))
-        artifact = inside(self.bundle_dir, self.engine["artifact"])
+        self.verification = None
+        if backend == "tensorrt" and _device_builds(self.manifest):
+            artifact = self._device_engine(precision, device)
+        else:
+            self.engine = choose_engine(self.manifest.engines, backend, precision)
+            verify_artifacts(self.bundle_dir, self.manifest, engine_files(self.manifest, self.engine))
+            artifact = inside(self.bundle_dir, self.engine["artifact"])
         self.runner = get_backend(self.engine["backend"]).load(artifact, device=device, threads=threads)
         self._check_input_shape()
+        if verify != "off" and self.verification is None:
+            self._verify_on_load(verify)
 
     @classmethod
     def around(
@@ -278,8 +298,56 @@ class Predictor:
         info = getattr(runner, "info", {})
         self.engine = {"backend": info.get("backend"), "precision": info.get("precision"), "artifact": "the engine"}
         self.runner = runner
+        self.verification = None
         self._check_input_shape()
         return self
+
+    # -- proof on this machine
+
+    def verify(self):
+        """Check the loaded engine on the bundle's golden samples now, record it for this machine, and return
+        the device_verify.EngineCheck (passed or not: this never refuses)."""
+        from .device_verify import check_loaded, load_golden
+
+        golden = load_golden(self.bundle_dir, self.manifest)
+        self.verification = check_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden)
+        return self.verification
+
+    def _verify_on_load(self, mode: str) -> None:
+        from .device_verify import check_loaded, golden_info, load_golden
+
+        if golden_info(self.manifest) is None and mode == "first-use":
+            return  # a bundle built without golden samples has nothing to check with
+        try:
+            golden = load_golden(self.bundle_dir, self.manifest)
+            self.verification = check_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden,
+                                              mode=mode)
+        except BaseException:
+            self.runner.close()
+            raise
+        if not self.verification.passed:
+            self.runner.close()
+            raise UserError(self.verification.refusal())
+
+    def _device_engine(self, precision: str | None, device: str | None) -> Path:
+        """A TensorRT engine for this device from the bundle's ONNX (device_build.py); UserError when TensorRT
+        is missing or the engine fails its golden check."""
+        from .backends.trtexec import parse_device
+        from .device_build import choose_build, provide_engine
+        from .device_verify import load_golden
+
+        installed, reason = backend_status("tensorrt")
+        if not installed:
+            raise UserError(reason)
+        build = choose_build(self.manifest, precision)
+        golden = load_golden(self.bundle_dir, self.manifest)
+        artifact, self.engine, check = provide_engine(self.bundle_dir, self.manifest, build, golden,
+                                                      gpu_index=parse_device(device)[0])
+        if check is not None:
+            self.verification = check
+            if not check.passed:
+                raise UserError(check.refusal())
+        return artifact
 
     # -- public
 
@@ -384,6 +452,12 @@ class Predictor:
         return scores.argmax(axis=0).astype(np.int32), scores
 
 
+def _device_builds(manifest: Manifest) -> list:
+    from .device_build import device_builds
+
+    return device_builds(manifest)
+
+
 def _check_top_k(k: int) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise UserError(f"top-k must be a positive integer, got {k!r}")
@@ -404,8 +478,9 @@ def predict(
     device: str | None = None,
     threads: int | None = None,
     slide: bool | Slide = False,
+    verify: str = "first-use",
 ) -> list[dict[str, Any]]:
-    """JSON-friendly results, one dict per image, for `lkca-deploy predict` (`slide`: Predictor's).
+    """JSON-friendly results, one dict per image, for `lkca-deploy predict` (`slide`, `verify`: Predictor's).
 
     Classification: {"image", "backend", "precision", "label", "score", "top_k": [{"label", "score"}]}.
     Segmentation: {"image", "backend", "precision", "height", "width", "class_pixels": {name: count}} plus
@@ -415,7 +490,7 @@ def predict(
     if not images:
         raise UserError("no images given: pass at least one image")
     with Predictor(
-        bundle, backend=backend, precision=precision, device=device, threads=threads, top_k=top_k
+        bundle, backend=backend, precision=precision, device=device, threads=threads, top_k=top_k, verify=verify
     ) as p:
         if save_mask_dir is not None and p.task != "segmentation":
             raise UserError(f"--save-mask is for segmentation bundles; {bundle} is a {p.task} bundle")

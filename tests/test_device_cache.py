@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lkca_deploy.device_cache import BUNDLE_CACHE_DIR, DeviceCache, safe_name
+from lkca_deploy.device_cache import DeviceCache, beside_bundle, safe_name
 from lkca_deploy.fingerprint import fingerprint_key
 
 FP = {"format": 1, "cpu_model": "AMD EPYC 7B13", "isa_flags": ["avx2"], "gpus": [], "backend": "onnxruntime",
@@ -25,7 +25,8 @@ def test_results_are_keyed_by_engine_and_fingerprint(bundle, tmp_path):
     cache = DeviceCache(bundle, user_root=tmp_path / "user")
     assert cache.load_result("onnxruntime/fp32", FP) is None
     path = cache.record_result("onnxruntime/fp32", FP, {"passed": True, "agreement": 1.0})
-    assert path.is_relative_to(bundle / BUNDLE_CACHE_DIR) and path.stem == fingerprint_key(FP)
+    assert path.is_relative_to(tmp_path / "bundle.device-cache") and path.stem == fingerprint_key(FP)
+    assert not any(p.name != "manifest.json" for p in bundle.iterdir())  # the bundle itself stays as written
     doc = cache.load_result("onnxruntime/fp32", FP)
     assert doc["result"] == {"passed": True, "agreement": 1.0} and doc["fingerprint"] == FP
     assert DeviceCache(bundle, user_root=tmp_path / "user").load_result("onnxruntime/fp32", FP) is not None
@@ -45,8 +46,8 @@ def test_a_stored_result_whose_facts_differ_from_its_key_is_never_loaded(bundle,
 
 
 def test_when_the_bundle_cannot_be_written_the_user_cache_is_used(bundle, tmp_path):
-    # A file where the cache folder would go: the bundle's place cannot take the cache (as on a read-only mount).
-    (bundle / BUNDLE_CACHE_DIR).write_text("in the way")
+    # A file where the cache folder would go: that place cannot take the cache (as on a read-only mount).
+    beside_bundle(bundle).write_text("in the way")
     user = tmp_path / "user"
     cache = DeviceCache(bundle, user_root=user)
     path = cache.record_result("onnxruntime/fp32", FP, {"passed": True})
@@ -56,7 +57,7 @@ def test_when_the_bundle_cannot_be_written_the_user_cache_is_used(bundle, tmp_pa
     other = tmp_path / "other"
     other.mkdir()
     (other / "manifest.json").write_text('{"format": "lkca-deploy-bundle/1", "x": 1}\n')
-    (other / BUNDLE_CACHE_DIR).write_text("in the way")
+    beside_bundle(other).write_text("in the way")
     assert DeviceCache(other, user_root=user).load_result("onnxruntime/fp32", FP) is None
 
 

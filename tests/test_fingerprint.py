@@ -4,12 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lkca_deploy.fingerprint import (
-    fingerprint_key,
-    jetson_facts,
-    jetson_summary,
-    machine_fingerprint,
-)
+from lkca_deploy.fingerprint import fingerprint_key, machine_fingerprint
+from lkca_deploy.reports.jetson import jetson_facts, jetson_summary
 
 CPUINFO = """processor\t: 0
 model name\t: ARMv8 Processor rev 1 (v8l)

@@ -1,7 +1,6 @@
 """The main job end to end on a small real checkpoint: engines, parity, latency, report and bundle."""
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -10,21 +9,12 @@ import pytest
 from conftest import assert_user_error, run_cli
 
 from lkca_deploy.bundle import read_manifest, verify_artifacts
-from lkca_deploy.pipeline import PipelineOptions, run_pipeline
 from lkca_deploy.reports.render import validate_report_dict
 
 
 @pytest.fixture(scope="module")
-def bundle(nano_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    opts = PipelineOptions(backends=("onnxruntime", "openvino", "tensorrt"), precisions=("fp32", "fp16", "int8"),
-                           batches=(1, 4), calib_samples=128, bench_budget_s=0.2)
-    old_umask = os.umask(0o022)  # the common default; the mode test below reads the bundle it gives
-    try:
-        report = run_pipeline(nano_checkpoint, "digits", out, opts)
-    finally:
-        os.umask(old_umask)
-    return out, report
+def bundle(small_bundle):
+    return small_bundle  # one pipeline run per session (conftest.py), shared with the golden and verify tests
 
 
 def test_bundle_is_readable_by_other_users_under_umask_022(bundle):

@@ -16,6 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from lkca_deploy.reports.jetson import jetson_facts, jetson_summary
+
 ISA_FLAGS = (
     "avx2",
     "fma",
@@ -89,17 +91,23 @@ def _memory_gib() -> float | None:
 
 
 def gpus() -> list[dict[str, str]]:
-    """[{name, driver, memory}] from nvidia-smi; empty when there is none or it fails."""
+    """[{name, driver, memory, compute_capability}] from nvidia-smi; empty when there is none or it fails.
+
+    Drivers older than compute_cap's field refuse the whole query: asked again without it."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
-    query = [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    try:
-        out = subprocess.run(query, capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_S, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    rows = [[field.strip() for field in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
-    return [dict(zip(("name", "driver", "memory"), row)) for row in rows]
+    for fields in (("name", "driver", "memory", "compute_capability"), ("name", "driver", "memory")):
+        names = {"name": "name", "driver": "driver_version", "memory": "memory.total", "compute_capability":
+                 "compute_cap"}
+        query = [smi, f"--query-gpu={','.join(names[f] for f in fields)}", "--format=csv,noheader"]
+        try:
+            out = subprocess.run(query, capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_S, check=True)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        rows = [[field.strip() for field in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+        return [dict(zip(fields, row)) for row in rows]
+    return []
 
 
 def library_versions() -> dict[str, str | None]:
@@ -132,11 +140,13 @@ def _collect_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "gpus": gpus(),
         "versions": library_versions(),
+        "jetson": jetson_facts(),
     }
 
 
 def machine_facts() -> dict[str, Any]:
-    """cpu_model, arch, logical/physical/usable cores, isa_flags, memory_gib, os, kernel, python, gpus, versions.
+    """cpu_model, arch, logical/physical/usable cores, isa_flags, memory_gib, os, kernel, python, gpus, versions,
+    jetson (L4T/JetPack, power mode, clocks locked, DLA cores; None off a Jetson: fingerprint.jetson_facts).
 
     Collected once per process (nvidia-smi is slow); each call returns a fresh copy.
     """
@@ -160,6 +170,8 @@ def isa_summary(facts: dict[str, Any] | None = None) -> str:
         line += f" (no {', '.join(missing)})"
     for gpu in facts.get("gpus", []):
         line += f"; GPU {gpu.get('name')} (driver {gpu.get('driver')})"
+    if facts.get("jetson"):
+        line += f"; {jetson_summary(facts['jetson'])}"
     return line
 
 

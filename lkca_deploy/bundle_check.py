@@ -1,0 +1,146 @@
+"""`lkca-deploy verify` and `lkca-deploy build-device`: prove a bundle's engines on this machine, torch-free.
+
+verify: the chosen engine (or every engine with --all) runs on the bundle's golden samples with numpy and one
+backend; engines of backends not installed here are listed as skipped with the reason. TensorRT engines are the
+ones valid on this device: the bundle's own when it was built on a machine like this, a cached device build, or
+one the bundle's trtexec script wrote, adopted into the cache only when it passes.
+build-device: build the TensorRT engines here from the bundle's ONNX with the script's settings, then prove them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bundle import Manifest, read_manifest
+from .device_build import BACKEND as TENSORRT
+from .device_build import device_builds, provide_engine
+from .device_cache import DeviceCache
+from .device_verify import EngineCheck, engine_name, golden_info, load_golden, verify_engine
+from .errors import UserError
+from .golden import GoldenSet
+
+
+@dataclass
+class BundleCheck:
+    """What `verify` found: one EngineCheck per engine, and what it was measured with."""
+
+    bundle: str
+    golden: dict[str, Any]
+    machine: dict[str, Any]
+    checks: list[EngineCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every engine that ran passed (skipped ones are listed, not failed)."""
+        return all(c.status != "failed" for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "passed": self.passed, "golden": self.golden, "machine": self.machine,
+                "engines": [c.to_dict() for c in self.checks]}
+
+
+def _installed(backend: str) -> tuple[bool, str]:
+    from .backends.registry import get_backend
+
+    return get_backend(backend, require_available=False).available()
+
+
+def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str | None = None,
+                   engine: str | None = None, all_engines: bool = False) -> list[dict[str, Any]]:
+    """--engine NAME, or --all (narrowed by backend/precision), or the engine the Predictor would choose.
+    Device builds (TensorRT) count as engines of their own name."""
+    from .runtime import choose_engine
+
+    listed = [e for e in manifest.engines if e["backend"] != TENSORRT or not device_builds(manifest)]
+    candidates = listed + device_builds(manifest)
+    if engine is not None:
+        found = [e for e in candidates if engine_name(e) == engine]
+        if not found:
+            names = ", ".join(engine_name(e) for e in candidates) or "none"
+            raise UserError(f"the bundle has no engine {engine!r}; it has: {names}")
+        return found
+    if all_engines:
+        return [e for e in candidates if backend in ("auto", e["backend"]) and precision in (None, e["precision"])]
+    if backend == TENSORRT and device_builds(manifest):
+        from .device_build import choose_build
+
+        return [choose_build(manifest, precision)]
+    return [choose_engine(manifest.engines, backend, precision)]
+
+
+def _tensorrt_check(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
+                    cache: DeviceCache, threads: int | None) -> EngineCheck:
+    """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
+    from .backends.registry import get_backend
+    from .device_verify import check_loaded
+
+    name = engine_name(build)
+    try:
+        path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, adopt_only=True)
+    except UserError as why:
+        return EngineCheck(name, TENSORRT, build["precision"], "skipped",
+                           reason=f"{why} (or lkca-deploy build-device {bundle_dir})")
+    if check is not None:
+        return check
+    with get_backend(TENSORRT).load(path) as runner:
+        return check_loaded(bundle_dir, manifest, entry, runner, golden, mode="always", cache=cache)
+
+
+def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: str | None = None,
+                  engine: str | None = None, all_engines: bool = False, threads: int | None = None) -> BundleCheck:
+    """Check engines of a bundle on this machine (see the module doc). UserError for a bundle without golden
+    samples, an altered golden or engine file, or an unknown engine name."""
+    from .fingerprint import jetson_facts
+    from .reports.machine import isa_summary, machine_facts
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    golden = load_golden(bundle_dir, manifest)
+    cache = DeviceCache(bundle_dir)
+    facts = machine_facts()
+    result = BundleCheck(str(bundle_dir), golden_info(manifest),
+                         {"summary": isa_summary(facts), "jetson": jetson_facts(), "versions": facts["versions"]})
+    selected = select_engines(manifest, backend=backend, precision=precision, engine=engine,
+                              all_engines=all_engines)
+    for e in selected:
+        installed, reason = _installed(e["backend"])
+        if not installed:
+            result.checks.append(EngineCheck(engine_name(e), e["backend"], e["precision"], "skipped", reason=reason))
+        elif e["backend"] == TENSORRT and "onnx" in e:
+            result.checks.append(_tensorrt_check(bundle_dir, manifest, e, golden, cache, threads))
+        else:
+            result.checks.append(verify_engine(bundle_dir, manifest, e, golden, threads=threads, cache=cache))
+    if not any(c.status != "skipped" for c in result.checks):
+        reasons = "; ".join(dict.fromkeys(c.reason or "" for c in result.checks))
+        raise UserError(f"no engine of {bundle_dir} can run here: {reasons}")
+    return result
+
+
+def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None, all_engines: bool = False,
+                         gpu_index: int = 0, echo: Callable[[str], None] | None = None) -> list[EngineCheck]:
+    """Build (or adopt, or find cached) the TensorRT engines for this device and prove each on the golden set."""
+    from .device_build import choose_build
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    installed, reason = _installed(TENSORRT)
+    if not installed:
+        raise UserError(reason)
+    golden = load_golden(bundle_dir, manifest)
+    builds = [b for b in device_builds(manifest) if precision in (None, b["precision"])] if all_engines \
+        else [choose_build(manifest, precision)]
+    if not builds:
+        raise UserError(f"the bundle has no TensorRT ONNX at {precision}")
+    cache = DeviceCache(bundle_dir)
+    checks = []
+    for build in builds:
+        path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, gpu_index=gpu_index,
+                                            echo=echo)
+        if check is None:  # found proven in the cache, or the bundle's own engine fits: check it again now
+            checks.append(_tensorrt_check(bundle_dir, manifest, build, golden, cache, None))
+        else:
+            checks.append(check)
+    return checks
