@@ -86,7 +86,8 @@ def main() -> None:
             rows["first"].append(first)
             rows["later"].append(later)
             checks.append(first["check_s"])
-    common.print_header("The proof on the device (medians of interleaved rounds, fresh processes)", 0,
+    common.print_header("The proof on the device (medians of interleaved rounds, fresh processes)",
+                        common.usable_cores(),
                         [f"bundle: {args.bundle}; Predictor engine: {first['engine']}; rounds: {args.repeats}"],
                         markdown=args.markdown)
 

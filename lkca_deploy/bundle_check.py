@@ -72,7 +72,7 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
 
 
 def _tensorrt_check(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
-                    cache: DeviceCache, threads: int | None) -> EngineCheck:
+                    cache: DeviceCache) -> EngineCheck:
     """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
     from .backends.registry import get_backend
     from .device_verify import check_loaded
@@ -110,7 +110,7 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
         if not installed:
             result.checks.append(EngineCheck(engine_name(e), e["backend"], e["precision"], "skipped", reason=reason))
         elif e["backend"] == TENSORRT and "onnx" in e:
-            result.checks.append(_tensorrt_check(bundle_dir, manifest, e, golden, cache, threads))
+            result.checks.append(_tensorrt_check(bundle_dir, manifest, e, golden, cache))
         else:
             result.checks.append(verify_engine(bundle_dir, manifest, e, golden, threads=threads, cache=cache))
     if not any(c.status != "skipped" for c in result.checks):
@@ -140,7 +140,7 @@ def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None
         path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, gpu_index=gpu_index,
                                             echo=echo)
         if check is None:  # found proven in the cache, or the bundle's own engine fits: check it again now
-            checks.append(_tensorrt_check(bundle_dir, manifest, build, golden, cache, None))
+            checks.append(_tensorrt_check(bundle_dir, manifest, build, golden, cache))
         else:
             checks.append(check)
     return checks
