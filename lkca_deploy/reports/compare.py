@@ -37,6 +37,7 @@ COMPARISON_SCHEMA = 1
 
 # Machine facts whose difference makes latency incomparable (the same CPU with other neighbours is still "same").
 _MACHINE_KEYS = ("cpu_model", "arch", "usable_cores", "isa_flags")
+_UNTIMED_LIBRARIES = ("matplotlib",)  # draws the report, never runs an engine
 _ACCURACY_KEYS = {
     # task: (accuracy, its drop against the engine's own reference, agreement with the reference)
     "classification": ("top1", "top1_drop", "agreement"),
@@ -269,7 +270,7 @@ def machine_differences(base: Mapping[str, Any], new: Mapping[str, Any]) -> list
         lines.append(f"gpus: {_show(_gpu_names(bm))} -> {_show(_gpu_names(nm))}")
     bv, nv = base.get("versions") or {}, new.get("versions") or {}
     for lib in sorted(set(bv) | set(nv)):
-        if bv.get(lib) != nv.get(lib):
+        if bv.get(lib) != nv.get(lib) and lib not in _UNTIMED_LIBRARIES:
             lines.append(f"{lib}: {bv.get(lib) or 'absent'} -> {nv.get(lib) or 'absent'}")
     return lines
 

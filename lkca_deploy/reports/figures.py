@@ -52,14 +52,21 @@ def colour(engine: EngineResult) -> str:
     return COLOURS.get(label) or COLOURS.get(engine.precision) or _OTHER_COLOURS[len(label) % len(_OTHER_COLOURS)]
 
 
-def _plain_log_axis(axis: Any) -> None:
-    """Log scale with ticks written 0.2, 0.5, 2 and 20 instead of 2x10^-1: read at a glance."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+def _plain_log_axis(ax: Any) -> None:
+    """Log x with ticks written 0.2, 0.5, 2 (not 2x10^-1), dense enough to read a value: 1-2-5 per decade, or
+    more steps when the data span less than a decade (where 1-2-5 leaves one or two ticks)."""
+    from matplotlib.ticker import NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
-    axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()  # after autoscaling
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for steps in ((1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0**e for e in decades for m in steps if low <= m * 10.0**e <= high]
+        if len(ticks) >= 4:
+            break
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(low, high)
 
 
 def new_figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Any, list[Any]]:
@@ -113,12 +120,12 @@ def accuracy_latency(report: Report, batch: str, metric: str, title: str, refere
     if reference is not None:
         ax.axhline(reference * 100, linestyle="--", color="gray", linewidth=1.2, label=f"{report.reference} "
                    f"({reference * 100:.2f})", zorder=1)
-    ax.set_xscale("log")
-    _plain_log_axis(ax.xaxis)
     ax.set(xlabel=f"p50 latency at batch {batch} (ms, log scale)", ylabel=title,
            title=f"{title} against p50 latency at batch {batch}")
     ax.set_ylim(min(y_values) - 0.15 * y_span, max(y_values) + 0.15 * y_span)
+    ax.set_xscale("log")
     ax.margins(x=0.15)
+    _plain_log_axis(ax)
     ax.grid(alpha=0.3, which="both")
     legend = ax.legend(title="engine (marker: backend, colour: precision)", title_fontsize=9, **_LEGEND)
     for handle in legend.legend_handles:
@@ -152,8 +159,7 @@ def latency_distributions(report: Report, batches: Sequence[str]) -> Any | None:
             box.set(facecolor=colour(e), alpha=0.35, edgecolor="#333")
             median.set(color=colour(e), linewidth=2.5, alpha=1.0)
         ax.set_yticks(range(1, len(engines) + 1), [engine_label(e) for e in engines], fontsize=9)
-        ax.set_xscale("log")
-        _plain_log_axis(ax.xaxis)
+        _plain_log_axis(ax)
         ax.set(xlabel="latency per call (ms, log scale)", title=f"Latency per call at batch {batch} "
                f"(box: quartiles, whiskers: p1-p99)")
         ax.grid(axis="x", alpha=0.3, which="both")
