@@ -38,15 +38,21 @@ def ordinary_mode(*, directory: bool = False) -> int:
 def give_ordinary_modes(path: Path) -> None:
     """chmod `path` (and, for a folder, everything in it) to the modes the umask gives new files and folders."""
     file_mode, dir_mode = ordinary_mode(), ordinary_mode(directory=True)
+
+    def chmod_file(name: str) -> None:
+        # An executable (a trtexec script) stays executable for whoever may read it: 0755 under umask 022.
+        executable = os.stat(name).st_mode & 0o100
+        os.chmod(name, dir_mode if executable else file_mode)
+
     if not path.is_dir():
-        os.chmod(path, file_mode)
+        chmod_file(str(path))
         return
     os.chmod(path, dir_mode)
     for root, dirs, files in os.walk(path):
         for name in dirs:
             os.chmod(os.path.join(root, name), dir_mode)
         for name in files:
-            os.chmod(os.path.join(root, name), file_mode)
+            chmod_file(os.path.join(root, name))
 
 
 def _beside(target: Path) -> tuple[str, str, str]:

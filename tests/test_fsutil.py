@@ -36,11 +36,13 @@ def test_every_writer_gives_the_umask_modes(tmp_path, umask, mask, file_mode, di
     with atomic_dir(tmp_path / "d") as folder:
         (folder / "sub").mkdir()
         (folder / "sub" / "e.txt").write_text("e")
+        (folder / "build.sh").write_text("#!/bin/sh\n")
+        (folder / "build.sh").chmod(0o700)  # executables stay executable
     found = modes(tmp_path)
     del found["."]  # pytest's own folder
     assert found == {
         "a.txt": file_mode, "b.txt": file_mode, "c.bin": file_mode, "ir.xml": file_mode,
-        "d": dir_mode, "d/sub": dir_mode, "d/sub/e.txt": file_mode,
+        "d": dir_mode, "d/sub": dir_mode, "d/sub/e.txt": file_mode, "d/build.sh": dir_mode,
     }
 
 
