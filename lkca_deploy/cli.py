@@ -183,18 +183,52 @@ def check(
                                          "onnxruntime-cpu."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
     allow_gpu_fallback: bool = typer.Option(False, help="jetson-dla: GPU fallbacks are listed, not failures."),
+    precision: str | None = typer.Option(None, help="fp16: also list the tensors FP16 cannot hold with a margin "
+                                                    "and the ops kept FP32 for them (FP16 headroom)."),
+    calib: str | None = typer.Option(None, help="With --precision fp16: calibration source whose ranges are "
+                                                "measured (default: the check the pipeline stored in the model)."),
+    calib_samples: int = typer.Option(512, min=1, help="Calibration samples for --calib."),
+    data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Lint a model against a target's documented limits; exit 1 when the target cannot run it as it stands."""
     from .check import check_model
     from .onnx_io import load_onnx
 
-    report = check_model(load_onnx(file), target, allow_gpu_fallback=allow_gpu_fallback)
+    model = load_onnx(file)
+    risks = _fp16_headroom(model, file, precision, calib, calib_samples, data_root)
+    report = check_model(model, target, allow_gpu_fallback=allow_gpu_fallback)
     if as_json:
-        _echo_json(report.to_dict())
+        extra = {"fp16_headroom": [r.to_dict() for r in risks]} if risks is not None else {}
+        _echo_json({**report.to_dict(), **extra})
     else:
         typer.echo(report.format_text())
+        if risks is not None:
+            from .calibration.headroom import risks_table
+
+            typer.echo(risks_table(risks))
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _fp16_headroom(model, file: Path, precision, calib, calib_samples: int, data_root):
+    """The FP16 risks (calibration/headroom.py) `check --precision fp16` prints; None without --precision."""
+    from .calibration import headroom
+    from .onnx_meta import FP16_HEADROOM, read_metadata
+
+    if precision is None:
+        if calib is not None:
+            raise UserError("--calib measures FP16 headroom: add --precision fp16")
+        return None
+    if precision != "fp16":
+        raise UserError(f"--precision {precision!r} has no headroom check; only fp16 does (bf16 and int8 keep the "
+                        "float32 exponent range)")
+    if calib is not None:
+        return headroom.measure_risks(model, _calibration(calib, file, calib_samples, data_root, False))
+    stored = read_metadata(model).get(FP16_HEADROOM)
+    if not isinstance(stored, dict):
+        raise UserError(f"{file} carries no FP16 headroom check (the pipeline stores one): give --calib SOURCE to "
+                        "measure its ranges")
+    return [headroom.Risk.from_dict(r) for r in stored.get("risks") or []]
 
 
 # ------------------------------------------------------------------------------------------ quantize, build
@@ -225,6 +259,14 @@ def quantize(
     percentile: float = typer.Option(99.99, help="Percentile for --method percentile."),
     calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
     keep_fp: list[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
+    max_drop: float | None = typer.Option(None, min=0.0, help="Accuracy-aware INT8: return units (a block's mixer "
+                                          "or MLP, the patch embedding, the head) to float until top-1/mIoU is at "
+                                          "most this many points below FP32 on a validation subset of the training "
+                                          "split."),
+    max_float_units: int | None = typer.Option(None, min=0, help="With --max-drop: most units in float (default a "
+                                                                 "quarter)."),
+    val_data: str | None = typer.Option(None, help="With --max-drop: the labelled data set whose training split "
+                                                   "validates (default: --calib, when it names a data set)."),
     cache: Path | None = typer.Option(None, help="Also write a TensorRT calibration cache here."),
     tensorrt_version: str = typer.Option("10.3.0", help="TensorRT the cache is for (its header must match; "
                                                         "10.3.0 is JetPack 6's)."),
@@ -235,14 +277,47 @@ def quantize(
     from .calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
     from .onnx_io import load_onnx, save_onnx_atomic
 
+    if max_drop is None and (max_float_units is not None or val_data is not None):
+        raise UserError("--max-float-units and --val-data shape the accuracy-aware search: add --max-drop PTS")
+    if max_drop is not None and keep_fp:
+        raise UserError("--keep-fp and --max-drop both choose what stays float: use one of them")
     array = _calibration(calib, file, calib_samples, data_root, download)
-    result = quantize_int8(load_onnx(file), array, flavor=flavor, method=method, percentile=percentile,
-                           keep_fp=keep_fp)
+    if max_drop is None:
+        result = quantize_int8(load_onnx(file), array, flavor=flavor, method=method, percentile=percentile,
+                               keep_fp=keep_fp)
+    else:
+        result = _accuracy_aware_int8(load_onnx(file), array, calib, calib_samples, flavor, method, max_drop,
+                                      max_float_units, val_data, data_root, download)
     save_onnx_atomic(result.model, out)
     if cache is not None:
         write_trt_calibration_cache(result.ranges, cache, version_header=trt_cache_header(tensorrt_version))
     typer.echo(f"wrote {out} ({flavor} flavour, {method}, {len(array)} samples"
                f"{', kept float: ' + ', '.join(result.excluded_nodes) if result.excluded_nodes else ''})")
+
+
+def _accuracy_aware_int8(model, array, calib: str, calib_samples: int, flavor: str, method: str, max_drop: float,
+                         max_float_units, val_data, data_root, download: bool):
+    """quantize_accuracy_aware for `quantize --max-drop`: the search runs on both flavours (one split for every
+    target), the table of tries goes to stderr, the result carries the plan in its metadata."""
+    from .calibration.accuracy_aware import metadata_for, quantize_accuracy_aware
+    from .calibration.holdout import validation_subset
+    from .onnx_meta import read_metadata, set_metadata, spec_from_model
+
+    data = val_data or (calib if not Path(calib).exists() else None)
+    if data is None:
+        raise UserError("--max-drop measures top-1/mIoU on labelled images: give --val-data DATASET (its training "
+                        "split is read)")
+    holdout = validation_subset(data, spec_from_model(model), calib=array, samples=1000,
+                                calib_samples=calib_samples if data == calib else 0, data_root=data_root,
+                                download=download)
+    task = read_metadata(model).get("task") or "classification"
+    searched = quantize_accuracy_aware(model, array, holdout.x, holdout.labels, task=task, max_drop=max_drop,
+                                       max_float_units=max_float_units, method=method,
+                                       validation_source=holdout.source)
+    typer.echo(searched.table(), err=True)
+    result = searched.results[flavor]
+    set_metadata(result.model, metadata_for(result.model, searched.summary()))
+    return result
 
 
 @app.command()
@@ -302,6 +377,10 @@ def pipeline(
                                                     "(`compare` with its default limits); exit 1 on a regression."),
     golden: int = typer.Option(64, help="Golden samples stored in the bundle, with which the device re-proves "
                                         "every engine (lkca-deploy verify); 0 for none."),
+    max_drop: float = typer.Option(0.5, min=0.0, help="INT8: top-1/mIoU points the engines may lose on a validation "
+                                   "subset of the training split before units (mixers, MLPs, ...) return to float."),
+    plain_int8: bool = typer.Option(False, "--plain-int8", help="INT8 with every unit quantized: no accuracy "
+                                                                "search (--max-drop is then unused)."),
 ) -> None:
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
     from .backends.base import PRECISIONS
@@ -317,7 +396,8 @@ def pipeline(
                            lowering=lowering, batches=[int(b) for b in batches.split(",")], epochs=epochs,
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
-                           extra_precisions=extra, golden=golden, baseline=baseline)
+                           extra_precisions=extra, golden=golden, baseline=baseline,
+                           max_drop=None if plain_int8 else max_drop)
     report = run_pipeline(source, data, out, opts)
     regressed = bool(report.comparison and report.comparison["regressed"])
     typer.echo(summary_table(report))

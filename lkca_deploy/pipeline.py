@@ -49,6 +49,10 @@ class PipelineOptions:
     thresholds: object = None  # reports.parity.Thresholds; None: the defaults
     extra_precisions: dict = field(default_factory=dict)  # backend -> precisions offered only there (bf16)
     golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
+    # INT8 engines: units go back to float until the top-1/mIoU drop on a validation subset of the training split
+    # is at most this many points (calibration/accuracy_aware.py); None: plain INT8, every unit quantized.
+    max_drop: float | None = 0.5
+    max_float_units: int | None = None  # None: a quarter of the units
     baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
     compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
 
@@ -81,7 +85,7 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         raise UserError(f"unknown backend {unknown[0]!r}; valid: {', '.join(BACKENDS)}")
     # Read before anything runs: a bad baseline fails in a second, and `--out` may be replacing it.
     baseline = load_report(opts.baseline) if opts.baseline is not None else None
-    stages = Stages(6, echo)
+    stages = Stages(7, echo)
     with BundleWriter(out, force=opts.force) as bundle, tempfile.TemporaryDirectory(prefix="lkca-work-") as work:
         work = Path(work)
         ckpt_dir = stages.run("model", _model_stage, source, data, bundle.path / "checkpoint", opts)
@@ -90,9 +94,11 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
                          download=opts.download, calib_samples=opts.calib_samples, seed=opts.seed)
         golden = _golden_stage(ctx, bundle, opts)
         exports = stages.run("export and lower", _export_stage, ctx, bundle, opts)
+        plan = stages.run("reduced-precision plan", _precision_stage, ctx, exports, opts)
         engines = stages.run("build engines", _build_stage, ctx, exports, work, opts)
         results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts, golden)
-        report = stages.run("report and bundle", _finish, ctx, results, bundle, opts, baseline)
+        _note_float_parts(results, exports, plan)
+        report = stages.run("report and bundle", _finish, ctx, results, bundle, opts, baseline, plan)
     return report
 
 
@@ -161,6 +167,28 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
         target = BACKEND_TARGETS[backend]
         exports[backend] = exports["plain"] if opts.lowering == "conv" else export(target, opts.lowering, target)
     return exports
+
+
+def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
+    """Accuracy-aware INT8 and FP16 headroom decided on the exports and written into their metadata, which
+    build_engine obeys for every backend (calibration/plan.py)."""
+    from .calibration.plan import plan_precision
+
+    int8_backends = [b for b in opts.backends if b in exports]
+    return plan_precision({label: path for label, (path, _) in exports.items()},
+                          search_on=int8_backends[0] if int8_backends else "plain", calib=ctx.calib, data=ctx.data,
+                          spec=ctx.ckpt.spec, task=ctx.ckpt.config.task, int8="int8" in opts.precisions,
+                          fp16="fp16" in opts.precisions, max_drop=opts.max_drop,
+                          max_float_units=opts.max_float_units, calib_samples=opts.calib_samples,
+                          calib_seed=opts.seed, data_root=opts.data_root, download=opts.download)
+
+
+def _note_float_parts(results, exports, plan) -> None:
+    """Each reduced-precision engine's report entry says which of its parts run in float, and why."""
+    for item, result in results:
+        note = plan.float_note(exports[item.backend][0], item.precision) if item.backend in exports else None
+        if note and result.status != "skipped":
+            result.extra["float_parts"] = note
 
 
 def _lowering_label(result) -> str:
@@ -245,7 +273,7 @@ def _kind_of(path: Path) -> str:
             ".json": "sidecar"}.get(suffix, "sidecar")
 
 
-def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=None):
+def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=None, plan=None):
     from . import __version__
     from .reports.compare import compare
     from .reports.parity import Thresholds
@@ -255,7 +283,8 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
     report = Report.on_this_machine(config.name, config.task, [r for _, r in results], dataset=ctx.data,
                                     thresholds=(opts.thresholds or Thresholds()).to_dict(),
                                     extra={"toolkit_version": __version__, "eval_samples": len(ctx.x),
-                                           "calibration_samples": len(ctx.calib)})
+                                           "calibration_samples": len(ctx.calib),
+                                           **(plan.to_dict() if plan is not None else {})})
     if baseline is not None:
         doc, label = baseline
         report.comparison = compare(doc, report.to_dict(), opts.compare_thresholds, base_label=label,
@@ -270,8 +299,11 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
         bundle.add_engine(item.backend, item.precision, result.path, lowering=item.lowering,
                           quantizer=item.quantizer, passed=result.status == "ok",
                           p50_ms={b: s.p50_ms for b, s in result.latency.items()},
-                          **({"golden": item.golden} if item.golden else {}))
+                          **({"golden": item.golden} if item.golden else {}),
+                          **({"float_parts": result.extra["float_parts"]} if "float_parts" in result.extra else {}))
     device_builds = [_device_build_entry(item, ctx, opts) for item, _ in results if item.extra_files]
+    if plan is not None:
+        bundle.set_extra(**plan.to_dict())
     bundle.set_extra(data=ctx.data, passed=report.passed,
                      **({"device_builds": [d for d in device_builds if d]} if any(device_builds) else {}))
     return report
