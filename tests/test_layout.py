@@ -21,9 +21,22 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """Imports under `if TYPE_CHECKING:` never run: they are annotations, not dependencies."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(n for stmt in node.body for n in ast.walk(stmt))
+    return skipped
+
+
 def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lkca_deploy.errors import UserError
-from lkca_deploy.reports.render import validate_report_dict
+from lkca_deploy.reports.contract import validate_report_dict
 
 REPORT_FILE = "report.json"
 COMPARISON_SCHEMA = 1

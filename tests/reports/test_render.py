@@ -7,6 +7,14 @@ import numpy as np
 import pytest
 
 from lkca_deploy.errors import UserError
+from lkca_deploy.reports.contract import (
+    COST_KEYS,
+    E2E_STAGES,
+    ENGINE_KEYS,
+    LATENCY_KEYS,
+    PARITY_KEYS,
+    TOP_LEVEL_KEYS,
+)
 from lkca_deploy.reports.cost import EngineCost
 from lkca_deploy.reports.e2e import EndToEnd
 from lkca_deploy.reports.latency import stats_from_samples
@@ -17,12 +25,6 @@ from lkca_deploy.reports.parity import (
     with_verdict,
 )
 from lkca_deploy.reports.render import (
-    COST_KEYS,
-    E2E_STAGES,
-    ENGINE_KEYS,
-    LATENCY_KEYS,
-    PARITY_KEYS,
-    TOP_LEVEL_KEYS,
     EngineResult,
     Report,
     render_markdown,
