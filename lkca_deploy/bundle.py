@@ -8,6 +8,7 @@ failure or Ctrl-C leaves no half bundle, and the manifest is written last. Torch
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -146,6 +147,35 @@ def verify_artifacts(bundle_dir: str | Path, manifest: Manifest, paths: list[str
             raise UserError(f"bundle file {rel} was altered (sha256 mismatch): rebuild the bundle")
 
 
+def verify_whole(bundle_dir: str | Path, manifest: Manifest) -> None:
+    """The whole bundle as it was written, or a UserError naming the first difference: no file the manifest does
+    not list (an engine could read it unchecked, e.g. an ONNX's external data), every listed file present at its
+    size (cheap, all first), then every sha256. Every loader (Predictor, parity, bench) serves a bundle whole or
+    not at all: a changed report or a stray file means someone changed the bundle, whatever the engine reads."""
+    bundle_dir = Path(bundle_dir)
+    listed = set(manifest_paths(manifest))
+    for root, folders, files in os.walk(bundle_dir):
+        for name in [*files, *(f for f in folders if os.path.islink(os.path.join(root, f)))]:
+            rel = Path(root, name).relative_to(bundle_dir).as_posix()
+            if rel != MANIFEST and rel not in listed:
+                raise UserError(f"bundle file {rel} is not listed in {bundle_dir / MANIFEST}: an engine could read "
+                                "it unchecked; remove it or rebuild the bundle")
+    for entry in manifest.artifacts:
+        file = inside(bundle_dir, entry["path"])
+        if not file.is_file():
+            raise UserError(f"bundle file {entry['path']} is missing from {bundle_dir}: rebuild the bundle")
+        if entry.get("size_bytes") is not None and file.stat().st_size != entry["size_bytes"]:
+            raise UserError(f"bundle file {entry['path']} was altered (size differs): rebuild the bundle")
+    verify_artifacts(bundle_dir, manifest)
+
+
+def check_engine_precision(engine: dict[str, Any], computed: str | None) -> None:
+    """Refuse an engine whose artifact computes in another precision than the manifest says (files swapped)."""
+    if computed is not None and computed != engine["precision"]:
+        raise UserError(f"bundle engine {engine['artifact']} is listed as {engine['precision']} but its artifact "
+                        f"computes in {computed}: rebuild the bundle")
+
+
 def manifest_paths(manifest: Manifest) -> list[str]:
     return [a["path"] for a in manifest.artifacts]
 
@@ -215,8 +245,7 @@ class BundleWriter:
         self._atomic = None
 
     def __enter__(self):
-        check_replaceable(self.target, self.force)
-        self._atomic = atomic_dir(self.target)
+        self._atomic = atomic_dir(self.target, force=self.force, marker=MANIFEST, what="bundle")
         self.path = self._atomic.__enter__()
         return self
 
@@ -399,18 +428,6 @@ class BundleWriter:
             extra=self._extra,
         )
         (self.path / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-
-def check_replaceable(target: Path, force: bool) -> None:
-    """Refuse to overwrite without force, and never replace something that is not a bundle (or an empty dir)."""
-    if not target.exists():
-        return
-    if not force:
-        raise UserError(f"{target} exists; pass --force to replace it")
-    if not target.is_dir() or (not (target / MANIFEST).is_file() and any(target.iterdir())):
-        raise UserError(
-            f"{target} exists and is not a bundle; refusing to replace it: choose another output path"
-        )
 
 
 def _sidecar_weights(sidecar: Path) -> str | None:

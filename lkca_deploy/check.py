@@ -135,6 +135,8 @@ def check_model(model: onnx.ModelProto, target: str, allow_gpu_fallback: bool = 
             findings = _kernel_limit(context, target, spec.kernel_limit, f"{target}'s hardware conv")
         elif name == "int8_grouped_convs":
             findings = _int8_grouped_convs(context, target, spec.int8_group_multiple)
+        elif name == "opset_range":
+            findings = _opset_range(context, target, spec.opsets)
         else:
             findings = _RULES[name](context)
         report.findings += findings
@@ -171,6 +173,17 @@ def _is_default_domain(node: onnx.NodeProto) -> bool:
 
 
 # ---------------------------------------------------------------- every target
+
+
+def _opset_range(ctx: _Context, target: str, opsets: tuple[int, int | None]) -> Iterable[Finding]:
+    """The model's opset must be one the target reads: an opset-99 model passed every other lint and failed
+    only inside the backend's build."""
+    low, high = opsets[0], opsets[1] or onnx.defs.onnx_opset_version()
+    if not low <= ctx.opset <= high:
+        fix = f"re-export with --opset {min(max(20, low), high)} (lkca-deploy export), or convert the model " \
+              "with onnx.version_converter"
+        yield Finding("error", "model", "opset", f"opset {ctx.opset} is outside what {target} reads "
+                      f"(opsets {low}..{high})", fix)
 
 
 def _standard_ops(ctx: _Context) -> Iterable[Finding]:

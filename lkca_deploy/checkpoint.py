@@ -13,7 +13,7 @@ from pathlib import Path
 from .data.spec import PreprocessSpec
 from .errors import UserError
 from .fsutil import atomic_dir
-from .models.zoo import ModelConfig, build_model
+from .models.zoo import ModelConfig, build_model, config_from_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -29,12 +29,14 @@ class Checkpoint:
 
 
 def save_checkpoint(out: Path, model, config: ModelConfig, spec: PreprocessSpec, meta: dict,
-                    optimizer=None) -> Path:
+                    optimizer=None, force: bool = False) -> Path:
+    """Write the checkpoint folder whole; an existing one is replaced only with `force`, and never a folder that
+    is not a checkpoint (fsutil.atomic_dir)."""
     from safetensors.torch import save_file
 
     from . import __version__
 
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), force=force, marker=CONFIG_FILE, what="checkpoint") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
         if optimizer is not None:
             _save_optimizer(optimizer, tmp / OPTIMIZER_FILE)
@@ -53,10 +55,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{path} is not a checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         doc = json.loads(config_file.read_text())
-        config = ModelConfig.from_dict(doc["model"])
         spec = PreprocessSpec.from_dict(doc["preprocessing"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{config_file} is corrupt: {e}") from None
+    try:
+        config = config_from_dict(doc.get("model"))
+        if spec.channels != config.in_chans:
+            raise ValueError(f"in_chans {config.in_chans} differs from the preprocessing's {spec.channels} channels")
+    except (ValueError, UserError) as e:
+        raise UserError(f"{config_file}: {e}") from None
     meta = {k: v for k, v in doc.items() if k not in ("model", "preprocessing")}
     return Checkpoint(path, config, spec, meta)
 
@@ -119,10 +126,15 @@ def load_optimizer(optimizer, path: Path) -> bool:
     from safetensors import safe_open
 
     state: dict = {}
-    with safe_open(str(path), framework="pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-            i, name = key.split(".", 1)
-            state.setdefault(int(i), {})[name] = f.get_tensor(key)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            groups = json.loads(f.metadata()["param_groups"])
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                i, name = key.split(".", 1)
+                state.setdefault(int(i), {})[name] = f.get_tensor(key)
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except Exception as e:  # noqa: BLE001 - safetensors, json and torch raise many types for a damaged file
+        detail = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot resume from {path}: it is damaged ({detail}); delete it to resume without the "
+                        "optimizer state") from None
     return True

@@ -14,6 +14,18 @@ from pathlib import Path
 import typer
 
 from .errors import UserError
+from .ranges import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    OPSET,
+    PERCENTILE,
+    POINTS,
+    POSITIVE,
+    POSITIVE_INT,
+    int_list_option,
+    option,
+)
 
 app = typer.Typer(
     name="lkca-deploy",
@@ -60,28 +72,32 @@ def train(
     model: str = typer.Argument(..., help="Zoo name (see `lkca-deploy models`)."),
     data: str = typer.Option("digits", help="digits | cifar10 | cifar100 | svhn | tiny-imagenet | digit-scenes | "
                                             "ade20k | a folder."),
-    epochs: int | None = typer.Option(None, help="Epochs (default: per data set)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: per data set)."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine with warm-up)."),
+    epochs: int | None = option(None, "Epochs (default: per data set).", POSITIVE_INT),
+    batch_size: int | None = option(None, "Batch size (default: per data set).", POSITIVE_INT),
+    lr: float = option(2e-3, "Peak learning rate (AdamW, cosine with warm-up).", POSITIVE),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     out: Path | None = typer.Option(None, help="Checkpoint directory (default runs/MODEL-DATA)."),
     resume: Path | None = typer.Option(None, help="Continue training this checkpoint."),
+    force: bool = typer.Option(False, help="Replace an existing checkpoint at --out (never another folder)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = option(0, "Random seed.", NON_NEGATIVE_INT),
     view: str | None = typer.Option(None, help="LKCA view for training: conv | attention | fft (default: "
                                                   "the faster one for the grid)."),
-    workers: int = typer.Option(0, help="Data loader worker processes."),
+    workers: int = option(0, "Data loader worker processes.", NON_NEGATIVE_INT),
 ) -> None:
     """Train a zoo model on a data set and save a checkpoint (safetensors + config.json)."""
     from .train import TrainOptions, default_batch_size, default_epochs
     from .train import train as run_training
 
     out = out or Path("runs") / f"{model}-{Path(data).name}"
-    opts = TrainOptions(epochs=epochs or default_epochs(data), batch_size=batch_size or default_batch_size(data),
+    # Resuming into the checkpoint itself replaces it: naming it twice is the consent --force gives.
+    force = force or (resume is not None and Path(resume).resolve() == Path(out).resolve())
+    opts = TrainOptions(epochs=default_epochs(data) if epochs is None else epochs,
+                        batch_size=default_batch_size(data) if batch_size is None else batch_size,
                         lr=lr, device=device,
                         seed=seed, view=view, workers=workers, data_root=str(data_root) if data_root else None,
-                        download=download)
+                        download=download, force=force)
     metrics = run_training(model, data, out=out, resume=resume, opts=opts)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 saves and reports
         return
@@ -99,8 +115,8 @@ def evaluate(
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     slide: bool = typer.Option(False, help="Segmentation: sliding windows, mIoU at each image's own size."),
-    stride: int | None = typer.Option(None, help=STRIDE_HELP),
-    scale: float | None = typer.Option(None, help=SCALE_HELP),
+    stride: int | None = option(None, STRIDE_HELP, POSITIVE_INT),
+    scale: float | None = option(None, SCALE_HELP, POSITIVE),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5 (classification) or mIoU/pixel accuracy (segmentation)."""
     from .masks import cli_slide
@@ -123,19 +139,23 @@ def export(
     source: str = typer.Argument(..., help="Checkpoint directory, or a zoo name (deterministic random weights)."),
     out: Path = typer.Option(..., help="Output .onnx file."),
     lowering: str = typer.Option("auto", help="auto | conv | crop | matmul | tiled | spectral | tune."),
-    max_kernel: int | None = typer.Option(None, help="Largest kernel side a tile may have (tiled)."),
+    max_kernel: int | None = option(None, "Largest kernel side a tile may have (tiled).", POSITIVE_INT),
     target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
     batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
-    opset: int | None = typer.Option(None, help="ONNX opset (default 20: GELU as one op; >= 17: LayerNormalization as one op)."),
+    opset: int | None = option(None, "ONNX opset (default 20: GELU as one op; >= 17: LayerNormalization as one op).",
+                               OPSET),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim."),
-    seed: int = typer.Option(0, help="Seed of a zoo model's random weights."),
-    matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
+    seed: int = option(0, "Seed of a zoo model's random weights.", NON_NEGATIVE_INT),
+    matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
     tune_backend: str = typer.Option("onnxruntime", help="Backend that times candidates for --lowering tune."),
     precision: str | None = typer.Option(None, help="Precision the engines will run (fp32 | fp16 | bf16 | int8), "
                                          "for --lowering auto: int8 on tensorrt gets a MatMul mixer."),
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
     from .export import export_model
+    from .fsutil import check_output
+
+    check_output(out)  # before tracing: a bad --out fails in a second, not after the export
 
     result = export_model(source, out, lowering=lowering, target=target, max_kernel=max_kernel,
                           batch=_parse_batch(batch), opset=opset, simplify=not no_simplify,
@@ -159,12 +179,15 @@ def lower(
     src: Path = typer.Argument(..., help="Input ONNX file (any model)."),
     out: Path = typer.Option(..., help="Output ONNX file."),
     strategy: str = typer.Option(..., help="crop | matmul | tiled | spectral."),
-    max_kernel: int | None = typer.Option(None, help="Largest kernel side after tiling."),
-    min_kernel: int | None = typer.Option(None, help="Only convs with a larger kernel side are rewritten."),
-    matmul_budget: float = typer.Option(64.0, help="Most MiB of Toeplitz weights the matmul lowering may add."),
+    max_kernel: int | None = option(None, "Largest kernel side after tiling.", POSITIVE_INT),
+    min_kernel: int | None = option(None, "Only convs with a larger kernel side are rewritten.", POSITIVE_INT),
+    matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
+    from .fsutil import check_output
     from .lowering.passes import STRATEGIES, lower_file
+
+    check_output(out)
 
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
@@ -256,8 +279,8 @@ def quantize(
     out: Path = typer.Option(..., help="Output INT8 QDQ ONNX file."),
     flavor: str = typer.Option("cpu", help="cpu (uint8 activations, ORT x86) | tensorrt (int8, zero-point 0)."),
     method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
-    percentile: float = typer.Option(99.99, help="Percentile for --method percentile."),
-    calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
+    percentile: float = option(99.99, "Percentile for --method percentile.", PERCENTILE),
+    calib_samples: int = option(512, "Calibration samples (warns below 300).", POSITIVE_INT),
     keep_fp: list[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
     max_drop: float | None = typer.Option(None, min=0.0, help="Accuracy-aware INT8: return units (a block's mixer "
                                           "or MLP, the patch embedding, the head) to float until top-1/mIoU is at "
@@ -275,8 +298,13 @@ def quantize(
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
     from .calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
+    from .fsutil import atomic_outputs, check_output
     from .onnx_io import load_onnx, save_onnx_atomic
 
+    # Every output is checked before the work and written only when all of them succeed.
+    header = trt_cache_header(tensorrt_version) if cache is not None else None
+    for path in (out, *([cache] if cache is not None else [])):
+        check_output(path)
     if max_drop is None and (max_float_units is not None or val_data is not None):
         raise UserError("--max-float-units and --val-data shape the accuracy-aware search: add --max-drop PTS")
     if max_drop is not None and keep_fp:
@@ -288,9 +316,10 @@ def quantize(
     else:
         result = _accuracy_aware_int8(load_onnx(file), array, calib, calib_samples, flavor, method, max_drop,
                                       max_float_units, val_data, data_root, download)
-    save_onnx_atomic(result.model, out)
-    if cache is not None:
-        write_trt_calibration_cache(result.ranges, cache, version_header=trt_cache_header(tensorrt_version))
+    with atomic_outputs(out, *([cache] if cache is not None else []), size_hint=result.model.ByteSize()) as tmps:
+        save_onnx_atomic(result.model, tmps[0])
+        if cache is not None:
+            write_trt_calibration_cache(result.ranges, tmps[1], version_header=header)
     typer.echo(f"wrote {out} ({flavor} flavour, {method}, {len(array)} samples"
                f"{', kept float: ' + ', '.join(result.excluded_nodes) if result.excluded_nodes else ''})")
 
@@ -327,7 +356,7 @@ def build(
     precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | int8."),
     out: Path = typer.Option(..., help="Artifact path (.onnx, .xml, .engine)."),
     calib: str | None = typer.Option(None, help="Calibration source for int8."),
-    calib_samples: int = typer.Option(512, help="Calibration samples (warns below 300)."),
+    calib_samples: int = option(512, "Calibration samples (warns below 300).", POSITIVE_INT),
     flavor: str | None = typer.Option(None, help="INT8 flavour: cpu | tensorrt (ORT), nncf | qdq (OpenVINO)."),
     device: str | None = typer.Option(None, help="cpu | cuda | tensorrt (ORT); CPU | GPU | NPU (OpenVINO); "
                                                     "cuda:N | dla:N (TensorRT)."),
@@ -335,7 +364,9 @@ def build(
 ) -> None:
     """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
     from .backends.build import build_engine
+    from .fsutil import check_output
 
+    check_output(out)
     array = _calibration(calib, file, calib_samples, data_root, False) if calib else None
     built = build_engine(file, backend, precision, out, calib=array, flavor=flavor, device=device)
     if built.artifact is None:
@@ -367,10 +398,10 @@ def pipeline(
     out: Path = typer.Option(Path("lkca-bundle"), help="Bundle directory."),
     force: bool = typer.Option(False, help="Replace an existing bundle."),
     lowering: str = typer.Option("auto", help="auto (planned per target) | conv | crop | matmul | tiled | spectral."),
-    epochs: int | None = typer.Option(None, help="Training epochs when training (default: per data set)."),
-    calib_samples: int = typer.Option(512, help="Calibration samples for INT8."),
-    batches: str = typer.Option("1,32", help="Batch sizes to time."),
-    threads: int | None = typer.Option(None, help="Inference threads (default: the backend's)."),
+    epochs: int | None = option(None, "Training epochs when training (default: per data set).", POSITIVE_INT),
+    calib_samples: int = option(512, "Calibration samples for INT8.", POSITIVE_INT),
+    batches: str = int_list_option("1,32", "Batch sizes to time."),
+    threads: int | None = option(None, "Inference threads (default: the backend's).", POSITIVE_INT),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     baseline: Path | None = typer.Option(None, help="A report.json or bundle to compare against at the end "
@@ -393,7 +424,7 @@ def pipeline(
     extra = {"openvino": ("bf16",)} if "openvino" in chosen and cpu_has_bf16(cpu_flags()) else {}
     opts = PipelineOptions(backends=chosen, precisions=_split_list(precisions, PRECISIONS,
                                                                    "precision"),
-                           lowering=lowering, batches=[int(b) for b in batches.split(",")], epochs=epochs,
+                           lowering=lowering, batches=batches, epochs=epochs,
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
                            extra_precisions=extra, golden=golden, baseline=baseline,
@@ -439,11 +470,12 @@ def parity(
     data: str | None = typer.Option(None, help="Evaluation data (default: the bundle's)."),
     as_json: bool = typer.Option(False, "--json", help="report.json on stdout."),
     out: Path | None = typer.Option(None, help="Also write report.json/.md/.html here."),
-    fp32_max_err: float = typer.Option(1e-3, help="FP32: largest max abs logit error."),
-    fp16_agreement: float = typer.Option(0.995, help="FP16: least top-1 (or pixel) agreement."),
-    int8_drop: float = typer.Option(1.0, help="INT8: largest accuracy (or mIoU) drop, in points."),
+    fp32_max_err: float = option(1e-3, "FP32: largest max abs logit error.", NON_NEGATIVE),
+    fp16_agreement: float = option(0.995, "FP16: least top-1 (or pixel) agreement.", FRACTION),
+    int8_drop: float = option(1.0, "INT8: largest accuracy (or mIoU) drop, in points.", POINTS),
+    int8_agreement: float = option(0.9, "INT8: least top-1 (or pixel) agreement with the reference.", FRACTION),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
-    threads: int | None = typer.Option(None, help="Inference threads."),
+    threads: int | None = option(None, "Inference threads.", POSITIVE_INT),
 ) -> None:
     """Re-prove a bundle's engines against PyTorch FP32 on the evaluation split; exit 1 when one fails."""
     from .proof import bundle_parity
@@ -455,6 +487,7 @@ def parity(
         thresholds = thresholds.with_limit(task, "fp16", agreement, fp16_agreement)
         thresholds = thresholds.with_limit(task, "int8", "top1_drop" if task == "classification" else "miou_drop",
                                            int8_drop)
+        thresholds = thresholds.with_limit(task, "int8", agreement, int8_agreement)
     thresholds = thresholds.with_limit("classification", "fp32", "max_abs_err", fp32_max_err)
     report = bundle_parity(bundle, data, thresholds, str(data_root) if data_root else None, threads=threads)
     if out is not None:
@@ -467,16 +500,16 @@ def parity(
 @app.command()
 def bench(
     targets: list[Path] = typer.Argument(..., help="Artifacts (with their sidecar) or bundle directories."),
-    batches: str = typer.Option("1,32", help="Batch sizes."),
-    threads: int | None = typer.Option(None, help="Inference threads."),
-    budget: float = typer.Option(2.0, help="Seconds of timed runs per engine and batch size."),
+    batches: str = int_list_option("1,32", "Batch sizes."),
+    threads: int | None = option(None, "Inference threads.", POSITIVE_INT),
+    budget: float = option(2.0, "Seconds of timed runs per engine and batch size.", POSITIVE),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ) -> None:
     """Latency of engines: warm-up, then p50/p90/p99 and throughput per batch size, with the machine's facts."""
     from .proof import bench_artifacts
     from .reports.machine import isa_summary
 
-    rows = bench_artifacts(targets, [int(b) for b in batches.split(",")], threads, budget)
+    rows = bench_artifacts(targets, batches, threads, budget)
     if as_json:
         _echo_json({"machine": isa_summary(), "engines": rows})
         return
@@ -495,12 +528,12 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files."),
     backend: str = typer.Option("auto", help="auto | onnxruntime | openvino | tensorrt."),
     precision: str | None = typer.Option(None, help="Engine precision (default: the fastest that passed)."),
-    top_k: int = typer.Option(5, help="Classes to show per image."),
+    top_k: int = option(5, "Classes to show per image.", POSITIVE_INT),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
     save_mask: Path | None = typer.Option(None, help="Segmentation: write masks and overlays here."),
     slide: bool = typer.Option(False, help="Segmentation: sliding windows instead of one whole-image resize."),
-    stride: int | None = typer.Option(None, help=STRIDE_HELP),
-    scale: float | None = typer.Option(None, help=SCALE_HELP),
+    stride: int | None = option(None, STRIDE_HELP, POSITIVE_INT),
+    scale: float | None = option(None, SCALE_HELP, POSITIVE),
     verify_mode: str = typer.Option("first-use", "--verify", help="first-use | always | off: check the engine on "
                                                                   "the bundle's golden samples before serving."),
 ) -> None:
@@ -596,18 +629,36 @@ def build_device(
 
 
 def main() -> None:
-    """Run the app; a UserError becomes one line on stderr and exit code 2, never a traceback.
-
-    Typer itself answers usage errors (unknown option, missing argument) with exit code 2.
-    """
+    """Run the app; a user's mistake (a UserError, or a usage error typer finds: unknown option, value out of
+    range) becomes one line on stderr and exit code 2, never a traceback. SIGINT and SIGTERM clean up as an
+    exception would (temp files, work folders), then say "interrupted" and exit 128 + the signal number."""
     try:
-        app()
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click
+    except ImportError:
+        from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    from .interrupts import Interrupted, interrupts_raise
+
+    try:
+        with interrupts_raise():
+            code = app(standalone_mode=False)
     except UserError as e:
         typer.echo(f"lkca-deploy: error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except NoArgsIsHelpError as e:
+        typer.echo(e.format_message(), err=True)
+        sys.exit(2)
+    except UsageError as e:
+        hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        typer.echo(f"lkca-deploy: error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except ClickException as e:
+        typer.echo(f"lkca-deploy: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except (Interrupted, KeyboardInterrupt) as e:
         typer.echo("lkca-deploy: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(e.exit_code if isinstance(e, Interrupted) else 130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def load_onnx(path: str | os.PathLike, *, load_external_data: bool = True) -> on
         except (OSError, ValueError, onnx.checker.ValidationError) as err:
             raise UserError(f"cannot read the external data of {path}: {_first_line(err)}") from None
     try:
-        onnx.checker.check_model(model)
+        # Data left outside is checked from the file, where the checker finds it beside the model (from the
+        # ModelProto alone it looks in the working directory and calls a valid model invalid).
+        unloaded = not load_external_data and external_data_locations(model)
+        onnx.checker.check_model(str(path) if unloaded else model)
     except onnx.checker.ValidationError as err:
         raise UserError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
     return model
@@ -153,6 +156,14 @@ def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
             if value is not None:
                 tensors[node.output[0]] = value
     return tensors
+
+
+def external_data_locations(model: onnx.ModelProto) -> list[str]:
+    """The files (relative to the model's folder) whose bytes the model reads beside its own, in first-use order.
+    Meaningful on a model loaded with load_external_data=False (loading moves the data inline)."""
+    found = (next((e.value for e in t.external_data if e.key == "location"), "") for t in _all_tensors(model)
+             if t.data_location == onnx.TensorProto.EXTERNAL)
+    return list(dict.fromkeys(found))
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -56,6 +56,17 @@ class PipelineOptions:
     baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
     compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
 
+    def __post_init__(self) -> None:
+        from .ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
+
+        for name, valid in (("calib_samples", POSITIVE_INT), ("epochs", POSITIVE_INT), ("threads", POSITIVE_INT),
+                            ("bench_budget_s", POSITIVE), ("seed", NON_NEGATIVE_INT)):
+            check(name, getattr(self, name), valid)
+        if not self.batches:
+            raise UserError("batches: give at least one batch size")
+        for batch in self.batches:
+            check("batches", batch, POSITIVE_INT)
+
 
 class Stages:
     """A progress display per stage on stderr: what runs, and how long it took."""
@@ -117,7 +128,7 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
         return dest
     name = str(source or DEFAULT_MODEL)
     data = data or DEFAULT_DATA[get_config(name).task]
-    train(name, data, out=dest, opts=TrainOptions(epochs=opts.epochs or default_epochs(data),
+    train(name, data, out=dest, opts=TrainOptions(epochs=default_epochs(data) if opts.epochs is None else opts.epochs,
                                                   batch_size=default_batch_size(data), seed=opts.seed,
                                                   data_root=opts.data_root, download=opts.download))
     (dest / "optimizer.safetensors").unlink(missing_ok=True)  # a deploy bundle does not resume training

@@ -127,17 +127,18 @@ def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=No
                   download: bool = False, threads: int | None = None, localise: bool = True):
     """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""
     from .backends.registry import get_backend
-    from .bundle import read_manifest, verify_artifacts
+    from .bundle import check_engine_precision, read_manifest, verify_whole
     from .reports.parity import Thresholds
     from .reports.render import EngineResult, Report
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    verify_whole(bundle_dir, manifest)  # the checkpoint, the reference of every verdict, included
     ctx = EvalContext.load(bundle_dir / "checkpoint", data, data_root=data_root, download=download)
     task, results = manifest.task, []
     for e in manifest.engines:
-        verify_artifacts(bundle_dir, manifest, [e["artifact"], *e.get("files", [])])
         with get_backend(e["backend"]).load(bundle_dir / e["artifact"], threads=threads) as runner:
+            check_engine_precision(e, runner.info.get("precision"))
             parity = engine_parity(runner, ctx.x, ctx.reference, ctx.labels, task, e["precision"], thresholds)
         results.append(EngineResult(e["backend"], e["precision"], e.get("lowering", "conv"), path=e["artifact"],
                                     parity=parity, extra={"quantizer": e.get("quantizer")}))
@@ -152,12 +153,13 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
 
     from .backends.base import sidecar_path
     from .backends.registry import get_backend
-    from .bundle import read_manifest
+    from .bundle import read_manifest, verify_whole
     from .errors import UserError
 
     targets: list[tuple[str, Path, str]] = []  # (backend, artifact, precision)
     for path in map(Path, paths):
         if path.is_dir():
+            verify_whole(path, read_manifest(path))
             targets += [(e["backend"], path / e["artifact"], e["precision"]) for e in read_manifest(path).engines]
             continue
         try:

@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 
 from .backends.base import PRECISIONS, run_batched, static_batch
-from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifacts
+from .bundle import (
+    Manifest,
+    check_engine_precision,
+    engine_files,
+    inside,
+    read_manifest,
+    verify_artifacts,
+    verify_whole,
+)
 from .data.spec import PreprocessSpec
 from .errors import UserError
 from .fsutil import atomic_output
@@ -143,19 +151,23 @@ def open_image(image: ImageLike, index: int, spec: PreprocessSpec):
     UserError naming the input when it is not an image."""
     from PIL import Image
 
+    original = image
     if isinstance(image, (str, Path)):
         image = _read_image_file(Path(image))
     elif isinstance(image, np.ndarray):
         image = _checked_array(image, index)
     elif not isinstance(image, Image.Image):
         raise UserError(f"image #{index} is a {type(image).__name__}, not a path, PIL image or numpy array")
-    return spec.to_pil(image)
+    try:
+        return spec.to_pil(image)
+    except ValueError as e:  # pixel values with no 8-bit meaning (NaN, negative, complex): refused, never clipped
+        raise UserError(f"{image_name(original, index)}: {e}") from None
 
 
 def _checked_array(image: np.ndarray, index: int) -> np.ndarray:
     array = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
     shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
-    if not shape_ok or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+    if not shape_ok or array.size == 0 or array.dtype.kind not in "uif":  # complex and bool hold no pixels
         raise UserError(
             f"image #{index} is an array of shape {image.shape} and dtype {image.dtype}, not an image: "
             "pass HxW or HxWxC (C = 1, 3 or 4) uint8"
@@ -232,8 +244,9 @@ class Predictor:
 
     backend "auto": the first of tensorrt, openvino, onnxruntime that is installed here and in the bundle. Among
     that backend's engines (at `precision` if given): those that passed parity, then unjudged ones; the fastest by
-    p50 at batch 1; without timings the most exact precision (fp32 first). The engine's files (artifact, sidecar,
-    OpenVINO weights) are checked against the manifest's sha256 before loading.
+    p50 at batch 1; without timings the most exact precision (fp32 first). The whole bundle is checked before
+    anything loads (bundle.verify_whole: no unlisted file, every file at its size and sha256), and the engine
+    must compute in the precision the manifest names.
 
     backend "tensorrt" with a bundle that carries the TensorRT ONNX: the engine for this GPU and TensorRT is the
     bundle's own if it was built on a machine like this, else a cached device build, else built here now from
@@ -267,6 +280,7 @@ class Predictor:
         self.task = self.manifest.task
         self.class_names = list(self.manifest.class_names or self.spec.class_names)
         self.top_k = _check_top_k(top_k)
+        verify_whole(self.bundle_dir, self.manifest)  # whole or not at all: see bundle.verify_whole
         self.verification = None
         if backend == "tensorrt" and _device_builds(self.manifest):
             artifact = self._device_engine(precision, device)
@@ -275,7 +289,12 @@ class Predictor:
             verify_artifacts(self.bundle_dir, self.manifest, engine_files(self.manifest, self.engine))
             artifact = inside(self.bundle_dir, self.engine["artifact"])
         self.runner = get_backend(self.engine["backend"]).load(artifact, device=device, threads=threads)
-        self._check_input_shape()
+        try:
+            check_engine_precision(self.engine, self.runner.info.get("precision"))
+            self._check_input_shape()
+        except BaseException:
+            self.runner.close()
+            raise
         if verify != "off" and self.verification is None:
             self._verify_on_load(verify)
 

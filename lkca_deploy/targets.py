@@ -38,9 +38,14 @@ class Target:
     # IConvolutionLayer::setNbGroups documents 4 (docs/tensorrt.md): a depthwise conv has 1.
     int8_group_multiple: int = 0
     checks: tuple[str, ...] = ()  # the lints of check.py that apply, by name
+    # ONNX opsets (default domain) it reads, lowest and highest; None: no documented ceiling, so the newest opset
+    # the installed onnx package defines (a higher one is no released opset). Sources: docs/backend-limits.md.
+    opsets: tuple[int, int | None] = (1, None)
 
 
-_TENSORRT_CHECKS = ("standard_ops", "tensorrt_parser", "qdq_zero_points", "int8_grouped_convs")
+_TENSORRT_CHECKS = ("opset_range", "standard_ops", "tensorrt_parser", "qdq_zero_points", "int8_grouped_convs")
+TENSORRT_OPSETS = (9, 25)  # the TensorRT 11.x ONNX parser
+ONNXRUNTIME_OPSETS = (7, 28)  # ONNX Runtime 1.32, as it says when loading a model outside them
 _TENSORRT_INT8_GROUP_MULTIPLE = 4
 
 # Lowering choices: end to end, benchmarks/lowering.py on a 2-core AVX-512 EPYC (README "Measured here"). The
@@ -51,30 +56,30 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target(
             "tensorrt", "tensorrt", None, 0, "TensorRT runs the conv; at small grids matmul may win: try `tune`",
-            checks=_TENSORRT_CHECKS, int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE,
+            checks=_TENSORRT_CHECKS, int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE, opsets=TENSORRT_OPSETS,
         ),
         Target(
             "jetson-dla", "tensorrt", DLA_KERNEL_LIMIT, 0, f"the kernel fits the DLA's {DLA_KERNEL_LIMIT}-tap limit",
             checks=(*_TENSORRT_CHECKS, "static_inputs", "dla_placement"),
-            int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE,
+            int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE, opsets=TENSORRT_OPSETS,
         ),
         Target(
             "openvino-cpu", "openvino", None, 256, "grid dynamic: OpenVINO's depthwise conv", 256,
-            checks=("standard_ops", "openvino_dft"),
+            checks=("opset_range", "standard_ops", "openvino_dft"),
         ),
         Target(
             "openvino-gpu", "openvino", None, 0, "OpenVINO GPU runs the large depthwise conv natively",
-            checks=("standard_ops", "openvino_dft", "huge_filters"),
+            checks=("opset_range", "standard_ops", "openvino_dft", "huge_filters"),
         ),
         Target(
             "openvino-npu", "openvino", NPU_KERNEL_LIMIT, 0,
             f"the kernel fits the NPU's {NPU_KERNEL_LIMIT}-tap limit",
-            checks=("standard_ops", "openvino_dft", "kernel_limit"),
+            checks=("opset_range", "standard_ops", "openvino_dft", "kernel_limit"),
         ),
         Target(
             "onnxruntime-cpu", "onnxruntime", None, 256,
             "grid dynamic: the conv (NCHWc at full optimization); `tune` measures here", 256,
-            checks=("standard_ops", "onnxruntime_cpu"),
+            checks=("opset_range", "standard_ops", "onnxruntime_cpu"), opsets=ONNXRUNTIME_OPSETS,
         ),
     )
 }

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint
+from .checkpoint import CONFIG_FILE, OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint
 from .data import open_split
 from .errors import UserError
+from .fsutil import check_replaceable
 from .masks import Slide, slide_options
 from .models.zoo import build_model, get_config
 from .progress import TrainProgress
+from .ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
 from .tasks import get_task
 
 # Settings that reach the README's accuracy on 2 CPU cores. Digits has 1,437 training images: batch 16 gives the
@@ -54,14 +56,21 @@ class TrainOptions:
     data_root: str | None = None
     download: bool = False
     progress: bool = True
+    force: bool = False  # replace an existing checkpoint at `out` (never a folder that is not one)
+
+    def __post_init__(self) -> None:
+        for name, valid in (("epochs", POSITIVE_INT), ("batch_size", POSITIVE_INT), ("lr", POSITIVE),
+                            ("weight_decay", NON_NEGATIVE), ("warmup_epochs", NON_NEGATIVE),
+                            ("seed", NON_NEGATIVE_INT), ("workers", NON_NEGATIVE_INT)):
+            check(name, getattr(self, name), valid)
 
 
 def train(model: str, data: str = "digits", out: str | Path | None = None, resume: str | Path | None = None,
           opts: TrainOptions | None = None) -> dict:
     """Train a zoo model (or resume a checkpoint) on a data set; save the checkpoint; return the final metrics."""
     opts = opts or TrainOptions()
-    if out is not None:
-        _check_writable(Path(out))  # fail before an hour of training, not after
+    if out is not None:  # fail before an hour of training, not after
+        check_replaceable(out, force=opts.force, marker=CONFIG_FILE, what="checkpoint")
     dist = _Distributed.setup(opts.device)
     device = dist.device
     torch.manual_seed(opts.seed + dist.rank)
@@ -74,8 +83,11 @@ def train(model: str, data: str = "digits", out: str | Path | None = None, resum
         start_epoch = int(ckpt.meta.get("epochs", 0))
         config = ckpt.config
     config_probe = ckpt.config if ckpt else get_config(model)
-    train_split = open_split(data, "train", config_probe.task, config_probe.img_size, opts.data_root, opts.download)
-    test_split = open_split(data, "test", config_probe.task, config_probe.img_size, opts.data_root, opts.download)
+    own_spec = ckpt.spec if ckpt else None  # resuming: the data goes through the checkpoint's preprocessing
+    train_split = open_split(data, "train", config_probe.task, config_probe.img_size, opts.data_root, opts.download,
+                             spec=own_spec)
+    test_split = open_split(data, "test", config_probe.task, config_probe.img_size, opts.data_root, opts.download,
+                            spec=own_spec)
     spec = train_split.spec
     if ckpt is None:
         config = get_config(model, num_classes=len(spec.class_names), in_chans=spec.channels)
@@ -128,7 +140,7 @@ def train(model: str, data: str = "digits", out: str | Path | None = None, resum
         meta = {"data": data, "epochs": total_epochs, "metrics": metrics, "train_seconds": round(seconds, 1),
                 "view": _view_of(net), "train_options": {"batch_size": opts.batch_size, "lr": opts.lr,
                                                          "seed": opts.seed, "processes": dist.world}}
-        save_checkpoint(Path(out), net.cpu(), config, spec, meta, optimizer)
+        save_checkpoint(Path(out), net.cpu(), config, spec, meta, optimizer, force=opts.force)
     dist.teardown()
     return {**metrics, "seconds": seconds, "view": _view_of(net)}
 
@@ -163,10 +175,9 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
         # Images one by one through the model's own preprocessing: any image converts to its channels.
         spec = replace(ckpt.spec, class_names=source.class_names)
         return evaluate_sliding(net.to(device), source, spec, device, slide)
-    ds = open_split(data, split, task, ckpt.config.img_size, data_root, download)
+    # Through the checkpoint's own preprocessing, as the Predictor runs it: images convert to its channels.
+    ds = open_split(data, split, task, ckpt.config.img_size, data_root, download, spec=ckpt.spec)
     _require_classes(data, ds.spec.class_names, ckpt.config.num_classes)
-    if ds.spec.channels != ckpt.config.in_chans:
-        raise UserError(f"{data} has {ds.spec.channels}-channel images, {checkpoint} takes {ckpt.config.in_chans}")
     metrics = evaluate_model(net.to(device), ds, get_task(task), device, batch_size)
     return {**metrics, "inference": "whole"} if task == "segmentation" else metrics
 
@@ -246,15 +257,6 @@ class _Distributed:
     def teardown(self) -> None:
         if self.world > 1:
             torch.distributed.destroy_process_group()
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"cannot write to {out.parent}: permission denied")
 
 
 def _view_of(net) -> str | None:

@@ -157,9 +157,15 @@ class OnnxRuntimeBackend(BackendBase):
         onnx_path, out = Path(onnx_path), Path(out)
         model = load_onnx(onnx_path)
         require_onnx_precision(model, onnx_path, precision, (precision,))
-        if onnx_path.resolve() != out.resolve():
-            with atomic_output(out) as tmp:
-                tmp.write_bytes(onnx_path.read_bytes())
+        external = _external_data(onnx_path)
+        if external or onnx_path.resolve() != out.resolve():
+            # The artifact is one file: external data (read from onnx_path's folder) is written inline, so the
+            # artifact runs wherever it is copied and its sidecar's hash covers every byte the session reads.
+            with atomic_output(out, size_hint=model.ByteSize()) as tmp:
+                if external:
+                    _save_inline(model, tmp, onnx_path)
+                else:
+                    tmp.write_bytes(onnx_path.read_bytes())
                 _session(tmp, providers, optimization=optimization)  # a model that cannot open is no artifact
         else:
             _session(out, providers, optimization=optimization)
@@ -183,6 +189,7 @@ class OnnxRuntimeBackend(BackendBase):
         check_options(options, LOAD_OPTIONS, "onnxruntime load")
         check_threads(threads)
         facts = read_sidecar(artifact, NAME)
+        precision = _computed_precision(Path(artifact), facts)
         device = device or facts["device"]
         optimization = check_optimization(options.get("optimization", facts["options"]["optimization"]))
         allow_spinning = bool(options.get("allow_spinning", True))
@@ -193,7 +200,7 @@ class OnnxRuntimeBackend(BackendBase):
         info = {
             "backend": NAME,
             "library_version": _ort().__version__,
-            "precision": facts["precision"],
+            "precision": precision,
             "device": device,
             "providers": session.get_providers(),
             "threads": threads,
@@ -201,6 +208,41 @@ class OnnxRuntimeBackend(BackendBase):
             "optimization": optimization,
         }
         return OnnxRuntimeRunner(session, info)
+
+
+def _external_data(path: Path) -> list[str]:
+    from lkca_deploy.onnx_io import external_data_locations, load_onnx
+
+    return external_data_locations(load_onnx(path, load_external_data=False))
+
+
+def _save_inline(model, tmp: Path, source: Path) -> None:
+    import onnx
+
+    if model.ByteSize() >= 2**31:  # protobuf's limit for one file
+        raise UserError(f"{source} holds {model.ByteSize() / 2**30:.1f} GiB of weights in external data: an "
+                        "onnxruntime artifact is one file, which protobuf caps at 2 GiB")
+    onnx.save_model(model, str(tmp))
+
+
+def _computed_precision(artifact: Path, facts: dict[str, Any]) -> str:
+    """What the artifact computes in, read off its graph, refusing an artifact that reads files its sidecar does
+    not hash or whose sidecar names another precision. Without the onnx package (a minimal device) the sidecar,
+    whose hash binds it to this very artifact, speaks for it."""
+    try:
+        from lkca_deploy.backends.base import onnx_precision
+        from lkca_deploy.onnx_io import external_data_locations, load_onnx
+    except ImportError:
+        return facts["precision"]
+    model = load_onnx(artifact, load_external_data=False)
+    external = external_data_locations(model)
+    if external:
+        raise UserError(f"{artifact.name} reads {', '.join(external)}, which its sidecar does not hash: rebuild it "
+                        "(lkca-deploy build writes one self-contained file)")
+    found = onnx_precision(model)
+    if found != facts["precision"]:
+        raise UserError(f"{artifact.name} computes in {found}, but its sidecar says {facts['precision']}: rebuild it")
+    return found
 
 
 def _session(

@@ -63,8 +63,20 @@ def load_calibration(
         raise UserError(f"calibration source {source} does not exist; give a data set name, a folder or a .npy/.npz")
     else:
         calibration = _from_data_set(str(source), spec, samples, seed, data_root, download)
+    _require_finite(calibration.array, calibration.source)
     calibration.warnings += _count_warnings(len(calibration), samples, calibration.source)
     return calibration
+
+
+def _require_finite(array: np.ndarray, source: str, rows: np.ndarray | None = None) -> None:
+    """Refuse samples holding NaN or infinity, naming how many and which: one +inf among 40 samples stretched
+    every INT8 range and left a model at 10% where FP32 had 99%."""
+    bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+    if len(bad):
+        where = (rows[bad] if rows is not None else bad).tolist()
+        shown = ", ".join(map(str, where[:10])) + (", ..." if len(where) > 10 else "")
+        raise UserError(f"{source}: {len(bad)} of {len(array)} calibration samples hold NaN or infinite values "
+                        f"(sample {shown}); remove them or fix their preprocessing")
 
 
 def _count_warnings(found: int, asked: int, source: str) -> list[str]:
@@ -108,8 +120,10 @@ def _from_array_file(path: Path, spec: PreprocessSpec, samples: int, seed: int) 
             f"{path} holds {array.dtype} values; calibration arrays are preprocessed (normalised) float tensors. "
             "Give a folder of images instead to have them preprocessed"
         )
-    subset = array[_seeded_subset(len(array), samples, seed)]
-    return CalibrationSet(np.ascontiguousarray(subset, dtype=np.float32), str(path))
+    rows = _seeded_subset(len(array), samples, seed)
+    subset = np.ascontiguousarray(array[rows], dtype=np.float32)
+    _require_finite(subset, str(path), rows)  # named by their row in the file
+    return CalibrationSet(subset, str(path))
 
 
 def _load_array(path: Path) -> np.ndarray:

@@ -7,6 +7,7 @@ Segmentation data sets live in `scenes.py` / `segmentation.py` and are dispatche
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ def is_segmentation_data(name: str) -> bool:
     return name in SEGMENTATION_DATASETS or ((path / "images").is_dir() and (path / "masks").is_dir())
 
 
-def open_split(name: str, split: str, task: str, img_size: int, root=None, download: bool = False) -> Split:
+def open_split(name: str, split: str, task: str, img_size: int, root=None, download: bool = False,
+               spec: PreprocessSpec | None = None) -> Split:
+    """`spec`: the model's own preprocessing (a checkpoint's), which every image then goes through, converted to
+    its channels as the Predictor converts; the class names stay the data set's. None: the data set's own."""
     from ..errors import UserError
 
     if task == "segmentation":
@@ -30,13 +34,13 @@ def open_split(name: str, split: str, task: str, img_size: int, root=None, downl
                             "or a folder with images/ and masks/")
         from .segmentation import open_segmentation_split
 
-        return open_segmentation_split(name, split, img_size, root, download)
+        return open_segmentation_split(name, split, img_size, root, download, spec=spec)
     if is_segmentation_data(name):
         raise UserError(f"{name} is a segmentation data set, but the model is a classifier")
     from .datasets import open_source, spec_for
 
     source = open_source(name, split, root, download)
-    spec = spec_for(source, img_size)
+    spec = spec_for(source, img_size) if spec is None else replace(spec, class_names=source.class_names)
     return Split(name, split, spec, _classification_dataset(source, spec), source.natural)
 
 

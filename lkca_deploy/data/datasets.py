@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .spec import PreprocessSpec
+from .spec import PreprocessSpec, as_8bit
 
 DIGITS_TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the test split must never move between runs, or calibration could read it
@@ -293,13 +293,15 @@ def _image_source(name: str, split: str, class_names: Sequence[str], files: Sequ
 
 
 def read_image(path: Path):
-    """An image file as RGB PIL; an unreadable file is the user's to fix, so it says which one."""
+    """An image file as RGB PIL (16-bit files scaled, not clipped: spec.as_8bit); the model's spec then converts
+    it to its channels, as the Predictor converts (gray -> RGB -> L is exact). An unreadable file is the user's to
+    fix, so it says which one."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:  # UnidentifiedImageError is an OSError
+            return as_8bit(im).convert("RGB")
+    except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError; ValueError: pixels as_8bit refuses
         raise UserError(f"cannot read image {path}: {e}") from None
 
 

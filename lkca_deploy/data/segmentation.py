@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -269,10 +269,15 @@ def preprocess_pairs(source: SegmentationSource, spec: PreprocessSpec, indices: 
     return np.concatenate(xs), np.concatenate(masks).astype(np.int64)
 
 
-def open_segmentation_split(name: str, split: str, img_size: int, root=None, download: bool = False) -> Split:
-    """The trainer's view of a split: a torch Dataset of (x float32 CHW, mask int64 HxW) and the spec behind it."""
+def open_segmentation_split(name: str, split: str, img_size: int, root=None, download: bool = False,
+                            spec: PreprocessSpec | None = None) -> Split:
+    """The trainer's view of a split: a torch Dataset of (x float32 CHW, mask int64 HxW) and the spec behind it
+    (the data set's, or `spec`, a model's own, with the data set's class names)."""
     source = open_segmentation_source(name, split, root, download)
-    spec = source.spec(img_size, "segmentation")
+    if spec is None:
+        spec = source.spec(img_size, "segmentation")
+    else:
+        spec = replace(spec, class_names=source.class_names, task="segmentation")
     return Split(name, split, spec, _torch_dataset(source, spec), source.natural)
 
 

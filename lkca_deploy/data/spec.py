@@ -45,15 +45,17 @@ class PreprocessSpec:
         return (self.channels, *self.input_size)
 
     def to_pil(self, image) -> PIL.Image.Image:  # noqa: F821
-        """A path, PIL image or HxW[xC] uint8 array as a PIL image in this spec's mode (L or RGB)."""
+        """A path, PIL image or HxW[xC] array as a PIL image in this spec's mode (L or RGB).
+
+        Pixel values are scaled to 8 bits, never clipped (see to_uint8): 16-bit images and arrays are scaled;
+        values with no 8-bit meaning are a ValueError."""
         from PIL import Image
 
         if isinstance(image, (str, Path)):
             with Image.open(image) as im:
                 im.load()
                 image = im.copy()
-        elif isinstance(image, np.ndarray):
-            image = Image.fromarray(_as_uint8(image))
+        image = Image.fromarray(to_uint8(image)) if isinstance(image, np.ndarray) else as_8bit(image)
         mode = "L" if self.channels == 1 else "RGB"
         return image if image.mode == mode else image.convert(mode)
 
@@ -79,12 +81,41 @@ class PreprocessSpec:
         return ((batch - mean) / std).astype(np.float32)
 
 
-def _as_uint8(array: np.ndarray) -> np.ndarray:
+def as_8bit(image):
+    """A PIL image with 8-bit pixels: 16-bit (I;16, and I as PIL reads 16-bit PNGs) and float (F) images scaled by
+    to_uint8. PIL's own convert("L") or convert("RGB") would clip every value above 255."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        return Image.fromarray(to_uint8(np.asarray(image).astype(np.uint16)))
+    if image.mode in ("I", "F"):
+        return Image.fromarray(to_uint8(np.asarray(image)))
+    return image
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixel values as uint8, scaled and never clipped: uint8 as is; uint16 (and integers above 255, as PIL reads
+    16-bit PNGs) scaled from 0..65535; floats in 0..1 or 0..255. ValueError for anything else (complex, bool,
+    NaN or infinite, negative, beyond 16 bits): clipping would give a confident answer for another image."""
     if array.dtype == np.uint8:
         return array
-    if array.dtype.kind == "f" and array.max(initial=0) <= 1.0:
-        array = array * 255.0
-    return np.clip(array, 0, 255).astype(np.uint8)
+    if array.dtype.kind not in "uif":
+        raise ValueError(f"{array.dtype} values are not pixels: give uint8, uint16 or float values")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"{bad} of {array.size} pixel values are NaN or infinite")
+    low, high = array.min(initial=0), array.max(initial=0)
+    if low < 0:
+        raise ValueError(f"pixel values go down to {low:g}: give 0..255 (0..1 floats, 0..65535 for 16 bits)")
+    if array.dtype == np.uint16 or (array.dtype.kind in "ui" and high > 255):
+        if high > 65535:
+            raise ValueError(f"pixel values reach {high}, beyond 16 bits: give 0..255 or 0..65535")
+        return np.round(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    if array.dtype.kind == "f" and high <= 1.0:
+        return (array * 255.0).astype(np.uint8)
+    if high > 255:
+        raise ValueError(f"pixel values reach {high:g}: give 0..255 (0..1 floats, 0..65535 for 16 bits)")
+    return array.astype(np.uint8)
 
 
 @dataclass

@@ -76,6 +76,46 @@ _register_pair("seg_tiny", "ADE20K: 512 px, patch 16, 32x32 grid, kernel 63", im
                patch=16, dim=192, depth=9, heads=12, num_classes=150, **_SEG)
 
 
+_POSITIVE_FIELDS = ("img_size", "patch", "dim", "depth", "heads", "num_classes")
+
+
+def config_from_dict(d) -> ModelConfig:
+    """A checkpoint's model config, validated against the zoo before any model is built: the name must be a zoo
+    model, mixer and task the zoo's for it, sizes positive integers that split evenly (image into patches, width
+    into heads), channels 1 or 3. Fields the dict lacks come from the zoo. ValueError says which field is wrong."""
+    from ..ranges import POSITIVE, POSITIVE_INT, Range
+
+    if not isinstance(d, dict):
+        raise ValueError(f"'model' must be an object naming a zoo model, not {d!r}")
+    name = d.get("name")
+    if name not in _REGISTRY:
+        raise ValueError(f"model name {name!r} is not in the zoo; valid: {', '.join(list_models())}")
+    zoo = _REGISTRY[name]
+    fields = {k: v for k, v in d.items() if k in ModelConfig.__dataclass_fields__}
+    config = replace(zoo, **fields)
+    for field in ("mixer", "task"):
+        if getattr(config, field) != getattr(zoo, field):
+            raise ValueError(f"{field} {getattr(config, field)!r} is not {name}'s ({getattr(zoo, field)!r})")
+    for field in _POSITIVE_FIELDS:
+        problem = POSITIVE_INT.problem(getattr(config, field))
+        if problem:
+            raise ValueError(f"{field}: {problem}")
+    if config.in_chans not in (1, 3):
+        raise ValueError(f"in_chans: {config.in_chans!r} is not 1 (grayscale) or 3 (RGB)")
+    if POSITIVE.problem(config.mlp_ratio):
+        raise ValueError(f"mlp_ratio: {POSITIVE.problem(config.mlp_ratio)}")
+    if config.kernel_size is not None and Range(1, integer=True).problem(config.kernel_size):
+        raise ValueError(f"kernel_size: {Range(1, integer=True).problem(config.kernel_size)} (or null)")
+    if config.img_size % config.patch:
+        raise ValueError(f"patch {config.patch} does not divide img_size {config.img_size}")
+    if config.dim % config.heads:
+        raise ValueError(f"dim {config.dim} does not split into {config.heads} heads")
+    for field in ("pos_embed", "progressive_head"):
+        if not isinstance(getattr(config, field), bool) and getattr(config, field) is not None:
+            raise ValueError(f"{field}: {getattr(config, field)!r} is not true, false or null")
+    return config
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -184,9 +184,10 @@ def test_parity_meter_by_task():
         ("fp16", {"agreement": 0.994}, False),
         ("bf16", {"agreement": 0.99}, True),
         ("bf16", {"agreement": 0.989}, False),
-        ("int8", {"top1_drop": 1.0}, True),
-        ("int8", {"top1_drop": 1.01}, False),
-        ("int8", {"top1_drop": -3.0}, True),
+        ("int8", {"top1_drop": 1.0, "agreement": 0.9}, True),
+        ("int8", {"top1_drop": 1.01, "agreement": 1.0}, False),
+        ("int8", {"top1_drop": -3.0, "agreement": 1.0}, True),
+        ("int8", {"top1_drop": 0.0, "agreement": 0.89}, False),
     ],
 )
 def test_classification_thresholds_at_edges(precision, metrics, passes):
@@ -202,11 +203,13 @@ def test_classification_thresholds_at_edges(precision, metrics, passes):
         ("fp16", "pixel_agreement", 0.995, 0.9949),
         ("bf16", "pixel_agreement", 0.99, 0.9899),
         ("int8", "miou_drop", 1.0, 1.001),
+        ("int8", "pixel_agreement", 0.9, 0.8999),
     ],
 )
 def test_segmentation_thresholds_at_edges(precision, metric, edge, beyond):
-    assert judge({metric: edge}, precision, "segmentation") == (True, [])
-    passed, failures = judge({metric: beyond}, precision, "segmentation")
+    exact = {"pixel_agreement": 1.0, "miou_drop": 0.0}  # every other limit met
+    assert judge({**exact, metric: edge}, precision, "segmentation") == (True, [])
+    passed, failures = judge({**exact, metric: beyond}, precision, "segmentation")
     assert not passed and len(failures) == 1 and failures[0].startswith(metric)
 
 
@@ -227,8 +230,8 @@ def test_missing_metric_fails_clearly():
 
 def test_thresholds_are_configurable():
     looser = Thresholds().with_limit("classification", "int8", "top1_drop", 2.0)
-    assert judge({"top1_drop": 1.5}, "int8", "classification", looser)[0]
-    assert not judge({"top1_drop": 1.5}, "int8", "classification")[0]  # defaults untouched
+    assert judge({"top1_drop": 1.5, "agreement": 1.0}, "int8", "classification", looser)[0]
+    assert not judge({"top1_drop": 1.5, "agreement": 1.0}, "int8", "classification")[0]  # defaults untouched
     stricter = Thresholds().with_limit("classification", "int8", "agreement", 0.98)
     passed, failures = judge({"top1_drop": 0.0, "agreement": 0.97}, "int8", "classification", stricter)
     assert not passed and failures[0].startswith("agreement")

@@ -1,0 +1,47 @@
+"""SIGINT and SIGTERM end a command the same way: as an exception, so every `with` block on the way out cleans up
+(atomic writers remove their temp files, work folders are deleted), then one line on stderr.
+
+SIGTERM is what `timeout`, CI runners and container stops send; left to Python's default it kills the process
+at once, leaving temp files behind. It is not a KeyboardInterrupt subclass on purpose: typer turns those into a
+silent exit 130 before the CLI could say anything.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """A signal asked the command to stop. BaseException, like KeyboardInterrupt: `except Exception` lets it by."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def _raise(signum: int, frame) -> None:
+    # Cleanup runs after this; a second Ctrl-C must not cut it short and leave the temp files after all.
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM raise Interrupted; the previous handlers come back after it."""
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig in SIGNALS:
+        signal.signal(sig, _raise)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
