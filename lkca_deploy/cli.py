@@ -406,6 +406,8 @@ def pipeline(
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     baseline: Path | None = typer.Option(None, help="A report.json or bundle to compare against at the end "
                                                     "(`compare` with its default limits); exit 1 on a regression."),
+    cost: bool = typer.Option(True, "--cost/--no-cost", help="Load time, peak memory and end-to-end Predictor "
+                                                             "latency per engine (a child process each)."),
     golden: int = typer.Option(64, help="Golden samples stored in the bundle, with which the device re-proves "
                                         "every engine (lkca-deploy verify); 0 for none."),
     max_drop: float = typer.Option(0.5, min=0.0, help="INT8: top-1/mIoU points the engines may lose on a validation "
@@ -427,7 +429,7 @@ def pipeline(
                            lowering=lowering, batches=batches, epochs=epochs,
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
-                           extra_precisions=extra, golden=golden, baseline=baseline,
+                           extra_precisions=extra, golden=golden, baseline=baseline, cost=cost,
                            max_drop=None if plain_int8 else max_drop)
     report = run_pipeline(source, data, out, opts)
     regressed = bool(report.comparison and report.comparison["regressed"])
@@ -504,12 +506,16 @@ def bench(
     threads: int | None = option(None, "Inference threads.", POSITIVE_INT),
     budget: float = option(2.0, "Seconds of timed runs per engine and batch size.", POSITIVE),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    cost: bool = typer.Option(True, "--cost/--no-cost", help="Also load time and peak memory (a child process per "
+                                                             "engine) and, for bundles, end-to-end Predictor "
+                                                             "latency per stage."),
 ) -> None:
-    """Latency of engines: warm-up, then p50/p90/p99 and throughput per batch size, with the machine's facts."""
+    """Latency of engines: warm-up, then p50/p90/p99 and throughput per batch size, with the machine's facts;
+    then what each engine costs beyond that: load time, peak memory, end-to-end latency through the Predictor."""
     from .proof import bench_artifacts
     from .reports.machine import isa_summary
 
-    rows = bench_artifacts(targets, batches, threads, budget)
+    rows = bench_artifacts(targets, batches, threads, budget, cost=cost)
     if as_json:
         _echo_json({"machine": isa_summary(), "engines": rows})
         return
@@ -520,6 +526,30 @@ def bench(
         for b, s in r["latency"].items():
             typer.echo(f"{r['backend']:<12} {r['precision']:<9} {b:>5} {s['p50_ms']:>9.3f} {s['p90_ms']:>9.3f} "
                        f"{s['p99_ms']:>9.3f} {s['throughput']:>9.1f}  {r['artifact']}")
+    if cost:
+        _echo_costs(rows)
+
+
+def _echo_costs(rows: list[dict]) -> None:
+    """Load time and peak memory per engine, then the Predictor's stages (p50 / p99 ms) where they were timed."""
+    from .reports.e2e import STAGES, TOTAL
+
+    typer.echo("\nload: artifact on disk -> first result, fresh process; peak: resident memory the engine adds")
+    typer.echo(f"{'backend':<12} {'precision':<9} {'load ms':>9} {'peak MiB':>9} {'library MiB':>11}  artifact")
+    for r in rows:
+        c = r["cost"]
+        typer.echo(f"{r['backend']:<12} {r['precision']:<9} {c['first_result_ms']:>9.1f} {c['peak_mb']:>9.1f} "
+                   f"{c['library_mb']:>11.1f}  {r['artifact']}")
+    timed = [r for r in rows if r.get("e2e")]
+    if timed:
+        typer.echo("\nend to end through the Predictor, one image file per call (p50 / p99 ms)")
+        typer.echo(f"{'backend':<12} {'precision':<9} " + " ".join(f"{s:>15}" for s in (*STAGES, TOTAL)))
+        for r in timed:
+            cells = [f"{st['p50_ms']:.2f} / {st['p99_ms']:.2f}" for st in
+                     (r["e2e"]["stages"][s] for s in (*STAGES, TOTAL))]
+            typer.echo(f"{r['backend']:<12} {r['precision']:<9} " + " ".join(f"{c:>15}" for c in cells))
+    for note in dict.fromkeys(r["e2e_note"] for r in rows if r.get("e2e_note")):
+        typer.echo(f"note: {note}")
 
 
 @app.command()

@@ -48,6 +48,8 @@ class PipelineOptions:
     seed: int = 0
     thresholds: object = None  # reports.parity.Thresholds; None: the defaults
     extra_precisions: dict = field(default_factory=dict)  # backend -> precisions offered only there (bf16)
+    cost: bool = True  # load time, peak memory and end-to-end Predictor latency per engine (proof.engine_cost)
+    e2e_budget_s: float = 0.5  # seconds of timed Predictor calls per engine
     golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
     # INT8 engines: units go back to float until the top-1/mIoU drop on a validation subset of the training split
     # is at most this many points (calibration/accuracy_aware.py); None: plain INT8, every unit quantized.
@@ -274,7 +276,28 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
             result.blocks, result.first_divergent = localise_divergence(
                 ctx, item.backend, item.precision, item.quantizer, lowering=opts.lowering, threads=opts.threads)
         results.append((item, result))
+    if opts.cost:
+        _cost_of_engines(ctx, results, opts)
     return results
+
+
+def _cost_of_engines(ctx: EvalContext, results, opts: PipelineOptions) -> None:
+    """Load time, peak memory and the Predictor's latency per stage of every engine that ran, each in a torch-free
+    child process of its own (proof.engine_cost), on test images of the data set written out as PNG files."""
+    from .proof import engine_cost
+    from .reports.e2e import write_sample_images
+
+    ran = [(item, result) for item, result in results if result.status != "skipped"]
+    if not ran:
+        return
+    task = ctx.ckpt.config.task
+    with tempfile.TemporaryDirectory(prefix="lkca-e2e-") as folder:
+        files = write_sample_images(ctx.data, task, folder, data_root=opts.data_root, download=opts.download,
+                                    seed=opts.seed)
+        for item, result in ran:
+            result.cost, result.e2e = engine_cost(item.backend, item.artifact, ctx.x[:EVAL_BATCH], opts.batches,
+                                                  threads=opts.threads, images=files, spec=ctx.ckpt.spec, task=task,
+                                                  e2e_budget_s=opts.e2e_budget_s)
 
 
 def _kind_of(path: Path) -> str:

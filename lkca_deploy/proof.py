@@ -1,5 +1,6 @@
-"""Proving engines: the PyTorch FP32 reference on the evaluation split, parity and latency of any runner, and
-localising where a failing engine first diverges. Used by the pipeline and by `parity` / `bench`.
+"""Proving engines: the PyTorch FP32 reference on the evaluation split, parity and latency of any runner, what an
+engine costs beyond that (load time, peak memory, end-to-end Predictor latency), and localising where a failing
+engine first diverges. Used by the pipeline and by `parity` / `bench`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ EVAL_BATCH = 32
 LOCALISE_SAMPLES = 64
 BACKEND_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
 DEFAULT_DATA = {"classification": "digits", "segmentation": "digit-scenes"}
+E2E_BUDGET_S = 0.5  # seconds of timed Predictor calls per engine: enough for a p99 of ~100+ calls on small models
 
 
 @dataclass
@@ -146,9 +148,43 @@ def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=No
                                   thresholds=(thresholds or Thresholds()).to_dict())
 
 
+def engine_cost(backend: str, artifact: str | Path, sample: np.ndarray | None, batches: Sequence[int], *,
+                threads: int | None = None, images: Sequence[str | Path] = (), spec=None, task: str | None = None,
+                class_names: Sequence[str] | None = None, e2e_budget_s: float = E2E_BUDGET_S):
+    """(EngineCost, EndToEnd | None) of one engine: load time and peak memory in a torch-free child process of its
+    own (reports/cost.py) and, given image files and the PreprocessSpec, the Predictor's latency per stage on them
+    at batch 1 in the same child (reports/e2e.py). The engine loads as the Predictor loads it (default options)."""
+    from .reports.cost import measure_cost
+    from .reports.e2e import EndToEnd
+
+    request = None
+    if images:
+        request = {"files": [str(f) for f in images], "spec": spec.to_dict(), "task": task or spec.task,
+                   "class_names": list(class_names or spec.class_names), "budget_s": e2e_budget_s}
+    cost, e2e = measure_cost(backend, artifact, sample=sample, batches=batches, threads=threads, e2e=request)
+    return cost, (EndToEnd.from_dict(e2e) if e2e else None)
+
+
+def _bundle_images(bundle_dir: Path, manifest, folder: Path) -> tuple[list[Path], str | None]:
+    """Test images of the data set a bundle was proven on, as files; ([], why not) where it cannot be read here."""
+    from .errors import UserError
+    from .reports.e2e import write_sample_images
+
+    data = manifest.extra.get("data")
+    if not data:
+        return [], f"{bundle_dir} does not name its data set"
+    try:
+        return write_sample_images(data, manifest.task, folder / bundle_dir.name), None
+    except UserError as e:
+        return [], f"no end-to-end timings for {bundle_dir}: {e}"
+
+
 def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32), threads: int | None = None,
-                    budget_s: float = 2.0) -> list[dict]:
-    """Latency of artifacts (files with a sidecar) or of every engine of bundles, on random inputs of their shape."""
+                    budget_s: float = 2.0, cost: bool = True) -> list[dict]:
+    """Latency of artifacts (files with a sidecar) or of every engine of bundles, on random inputs of their shape.
+
+    With `cost`, each row also holds "cost" (load time, peak memory) and, for a bundle's engines, "e2e" (the
+    Predictor per stage on its data set's test images, where that data set can be read here; else "e2e_note")."""
     import json
 
     from .backends.base import sidecar_path
@@ -156,26 +192,47 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
     from .bundle import read_manifest, verify_whole
     from .errors import UserError
 
-    targets: list[tuple[str, Path, str]] = []  # (backend, artifact, precision)
+    targets: list[tuple[str, Path, str, Path | None]] = []  # (backend, artifact, precision, bundle)
     for path in map(Path, paths):
         if path.is_dir():
             verify_whole(path, read_manifest(path))
-            targets += [(e["backend"], path / e["artifact"], e["precision"]) for e in read_manifest(path).engines]
+            targets += [(e["backend"], path / e["artifact"], e["precision"], path)
+                        for e in read_manifest(path).engines]
             continue
         try:
             facts = json.loads(sidecar_path(path).read_text())
         except (OSError, ValueError):
             raise UserError(f"{path} is neither a bundle nor an artifact with a sidecar (build it with "
                             "lkca-deploy build)") from None
-        targets.append((facts["backend"], path, facts.get("precision", "?")))
+        targets.append((facts["backend"], path, facts.get("precision", "?"), None))
     rows = []
     rng = np.random.default_rng(0)
-    for backend, artifact, precision in targets:
-        be = get_backend(backend)
-        with be.load(artifact, threads=threads, **be.interleaved_load_options) as runner:
-            shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
-            sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
-            latency = engine_latency(runner, sample, batches, budget_s)
-            rows.append({"backend": backend, "precision": precision, "artifact": str(artifact),
-                         "latency": {b: s.to_dict() for b, s in latency.items()}, "info": runner.info})
+    with tempfile.TemporaryDirectory(prefix="lkca-bench-") as tmp:
+        images: dict[Path, tuple[list[Path], str | None]] = {}
+        for backend, artifact, precision, bundle in targets:
+            be = get_backend(backend)
+            with be.load(artifact, threads=threads, **be.interleaved_load_options) as runner:
+                shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
+                sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
+                latency = engine_latency(runner, sample, batches, budget_s)
+                row = {"backend": backend, "precision": precision, "artifact": str(artifact),
+                       "latency": {b: s.to_dict() for b, s in latency.items()}, "info": runner.info}
+            if cost:
+                row.update(_bench_cost(backend, artifact, sample, batches, threads, bundle, images, Path(tmp)))
+            rows.append(row)
     return rows
+
+
+def _bench_cost(backend, artifact, sample, batches, threads, bundle, images, tmp: Path) -> dict:
+    from .bundle import read_manifest
+
+    files, note, manifest = [], None, None
+    if bundle is not None:
+        manifest = read_manifest(bundle)
+        if bundle not in images:
+            images[bundle] = _bundle_images(bundle, manifest, tmp)
+        files, note = images[bundle]
+    spent, e2e = engine_cost(backend, artifact, sample, batches, threads=threads, images=files,
+                             spec=manifest.spec if manifest else None, task=manifest.task if manifest else None,
+                             class_names=manifest.class_names if manifest else None)
+    return {"cost": spent.to_dict(), "e2e": e2e.to_dict() if e2e else None, **({"e2e_note": note} if note else {})}

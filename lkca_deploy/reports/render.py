@@ -272,7 +272,8 @@ def _p50_p99(stats: LatencyStats) -> str:
 
 def e2e_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """One image file through the Predictor at batch 1: p50 / p99 ms per stage, per engine that has timings."""
-    rows = [[e.name] + [_p50_p99(e.e2e.stages[s]) for s in E2E_STAGES] for e in _ran(report) if e.e2e]
+    rows = [[f"{e.name} ({e.extra['quantizer']})" if e.extra.get("quantizer") else e.name]  # two INT8 routes
+            + [_p50_p99(e.e2e.stages[s]) for s in E2E_STAGES] for e in _ran(report) if e.e2e]
     return ["engine"] + [f"{s} p50 / p99 ms" for s in E2E_STAGES], rows
 
 
