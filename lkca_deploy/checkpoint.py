@@ -62,7 +62,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = config_from_dict(doc.get("model"))
         if spec.channels != config.in_chans:
             raise ValueError(f"in_chans {config.in_chans} differs from the preprocessing's {spec.channels} channels")
-    except (ValueError, UserError) as e:
+    except (ValueError, TypeError, UserError) as e:
         raise UserError(f"{config_file}: {e}") from None
     meta = {k: v for k, v in doc.items() if k not in ("model", "preprocessing")}
     return Checkpoint(path, config, spec, meta)

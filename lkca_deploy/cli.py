@@ -663,7 +663,11 @@ def main() -> None:
     range) becomes one line on stderr and exit code 2, never a traceback. SIGINT and SIGTERM clean up as an
     exception would (temp files, work folders), then say "interrupted" and exit 128 + the signal number."""
     try:
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # typer vendors click
+        from typer._click.exceptions import (  # typer vendors click
+            ClickException,
+            NoArgsIsHelpError,
+            UsageError,
+        )
     except ImportError:
         from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 

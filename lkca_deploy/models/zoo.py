@@ -82,11 +82,12 @@ _POSITIVE_FIELDS = ("img_size", "patch", "dim", "depth", "heads", "num_classes")
 def config_from_dict(d) -> ModelConfig:
     """A checkpoint's model config, validated against the zoo before any model is built: the name must be a zoo
     model, mixer and task the zoo's for it, sizes positive integers that split evenly (image into patches, width
-    into heads), channels 1 or 3. Fields the dict lacks come from the zoo. ValueError says which field is wrong."""
+    into heads), channels 1 or 3. Fields the dict lacks come from the zoo. ValueError (TypeError for no dict at
+    all) says which field is wrong."""
     from ..ranges import POSITIVE, POSITIVE_INT, Range
 
     if not isinstance(d, dict):
-        raise ValueError(f"'model' must be an object naming a zoo model, not {d!r}")
+        raise TypeError(f"'model' must be an object naming a zoo model, not {d!r}")
     name = d.get("name")
     if name not in _REGISTRY:
         raise ValueError(f"model name {name!r} is not in the zoo; valid: {', '.join(list_models())}")
