@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_user_error, run_cli
+from cli_runner import assert_user_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_user_error, run_cli
+from cli_runner import assert_user_error, run_cli
 
 from lkca_deploy.bundle import read_manifest, verify_artifacts
 from lkca_deploy.reports.render import validate_report_dict

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_cli
+from cli_runner import run_cli
 
 from lkca_deploy.bundle import read_manifest
 from lkca_deploy.reports.contract import E2E_STAGES, validate_report_dict

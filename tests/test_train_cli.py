@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_user_error, run_cli
+from cli_runner import assert_user_error, run_cli
 from safetensors.torch import save_file
 
 from lkca_deploy.checkpoint import load_checkpoint, load_state_dict_file, read_checkpoint

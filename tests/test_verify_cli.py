@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, run_cli
+from cli_runner import assert_user_error, run_cli
 
 from lkca_deploy.device_cache import DeviceCache
 from lkca_deploy.errors import UserError

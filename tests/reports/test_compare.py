@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_user_error, run_cli
+from cli_runner import assert_user_error, run_cli
 from onnx import numpy_helper
 
 from lkca_deploy.errors import UserError
