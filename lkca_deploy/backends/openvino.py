@@ -221,9 +221,9 @@ class OpenVinoBackend(BackendBase):
                 nncf_facts = {
                     "preset": preset,
                     "smooth_quant": smooth_quant,
-                    "ignored_nodes": ignored,
                     "subset_size": len(calib),
                     "model_type": "transformer",
+                    **({"ignored_nodes": ignored} if ignored else {}),  # the accuracy-aware float units
                 }
 
         config = _compile_config(core, device, hint, performance_hint)
