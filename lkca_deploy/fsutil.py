@@ -293,6 +293,7 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with atomic_output(dst, size_hint=_written(Path(src))) as tmp:
         shutil.copyfile(src, tmp)
+        shutil.copymode(src, tmp)  # an executable stays one; publish then applies the umask rule
     return Path(dst)
 
 

@@ -28,6 +28,9 @@ def test_every_writer_gives_the_umask_modes(tmp_path, umask, mask, file_mode, di
     umask(mask)
     atomic_write_text(tmp_path / "a.txt", "a")
     atomic_copy(tmp_path / "a.txt", tmp_path / "b.txt")
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "run.sh").chmod(0o700)
+    atomic_copy(tmp_path / "run.sh", tmp_path / "copied.sh")  # a copied executable stays executable
     with atomic_output(tmp_path / "c.bin") as tmp:
         tmp.write_bytes(b"c")
     with staging_dir(tmp_path / "ir.xml") as folder:
@@ -41,7 +44,7 @@ def test_every_writer_gives_the_umask_modes(tmp_path, umask, mask, file_mode, di
     found = modes(tmp_path)
     del found["."]  # pytest's own folder
     assert found == {
-        "a.txt": file_mode, "b.txt": file_mode, "c.bin": file_mode, "ir.xml": file_mode,
+        "a.txt": file_mode, "b.txt": file_mode, "run.sh": 0o700, "copied.sh": dir_mode, "c.bin": file_mode, "ir.xml": file_mode,
         "d": dir_mode, "d/sub": dir_mode, "d/sub/e.txt": file_mode, "d/build.sh": dir_mode,
     }
 

@@ -135,7 +135,7 @@ def test_sliding_evaluation_scores_each_image_at_its_own_size(tmp_path, monkeypa
     out = tmp_path / "seg"
     train("lkca_seg_nano", "digit-scenes", out=out, opts=TrainOptions(epochs=1, batch_size=16, progress=False))
     test = scenes.make_scenes("test")
-    pairs = tmp_path / "pairs"  # an image+mask folder: read as RGB, converted by the checkpoint's preprocessing
+    pairs = tmp_path / "pairs"  # an image+mask folder, read in the checkpoint's channels
     for sub in ("images/test", "masks/test"):
         (pairs / sub).mkdir(parents=True)
     (pairs / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
@@ -146,8 +146,9 @@ def test_sliding_evaluation_scores_each_image_at_its_own_size(tmp_path, monkeypa
     slid = evaluate(out, data=str(pairs), slide=Slide(stride=64))
     assert (slid["inference"], slid["stride"], slid["samples"]) == ("slide", [64, 64], 4)
     assert slid["miou"] == pytest.approx(whole["miou"]) and slid["pixel_acc"] == pytest.approx(whole["pixel_acc"])
-    with pytest.raises(UserError, match="has 3-channel images, .* takes 1"):
-        evaluate(out, data=str(pairs))  # whole-image evaluation reads a folder as RGB
+    # Whole-image evaluation reads the folder in the model's channels too (it refused RGB before issue 13).
+    whole_pairs = evaluate(out, data=str(pairs))
+    assert (whole_pairs["inference"], whole_pairs["samples"]) == ("whole", 4)
 
 def test_sliding_a_classifier_is_refused(nano_checkpoint):
     from lkca_deploy.train import evaluate
