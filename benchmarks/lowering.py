@@ -46,7 +46,7 @@ def export_variants(
     from lkca_deploy.errors import UserError
     from lkca_deploy.export import export_model
 
-    jobs = [("conv", {}), ("crop", {}), ("matmul", {}), ("spectral", {}),
+    jobs = [("conv", {}), ("crop", {}), ("matmul", {}), ("spectral", {}), ("token_spectral", {}),
             (f"tiled:{max_kernel}", {"max_kernel": max_kernel})]
     jobs += [(f"auto@{backend}", {"target": target}) for backend, target in BACKENDS.items()]
     variants = []

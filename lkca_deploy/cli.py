@@ -138,7 +138,9 @@ def evaluate(
 def export(
     source: str = typer.Argument(..., help="Checkpoint directory, or a zoo name (deterministic random weights)."),
     out: Path = typer.Option(..., help="Output .onnx file."),
-    lowering: str = typer.Option("auto", help="auto | conv | crop | matmul | tiled | spectral | tune."),
+    lowering: str = typer.Option(
+        "auto", help="auto | conv | crop | matmul | tiled | spectral | token_spectral | tune."
+    ),
     max_kernel: int | None = option(None, "Largest kernel side a tile may have (tiled).", POSITIVE_INT),
     target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
     batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
@@ -150,6 +152,8 @@ def export(
     tune_backend: str = typer.Option("onnxruntime", help="Backend that times candidates for --lowering tune."),
     precision: str | None = typer.Option(None, help="Precision the engines will run (fp32 | fp16 | bf16 | int8), "
                                          "for --lowering auto: int8 on tensorrt gets a MatMul mixer."),
+    logits: str = typer.Option("input", help="Segmentation: input (logits at the input size, as PyTorch) | grid "
+                               "(the head's grid logits; the Predictor upsamples once to each image) | HxW."),
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
     from .export import export_model
@@ -160,7 +164,7 @@ def export(
     result = export_model(source, out, lowering=lowering, target=target, max_kernel=max_kernel,
                           batch=_parse_batch(batch), opset=opset, simplify=not no_simplify,
                           budget_bytes=int(matmul_budget * MiB), seed=seed, tune_backend=tune_backend,
-                          precision=precision)
+                          precision=precision, logits=None if logits == "input" else logits)
     if result.lowering is not None:
         typer.echo(result.lowering.summary())
     typer.echo(f"wrote {result.path}  (self-check: max abs error vs PyTorch {result.max_abs_err:.2e})")
@@ -178,7 +182,7 @@ def _parse_batch(batch: str) -> int | None:
 def lower(
     src: Path = typer.Argument(..., help="Input ONNX file (any model)."),
     out: Path = typer.Option(..., help="Output ONNX file."),
-    strategy: str = typer.Option(..., help="crop | matmul | tiled | spectral."),
+    strategy: str = typer.Option(..., help="crop | matmul | tiled | spectral | token_spectral."),
     max_kernel: int | None = option(None, "Largest kernel side after tiling.", POSITIVE_INT),
     min_kernel: int | None = option(None, "Only convs with a larger kernel side are rewritten.", POSITIVE_INT),
     matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
@@ -397,7 +401,11 @@ def pipeline(
                                                           "OpenVINO where the CPU has it)."),
     out: Path = typer.Option(Path("lkca-bundle"), help="Bundle directory."),
     force: bool = typer.Option(False, help="Replace an existing bundle."),
-    lowering: str = typer.Option("auto", help="auto (planned per target) | conv | crop | matmul | tiled | spectral."),
+    lowering: str = typer.Option(
+        "auto", help="auto (planned per target) | conv | crop | matmul | tiled | spectral | token_spectral."
+    ),
+    logits: str = typer.Option("grid", help="Segmentation: where the engines' logits end: grid (the Predictor "
+                               "upsamples once, to each image) | input (the model's input size) | HxW."),
     epochs: int | None = option(None, "Training epochs when training (default: per data set).", POSITIVE_INT),
     calib_samples: int = option(512, "Calibration samples for INT8.", POSITIVE_INT),
     batches: str = int_list_option("1,32", "Batch sizes to time."),
@@ -418,9 +426,11 @@ def pipeline(
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
     from .backends.base import PRECISIONS
     from .backends.openvino import cpu_flags, cpu_has_bf16
+    from .export import check_logits
     from .backends.registry import BACKENDS
     from .pipeline import PipelineOptions, run_pipeline
     from .reports.render import summary_table
+    check_logits(logits)  # before any training: a typo ends here, in one line
 
     chosen = _split_list(backends, BACKENDS, "backend")
     extra = {"openvino": ("bf16",)} if "openvino" in chosen and cpu_has_bf16(cpu_flags()) else {}
@@ -429,7 +439,7 @@ def pipeline(
                            lowering=lowering, batches=batches, epochs=epochs,
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
-                           extra_precisions=extra, golden=golden, baseline=baseline, cost=cost,
+                           extra_precisions=extra, golden=golden, baseline=baseline, cost=cost, logits=logits,
                            max_drop=None if plain_int8 else max_drop)
     report = run_pipeline(source, data, out, opts)
     regressed = bool(report.comparison and report.comparison["regressed"])

@@ -51,6 +51,9 @@ class PipelineOptions:
     cost: bool = True  # load time, peak memory and end-to-end Predictor latency per engine (proof.engine_cost)
     e2e_budget_s: float = 0.5  # seconds of timed Predictor calls per engine
     golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
+    # Segmentation engines end at the grid logits: the Predictor upsamples once, to each image's own size
+    # (export.py's `logits`); "input" keeps the model's input-size output.
+    logits: str = "grid"
     # INT8 engines: units go back to float until the top-1/mIoU drop on a validation subset of the training split
     # is at most this many points (calibration/accuracy_aware.py); None: plain INT8, every unit quantized.
     max_drop: float | None = 0.5
@@ -104,7 +107,8 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         ckpt_dir = stages.run("model", _model_stage, source, data, bundle.path / "checkpoint", opts)
         bundle.register_dir("checkpoint", "checkpoint")
         ctx = stages.run("reference and calibration data", EvalContext.load, ckpt_dir, data, data_root=opts.data_root,
-                         download=opts.download, calib_samples=opts.calib_samples, seed=opts.seed)
+                         download=opts.download, calib_samples=opts.calib_samples, seed=opts.seed,
+                         logits=opts.logits)
         golden = _golden_stage(ctx, bundle, opts)
         exports = stages.run("export and lower", _export_stage, ctx, bundle, opts)
         plan = stages.run("reduced-precision plan", _precision_stage, ctx, exports, opts)
@@ -171,9 +175,12 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
 
     def export(name: str, lowering: str, target: str) -> tuple[Path, str]:
         rel = f"onnx/model.{name}.onnx"
-        result = export_model(ctx.ckpt_dir, bundle.path / rel, lowering=lowering, target=target)
+        result = export_model(ctx.ckpt_dir, bundle.path / rel, lowering=lowering, target=target, logits=ctx.logits)
         bundle.register(rel, "onnx")
         return bundle.path / rel, _lowering_label(result)
+
+    if ctx.logits:  # segmentation: how parity (bundle_parity) must read the engines
+        bundle.set_extra(logits=ctx.logits)
 
     exports = {"plain": export("conv", "conv", "onnxruntime-cpu")}
     for backend in opts.backends:

@@ -34,23 +34,28 @@ class EvalContext:
     reference: np.ndarray
     calib: np.ndarray
     model: object  # the PyTorch FP32 reference (conv view)
+    logits: str | None = None  # segmentation: where the engines' logits end (export's `logits`); None: input size
 
     @classmethod
     def load(cls, ckpt_dir: Path, data: str | None = None, *, data_root: str | None = None, download: bool = False,
-             calib_samples: int = 0, seed: int = 0) -> EvalContext:
+             calib_samples: int = 0, seed: int = 0, logits: str | None = None) -> EvalContext:
         """The evaluation split (never used for calibration) and, when calib_samples > 0, that many calibration
-        samples from the training split."""
+        samples from the training split. logits: the engines' output as export_model's `logits` option says
+        ("grid": the reference is PyTorch's grid logits too; parity upsamples both to the labels)."""
         import torch
 
         from .calibration.sources import load_calibration
         from .checkpoint import load_checkpoint
         from .data import load_arrays
+        from .export import logits_module, logits_size
 
         model, ckpt = load_checkpoint(ckpt_dir, view="conv")
         data = data or ckpt.meta.get("data") or DEFAULT_DATA[ckpt.config.task]
         x, labels = load_arrays(data, "test", ckpt.spec, data_root, download)
+        logits = logits if ckpt.config.task == "segmentation" else None  # classifiers have one kind of logits
+        net = logits_module(model, logits_size(model, ckpt.config.task, logits))
         with torch.no_grad():
-            reference = np.concatenate([model(torch.from_numpy(x[i : i + EVAL_BATCH])).numpy()
+            reference = np.concatenate([net(torch.from_numpy(x[i : i + EVAL_BATCH])).numpy()
                                         for i in range(0, len(x), EVAL_BATCH)])
         calib = np.zeros((0, *ckpt.spec.input_shape), np.float32)
         if calib_samples > 0:
@@ -59,7 +64,7 @@ class EvalContext:
             for message in cal.warnings:
                 print(f"warning: {message}", file=sys.stderr)
             calib = cal.array
-        return cls(ckpt_dir, ckpt, data, x, labels, reference, calib, model)
+        return cls(ckpt_dir, ckpt, data, x, labels, reference, calib, model, logits)
 
     def reference_blocks(self, x: np.ndarray) -> dict[str, np.ndarray]:
         import torch
@@ -111,7 +116,7 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
 
     with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
         tmp = Path(tmp)
-        onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=lowering,
+        onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=lowering, logits=ctx.logits,
                                  target=BACKEND_TARGETS[backend], block_outputs=True).path
         be = get_backend(backend)
         built = build_engine(onnx_path, backend, precision, tmp / f"blocks{be.artifact_suffix}",
@@ -136,7 +141,8 @@ def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=No
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     verify_whole(bundle_dir, manifest)  # the checkpoint, the reference of every verdict, included
-    ctx = EvalContext.load(bundle_dir / "checkpoint", data, data_root=data_root, download=download)
+    ctx = EvalContext.load(bundle_dir / "checkpoint", data, data_root=data_root, download=download,
+                           logits=manifest.extra.get("logits"))
     task, results = manifest.task, []
     for e in manifest.engines:
         with get_backend(e["backend"]).load(bundle_dir / e["artifact"], threads=threads) as runner:
