@@ -281,6 +281,7 @@ class BundleWriter:
         dst = self._require_open() / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+        shutil.copymode(src, dst)  # a trtexec script stays executable; the bundle's one mode rule does the rest
         return self.register(rel, kind)
 
     def add_artifact(self, src: str | Path, rel_dir: str | Path, kind: str) -> list[str]:
