@@ -214,7 +214,7 @@ def check(
                                                     "and the ops kept FP32 for them (FP16 headroom)."),
     calib: str | None = typer.Option(None, help="With --precision fp16: calibration source whose ranges are "
                                                 "measured (default: the check the pipeline stored in the model)."),
-    calib_samples: int = typer.Option(512, min=1, help="Calibration samples for --calib."),
+    calib_samples: int = option(512, "Calibration samples for --calib.", POSITIVE_INT),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Lint a model against a target's documented limits; exit 1 when the target cannot run it as it stands."""
@@ -286,12 +286,11 @@ def quantize(
     percentile: float = option(99.99, "Percentile for --method percentile.", PERCENTILE),
     calib_samples: int = option(512, "Calibration samples (warns below 300).", POSITIVE_INT),
     keep_fp: list[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
-    max_drop: float | None = typer.Option(None, min=0.0, help="Accuracy-aware INT8: return units (a block's mixer "
-                                          "or MLP, the patch embedding, the head) to float until top-1/mIoU is at "
-                                          "most this many points below FP32 on a validation subset of the training "
-                                          "split."),
-    max_float_units: int | None = typer.Option(None, min=0, help="With --max-drop: most units in float (default a "
-                                                                 "quarter)."),
+    max_drop: float | None = option(None, "Accuracy-aware INT8: return units (a block's mixer or MLP, the patch "
+                                    "embedding, the head) to float until top-1/mIoU is at most this many points "
+                                    "below FP32 on a validation subset of the training split.", NON_NEGATIVE),
+    max_float_units: int | None = option(None, "With --max-drop: most units in float (default a quarter).",
+                                         NON_NEGATIVE_INT),
     val_data: str | None = typer.Option(None, help="With --max-drop: the labelled data set whose training split "
                                                    "validates (default: --calib, when it names a data set)."),
     cache: Path | None = typer.Option(None, help="Also write a TensorRT calibration cache here."),
@@ -418,20 +417,20 @@ def pipeline(
                                                              "latency per engine (a child process each)."),
     golden: int = typer.Option(64, help="Golden samples stored in the bundle, with which the device re-proves "
                                         "every engine (lkca-deploy verify); 0 for none."),
-    max_drop: float = typer.Option(0.5, min=0.0, help="INT8: top-1/mIoU points the engines may lose on a validation "
-                                   "subset of the training split before units (mixers, MLPs, ...) return to float."),
+    max_drop: float = option(0.5, "INT8: top-1/mIoU points the engines may lose on a validation subset of the "
+                                  "training split before units (mixers, MLPs, ...) return to float.", NON_NEGATIVE),
     plain_int8: bool = typer.Option(False, "--plain-int8", help="INT8 with every unit quantized: no accuracy "
                                                                 "search (--max-drop is then unused)."),
 ) -> None:
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
     from .backends.base import PRECISIONS
     from .backends.openvino import cpu_flags, cpu_has_bf16
-    from .export import check_logits
     from .backends.registry import BACKENDS
+    from .export import check_logits
     from .pipeline import PipelineOptions, run_pipeline
     from .reports.render import summary_table
-    check_logits(logits)  # before any training: a typo ends here, in one line
 
+    check_logits(logits)  # before any training: a typo ends here, in one line
     chosen = _split_list(backends, BACKENDS, "backend")
     extra = {"openvino": ("bf16",)} if "openvino" in chosen and cpu_has_bf16(cpu_flags()) else {}
     opts = PipelineOptions(backends=chosen, precisions=_split_list(precisions, PRECISIONS,

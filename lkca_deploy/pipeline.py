@@ -50,16 +50,16 @@ class PipelineOptions:
     extra_precisions: dict = field(default_factory=dict)  # backend -> precisions offered only there (bf16)
     cost: bool = True  # load time, peak memory and end-to-end Predictor latency per engine (proof.engine_cost)
     e2e_budget_s: float = 0.5  # seconds of timed Predictor calls per engine
+    baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
+    compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
     golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
-    # Segmentation engines end at the grid logits: the Predictor upsamples once, to each image's own size
-    # (export.py's `logits`); "input" keeps the model's input-size output.
-    logits: str = "grid"
     # INT8 engines: units go back to float until the top-1/mIoU drop on a validation subset of the training split
     # is at most this many points (calibration/accuracy_aware.py); None: plain INT8, every unit quantized.
     max_drop: float | None = 0.5
     max_float_units: int | None = None  # None: a quarter of the units
-    baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
-    compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
+    # Segmentation engines end at the grid logits: the Predictor upsamples once, to each image's own size
+    # (export.py's `logits`); "input" keeps the model's input-size output.
+    logits: str = "grid"
 
     def __post_init__(self) -> None:
         from .ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
