@@ -141,7 +141,7 @@ def _write_adopted_sidecar(engine: Path, onnx_path: Path, build: dict[str, Any],
                            device: str | None) -> None:
     """trtexec writes no sidecar: describe the engine it built from the recipe and this machine's facts."""
     from .backends.base import input_facts, load_onnx, onnx_precision, write_sidecar
-    from .backends.trtexec import TensorRTSettings, parse_device, precision_plan
+    from .backends.trtexec import COMPAT_FACTS, TensorRTSettings, parse_device, precision_plan
 
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     model = load_onnx(onnx_path)
@@ -159,7 +159,7 @@ def _write_adopted_sidecar(engine: Path, onnx_path: Path, build: dict[str, Any],
                  "quantization": plan.quantization},
         settings=settings.to_dict(),
         provenance={"built_by": "the bundle's trtexec script", "adopted_by": "lkca-deploy verify"},
-        target={k: here.get(k) for k in ("gpu_name", "compute_capability", "tensorrt_version")},
+        target={k: here.get(k) for k in COMPAT_FACTS},
         input=input_facts(model),
     )
 

@@ -303,6 +303,15 @@ def int8_search_table(report: Report) -> tuple[list[str], list[list[str]]]:
     return ["step", "returned to float", "float units", *(f"drop {f} (pt)" for f in flavors), "kept"], rows
 
 
+def _precision_sections(report: Report) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """The reduced-precision tables that have rows, with their titles: one list for every rendering."""
+    sections = [
+        ("What runs in float", float_parts_table(report)),
+        ("Accuracy-aware INT8 search (validation subset of the training split)", int8_search_table(report)),
+    ]
+    return [(title, table) for title, table in sections if table[1]]
+
+
 def _failure_lines(report: Report) -> list[str]:
     lines = []
     for e in report.engines:
@@ -401,13 +410,8 @@ def render_markdown(report: Report) -> str:
         "\n".join(f"- {x}" for x in _header_lines(report)),
     ]
     parts += ["## Engines", _md_table(*engine_table(report))]
-    headers, floats = float_parts_table(report)
-    if floats:
-        parts += ["## What runs in float", _md_table(headers, floats)]
-    headers, search = int8_search_table(report)
-    if search:
-        parts += ["## Accuracy-aware INT8 search (validation subset of the training split)",
-                  _md_table(headers, search)]
+    for title, table in _precision_sections(report):
+        parts += [f"## {title}", _md_table(*table)]
     headers, skipped = skipped_table(report)
     if skipped:
         parts += ["## Skipped engines", _md_table(headers, skipped)]
@@ -521,13 +525,8 @@ def render_html(report: Report) -> str:
         f'<ul class="facts">{facts}</ul>',
     ]
     parts += ["<h2>Engines</h2>", _html_table(*engine_table(report))]
-    headers, floats = float_parts_table(report)
-    if floats:
-        parts += ["<h2>What runs in float</h2>", _html_table(headers, floats)]
-    headers, search = int8_search_table(report)
-    if search:
-        parts += ["<h2>Accuracy-aware INT8 search (validation subset of the training split)</h2>",
-                  _html_table(headers, search)]
+    for title, table in _precision_sections(report):
+        parts += [f"<h2>{title}</h2>", _html_table(*table)]
     failures = _failure_lines(report)
     if failures:
         parts += [
