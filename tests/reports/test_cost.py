@@ -67,7 +67,10 @@ def test_peak_memory_is_each_engines_own(engines):
     tiny_before, wide, tiny = cost("ort_tiny"), cost("ort_wide"), cost("ort_tiny")
     assert wide.peak_method == tiny.peak_method == "clear_refs"  # Linux resets the high-water mark
     assert wide.peak_mb >= tiny_before.peak_mb + WEIGHT_MB, (wide, tiny_before)  # the weights are resident
-    assert tiny.peak_mb < WEIGHT_MB / 2 and abs(tiny.peak_mb - tiny_before.peak_mb) < 4.0, (tiny_before, tiny)
+    # The tiny engine's own figure (arena, kernels) differs between machines; what may not happen is that it keeps
+    # the wide engine's weights, so it is compared with the wide figure, not with a fixed size.
+    assert tiny.peak_mb < wide.peak_mb - WEIGHT_MB / 2, (wide, tiny)
+    assert abs(tiny.peak_mb - tiny_before.peak_mb) < 4.0, (tiny_before, tiny)
     # The whole process holds python, numpy and onnxruntime besides the engine.
     assert tiny.process_peak_mb > tiny.peak_mb + tiny.library_mb
     assert tiny.library_mb > 1.0  # importing onnxruntime is not free
