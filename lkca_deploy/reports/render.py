@@ -485,7 +485,9 @@ ul.facts { list-style: none; padding: 0; } img { max-width: 100%; }
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def cell(c: str, tag: str) -> str:
-        css = {"PASS": ' class="pass"', "FAIL": ' class="fail"'}.get(c, "")
+        # verdicts, and a comparison's cells that compare.py marks with " !" (a regression), carry their colour
+        failed = c in ("FAIL", "REGRESSED") or c.endswith(" !")
+        css = ' class="fail"' if failed else ' class="pass"' if c == "PASS" else ""
         return f"<{tag}{css}>{html.escape(c)}</{tag}>"
 
     head = "".join(cell(h, "th") for h in headers)

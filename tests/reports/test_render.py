@@ -333,6 +333,10 @@ def test_a_report_with_a_comparison_shows_it_everywhere(tmp_path):
     assert '<span class="fail">REGRESSED</span>' in section
     assert "Regression: openvino/int8-nncf/matmul: top-1 " in section
     assert section.count("<table>") == 2  # accuracy; speed and cost
+    # the regressed engine's verdict and its worse top-1 are red in the table, the other engines' cells are not
+    assert section.count('<td class="fail">REGRESSED</td>') == 1
+    red = [c.split("</td>")[0] for c in section.split("<td") if c.startswith(' class="fail">')]
+    assert red == [' class="fail">59.06 (-5.00 pt) !', ' class="fail">40.94 (+5.00 pt) !', ' class="fail">REGRESSED']
     assert '<img alt="Change against the baseline" src="data:image/png;base64,' in section
     md = (tmp_path / "report.md").read_text()
     assert "## Against the baseline" in md and ":x: **Regressed** against `main`" in md
