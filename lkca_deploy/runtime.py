@@ -23,10 +23,8 @@ from .backends.base import PRECISIONS, run_batched, static_batch
 from .bundle import (
     Manifest,
     check_engine_precision,
-    engine_files,
     inside,
     read_manifest,
-    verify_artifacts,
     verify_whole,
 )
 from .data.spec import PreprocessSpec
@@ -285,8 +283,7 @@ class Predictor:
         if backend == "tensorrt" and _device_builds(self.manifest):
             artifact = self._device_engine(precision, device)
         else:
-            self.engine = choose_engine(self.manifest.engines, backend, precision)
-            verify_artifacts(self.bundle_dir, self.manifest, engine_files(self.manifest, self.engine))
+            self.engine = choose_engine(self.manifest.engines, backend, precision)  # hashed by verify_whole above
             artifact = inside(self.bundle_dir, self.engine["artifact"])
         self.runner = get_backend(self.engine["backend"]).load(artifact, device=device, threads=threads)
         try:
