@@ -41,7 +41,7 @@ print(json.dumps({"engine": p.engine["artifact"], "import_s": imported - started
 def run_verify(bundle: Path) -> float:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "lkca_deploy.cli", "verify", str(bundle), "--all", "--json"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"verify failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")
@@ -51,7 +51,7 @@ def run_verify(bundle: Path) -> float:
 def run_load(bundle: Path, backend: str, precision: str) -> dict:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", LOAD, str(bundle), backend, precision],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"Predictor failed: {proc.stderr.strip()}")
     doc = json.loads(proc.stdout)

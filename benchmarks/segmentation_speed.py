@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
-import peers  # noqa: E402
+import _common as common
+import peers
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as peers.py: torch's idle threads must not spin
 
@@ -79,7 +79,6 @@ def graph_flops(path: Path) -> float:
 
 def sgemm_peak_gflops(threads: int, repeats: int = 15) -> dict[str, float]:
     """GFLOP/s of a 1024^3 float32 matrix product: ONNX Runtime's MatMul (the engines' kernel) and numpy's."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -186,7 +185,7 @@ def dense_upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndar
 @contextlib.contextmanager
 def todays_masks():
     """The runtime's mask step as it was before issue 17, for the baseline only."""
-    import lkca_deploy.runtime as runtime
+    from lkca_deploy import runtime
 
     current = runtime.upsampled_argmax
     runtime.upsampled_argmax = dense_upsampled_argmax
@@ -273,8 +272,10 @@ def main(argv: list[str] | None = None) -> None:
         flops["plain ONNX (conv view)"] = flops["OpenVINO from PyTorch"] = graph_flops(folder / PLAIN_ONNX)
     peak = max(peaks.values())
     notes = [
-        f"{MODEL}: random weights, batch 1, FP32; ms = median of {args.repeats} interleaved rounds; cpu ms = "
-        "process CPU time per call, all threads (other jobs on the machine inflate wall time, not this)",
+        (
+            f"{MODEL}: random weights, batch 1, FP32; ms = median of {args.repeats} interleaved rounds; cpu ms = "
+            "process CPU time per call, all threads (other jobs on the machine inflate wall time, not this)"
+        ),
         "SGEMM peak, " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + f" GFLOP/s ({SGEMM_SIZE}^3, "
         f"{args.threads} threads): the bound below uses {peak:.0f}",
     ]

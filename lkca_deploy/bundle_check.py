@@ -137,8 +137,7 @@ def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None
     cache = DeviceCache(bundle_dir)
     checks = []
     for build in builds:
-        path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, gpu_index=gpu_index,
-                                            echo=echo)
+        _, _, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, gpu_index=gpu_index, echo=echo)
         if check is None:  # found proven in the cache, or the bundle's own engine fits: check it again now
             checks.append(_tensorrt_check(bundle_dir, manifest, build, golden, cache))
         else:

@@ -625,8 +625,8 @@ def _verify_table(result) -> str:
     golden = result.golden
     lines = [result.machine["summary"],
              f"golden samples: {golden.get('samples')} ({golden.get('path')}, sha256 {golden.get('sha256', '')[:12]})",
-             f"{'engine':<26} {'status':<8} {'agree':>7} {'max err':>9} {'mean err':>9} {'metric':>15} "
-             f"{'s':>5}  tolerance"]
+             (f"{'engine':<26} {'status':<8} {'agree':>7} {'max err':>9} {'mean err':>9} {'metric':>15} "
+              f"{'s':>5}  tolerance")]
     for c in result.checks:
         if c.status == "skipped":
             lines.append(f"{c.engine:<26} {'skipped':<8} {c.reason}")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Manifest, engine_files, inside, read_manifest, verify_artifacts
+from .bundle import Manifest, engine_files, inside, verify_artifacts
 from .device_cache import DeviceCache
 from .errors import UserError
 from .fingerprint import machine_fingerprint

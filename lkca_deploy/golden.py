@@ -139,9 +139,9 @@ def write_golden(golden: GoldenSet, path: str | Path) -> str:
         "labels": golden.labels,
         **golden.reference,
     }
-    with atomic_output(Path(path)) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temp name
-            np.savez_compressed(f, **arrays)
+    # a file object: np.savez would append .npz to the temp name
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return sha256_file(path)
 
 

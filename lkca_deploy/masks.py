@@ -12,6 +12,7 @@ The Predictor (numpy + one backend) and `evaluate` (PyTorch) share this code.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -74,7 +75,7 @@ def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     The classes go last so each argmax reads contiguous memory. Output rows come in runs that fall between the same
     two source rows: each source row is resized along W once, their difference taken once per run, and every output
     row of the run is one multiply-add of it (rows of a run in blocks of at most _UPSAMPLE_BYTES)."""
-    classes, h, w = logits.shape
+    classes, h, _ = logits.shape
     height, width = size
     by_pixel = np.ascontiguousarray(np.moveaxis(np.asarray(logits, np.float32), 0, -1))  # (h, w, K)
     lo, hi, frac = bilinear_taps(height, h)
@@ -88,7 +89,7 @@ def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     mask = np.empty((height, width), np.int32)
     starts = [0, *(np.flatnonzero(np.diff(lo)) + 1), height]
-    for start, end in zip(starts[:-1], starts[1:]):
+    for start, end in itertools.pairwise(starts):
         top = row(lo[start])
         step = row(hi[start]) - top
         for wide_key in [k for k in wide if k < lo[start]]:

@@ -89,7 +89,7 @@ def test_verify_all_passes_every_engine_torch_free(small_bundle):
         f"sys.argv = ['lkca-deploy', 'verify', {str(out)!r}, '--all', '--json']\n"
         "runpy.run_module('lkca_deploy.cli', run_name='__main__')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "TORCH_IMPORTED=False" in proc.stderr
     doc = json.loads(proc.stdout)
