@@ -316,15 +316,19 @@ def nncf_quantize(
         AdvancedSmoothQuantParameters,
     )
 
+    nncf.set_log_level(logging.WARNING)  # not one INFO line per op kept float
+
     if calib is None or len(calib) == 0:
         raise UserError("int8 needs --calib SOURCE (calibration images) for NNCF")
     if preset not in NNCF_PRESETS:
         raise UserError(f"unknown nncf_preset {preset!r}: choose one of {', '.join(NNCF_PRESETS)}")
     items = calibration_items(calib)
+    _fold_constants(ov_model)
+    ignored = ov_op_names(ov_model, ignored_nodes) + constant_first_matmuls(ov_model)
     return nncf.quantize(
         ov_model,
         nncf.Dataset(items),
-        ignored_scope=nncf.IgnoredScope(names=ov_op_names(ov_model, ignored_nodes)),
+        ignored_scope=nncf.IgnoredScope(names=list(dict.fromkeys(ignored))),
         preset=nncf.QuantizationPreset(preset),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(items),
@@ -335,6 +339,28 @@ def nncf_quantize(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)  # -1 turns it off
         ),
     )
+
+
+def _fold_constants(ov_model) -> None:
+    """Constant subgraphs become constants: token_spectral builds its Toeplitz blocks as Gathers from small tables,
+    and NNCF 3.4 fails (KeyError) on a weight that a Gather feeds into a MatMul."""
+    from openvino.passes import ConstantFolding, Manager
+
+    passes = Manager()
+    passes.register_pass(ConstantFolding())
+    passes.run_passes(ov_model)
+
+
+def constant_first_matmuls(ov_model) -> list[str]:
+    """MatMuls whose first input is a constant: the spectral lowerings' DFT and Toeplitz matrices acting from the
+    left (a Linear layer's weight is the second input). NNCF 3.4 gives such a weight scales per row, which the CPU
+    plugin refuses to compile for token_spectral's Toeplitz form ("any_of(scale.size(), OC, 1U)"), so they stay
+    float: fixed linear maps of the spectrum, where INT8 would cost accuracy more than it saves time."""
+    return [
+        op.get_friendly_name()
+        for op in ov_model.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.input_value(0).get_node().get_type_name() == "Constant"
+    ]
 
 
 def ov_op_names(ov_model, onnx_nodes: Sequence[str]) -> list[str]:

@@ -10,8 +10,9 @@ strategy is one small pass over any ONNX model:
     spectral  depthwise only: DFT matrices as four small MatMuls around a complex product per head
             (lowering/spectral.py; needs a static H, W; large grids, where the Toeplitz is too big)
     token_spectral  spectral for the whole LKCA mixer: where tokens reach the conv by Transpose + Reshape and go
-            back the same way, those layout nodes go too and the DFTs act on the token layout
-            (lowering/token_spectral.py); any other depthwise conv is lowered as by `spectral`
+            back the same way, those layout nodes go too; a real DFT along H and per head a Toeplitz product
+            along W act on the token layout (lowering/token_spectral.py); any other depthwise conv is lowered
+            as by `spectral`
 
 Candidates are stride-1 2-D Conv nodes with group > 1 and a constant weight whose kernel exceeds a threshold.
 Every candidate is reported as lowered or skipped, with the reason.
@@ -369,7 +370,7 @@ def apply_rules(
         else:
             nodes, initializers, change = _REWRITES[rule.strategy](site, names, rule.max_kernel)
             replaced = (site.index,)
-        replacements.update(dict.fromkeys(replaced, []))
+        replacements.update({index: [] for index in replaced})
         replacements[site.index] = nodes
         graph.initializer.extend(initializers)
         report.changes.append(change)
@@ -740,11 +741,9 @@ def _rewrite_token_spectral(site: ConvSite, mixer, names: _Names):
         return nodes, initializers, change, (site.index,)
     heads = kernel_blocks(site.weight, site.group)
     rewrite = token_spectral.rewrite_mixer(site, mixer, heads, names)
-    (ph, pw) = rewrite.periods
     reason = (
-        f"the whole mixer in token layout, no Transpose: DFT matmuls with periods {ph}x{pw} and {heads} kernel "
-        f"spectra ({format_bytes(rewrite.weight_bytes)}; {format_bytes(rewrite.runtime_bytes)} once the runtime "
-        "expands them per channel), exact: no wrap-around"
+        f"the whole mixer in token layout, no Transpose: {rewrite.what} ({format_bytes(rewrite.weight_bytes)}; "
+        f"{format_bytes(rewrite.runtime_bytes)} once the runtime has built them), exact: no wrap-around"
     )
     change = NodeChange(site.name, "lowered", "token_spectral", reason, site.kernel, heads=heads,
                         weight_bytes=rewrite.weight_bytes)

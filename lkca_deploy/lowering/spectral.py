@@ -77,3 +77,38 @@ def kernel_spectrum(
     circulant[(..., *index)] = taps  # offsets that meet the grid are distinct modulo the period
     # Y[i] = sum_j c[j - i] X[j] is a correlation: its multiplier is sum_m c[m] e^{+2 pi i m nu / P}.
     return np.conj(np.fft.fft2(circulant))[..., : pw // 2 + 1]
+
+
+def w_toeplitz(
+    kernel: np.ndarray,
+    grid: tuple[int, int],
+    out_grid: tuple[int, int],
+    pads: tuple[int, int],
+    dilations: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(table, index): the conv as, per bin f of a real DFT along H (period Ph), a complex Toeplitz matrix along W,
+    for kernels (heads, Kh, Kw).
+
+    In that domain output row j of bin f reads input column j + c through M[f, c] = sum_r k[r, c] e^{+2 pi i f r/Ph}
+    (the H-axis multiplier of `kernel_spectrum`, one per column offset c). Each (2Wo, 2W) block [[Re, -Im], [Im, Re]]
+    acts on rows (re|im, w); table (heads, F, 3n + 1) holds Re M, -Im M, Im M of the n offsets that meet the grid and
+    a zero, and index (2Wo, 2W) picks the blocks' entries from it: table[..., index] is (heads, F, 2Wo, 2W).
+    """
+    (h, w), (ho, wo) = grid, out_grid
+    ph = periods(grid, out_grid)[0]
+    kh, kw = kernel.shape[-2:]
+    rows = np.arange(kh) * dilations[0] - pads[0]
+    cols = np.arange(kw) * dilations[1] - pads[1]
+    keep_r = (rows > -ho) & (rows < h)
+    keep_c = (cols > -wo) & (cols < w)
+    circulant = np.zeros((*kernel.shape[:-2], ph, int(keep_c.sum())))
+    circulant[..., rows[keep_r] % ph, :] = kernel[..., keep_r, :][..., keep_c].astype(np.float64)
+    multiplier = np.conj(np.fft.fft(circulant, axis=-2))[..., : ph // 2 + 1, :]  # (heads, F, n): conj: a correlation
+    n = multiplier.shape[-1]
+    zero = np.zeros((*multiplier.shape[:-1], 1))
+    table = np.concatenate([multiplier.real, -multiplier.imag, multiplier.imag, zero], axis=-1)
+    column = {int(c): i for i, c in enumerate(cols[keep_c])}
+    offset = np.array([[column.get(x - j, -1) for x in range(w)] for j in range(wo)])  # (Wo, W); -1: no tap
+    part = np.array([[0, 1], [2, 0]])  # [[Re, -Im], [Im, Re]]
+    index = np.where(offset[None, :, None, :] < 0, 3 * n, part[:, None, :, None] * n + offset[None, :, None, :])
+    return table, index.reshape(2 * wo, 2 * w)

@@ -1,4 +1,4 @@
-"""The `token_spectral` lowering: the whole LKCA mixer, tokens in and tokens out, as DFT products with no Transpose.
+"""The `token_spectral` lowering: the whole LKCA mixer, tokens in and out, as DFT and Toeplitz MatMuls.
 
 An exported LKCA block reaches its depthwise conv through a layout change and comes back the same way:
 
@@ -6,7 +6,22 @@ An exported LKCA block reaches its depthwise conv through a layout change and co
                        -Reshape-> (B, C, Ho*Wo) -Transpose-> tokens (B, Ho*Wo, C)
 
 This pass replaces those five nodes. The tokens are already a (B, H, W, C) grid by a reshape, and a MatMul with a
-constant on its left contracts the data's second-to-last axis, so every DFT is applied along H or W where it lies:
+constant on its left contracts the data's second-to-last axis, so each transform is applied where its axis lies.
+Two forms, both exact for the same reason as the `spectral` lowering (lowering/spectral.py): the circulant period
+along a transformed axis is grid + output - 1, so the circular convolution has no wrap-around.
+
+The Toeplitz form (used wherever its matrices fit TOEPLITZ_W_BYTES per layer, the zoo's grids included):
+
+    (B, H, W*C)       --(2F x H) real DFT along H-->                  (B, 2F, W*C) = (B, F, 2W, C): rows (f, re|im, w)
+    split into heads  --per head, (F, 2Wo, 2W) complex Toeplitz-->    (B, F, 2Wo, C/heads), concatenated back
+    (B, 2F, Wo*C)     --(Ho x 2F) inverse real DFT along H-->         (B, Ho, Wo*C) = tokens (B, Ho*Wo, C)
+
+In the H-frequency domain the conv is a 1-D correlation along W per bin; its Toeplitz matrix differs per head, so
+the channels are split by head (Split and Concat, no Transpose) and each head gets one batched MatMul. At
+lkca_seg_tiny's 32x32 grid and K63 that is 50 M multiply-adds per layer; the blocks (6 MiB per layer there) are a
+Gather from a 0.3 MiB table, folded by the runtime when it loads the model.
+
+The DFT form (grids too large for the Toeplitz blocks, which grow as W^2 * H):
 
     (B, H, W, C)   --(2F x W) real DFT along W-->         (B, H, 2F, C) = (B, 2H, F*C): rows (h, re|im)
     (B, 2H, F*C)   --(2Ph x 2H) complex DFT along H-->    (B, 2, Ph, F, heads, C/heads)
@@ -14,11 +29,8 @@ constant on its left contracts the data's second-to-last axis, so every DFT is a
     (B, 2Ph, F*C)  --(2Ho x 2Ph) inverse DFT along H-->   (B, 2Ho, F*C) = (B, Ho, 2F, C)
     (B, Ho, 2F, C) --(Wo x 2F) inverse real DFT along W--> (B, Ho, Wo, C) = tokens (B, Ho*Wo, C)
 
-Exact for the same reason as the `spectral` lowering (lowering/spectral.py, whose W-axis matrices and kernel spectra
-this pass reuses): the circulant period per axis is grid + output - 1, so the circular convolution has no wrap-around.
-Only Reshape, MatMul, Expand (of constants, folded at load), Gather, Mul and Add remain: no Transpose, no DFT op.
-At lkca_seg_tiny's 32x32 grid and K63 that is the spectral lowering's 124 M multiply-adds per layer, without its
-four Transposes per layer (29% of the model's ONNX Runtime time in issue 17's profile).
+124 M multiply-adds per layer at 32x32 / K63. Either way only Reshape, MatMul, Split, Concat, Gather, Expand (of
+constants), Mul and Add remain: no Transpose (29% of the model's ONNX Runtime time in issue 17's profile), no DFT op.
 """
 
 from __future__ import annotations
@@ -138,14 +150,81 @@ class MixerRewrite:
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     weight_bytes: int  # float constants added to the file
-    runtime_bytes: int  # what the runtime holds once it has folded the Expands
-    periods: tuple[int, int]
+    runtime_bytes: int  # what the runtime holds once it has folded the constant subgraphs (Expand, Gather)
+    what: str  # the form, for the lowering report
+
+
+TOEPLITZ_W_BYTES = 16 * 2**20  # per layer, held by the runtime: above it the mixer keeps the DFT along W too
 
 
 def rewrite_mixer(site, mixer: Mixer, heads: int, names) -> MixerRewrite:
     """The nodes that compute `mixer.tokens_out` from `mixer.tokens_in` in token layout (see the module docstring).
 
-    `site`: the conv (passes.ConvSite), `heads`: contiguous channel blocks sharing one kernel."""
+    `site`: the conv (passes.ConvSite), `heads`: contiguous channel blocks sharing one kernel. The Toeplitz form
+    where its matrices fit TOEPLITZ_W_BYTES (it does fewer multiply-adds at every grid, but its matrices grow as
+    W^2 * H), else the DFT along both axes."""
+    if toeplitz_w_bytes(site, heads) <= TOEPLITZ_W_BYTES:
+        return _rewrite_toeplitz_w(site, mixer, heads, names)
+    return _rewrite_dft_hw(site, mixer, heads, names)
+
+
+def toeplitz_w_bytes(site, heads: int) -> int:
+    """What the Toeplitz form's (heads, F, 2Wo, 2W) matrices take once the runtime has built them."""
+    (_, w), (_, wo) = site.grid, site.out_grid
+    bins = spectral.periods(site.grid, site.out_grid)[0] // 2 + 1
+    return heads * bins * 4 * wo * w * site.weight.dtype.itemsize
+
+
+def _rewrite_toeplitz_w(site, mixer: Mixer, heads: int, names) -> MixerRewrite:
+    """Real DFT along H; per H-bin and head, a complex Toeplitz product along W; the inverse real DFT along H."""
+    channels = site.weight.shape[0]
+    depth = channels // heads
+    (h, w), (ho, wo) = site.grid, site.out_grid
+    ph = spectral.periods(site.grid, site.out_grid)[0]
+    bins = ph // 2 + 1
+    kernels = site.weight.reshape(heads, depth, *site.kernel)[:, 0]
+    table, index = spectral.w_toeplitz(kernels, site.grid, site.out_grid, site.pads[:2], site.dilations)
+    g = _Builder(site.name, names, site.weight.dtype)
+    t = g.view(mixer.tokens_in, "rows", [h, w * channels])
+    t = g.node("MatMul", [g.const("dft_h", bins_outer(spectral.forward_w(h, ph).T, bins)), t], "dft_h")
+    t = g.view(t, "bins", [bins, 2 * w, channels])  # (B, F, 2W, C): rows (f, re|im, w)
+    # Each head's (F, 2Wo, 2W) blocks are a Gather from its small table, folded by the runtime at load. One Gather
+    # per head, straight into its MatMul: NNCF 3.4 fails on one Gather whose output is Split between MatMuls.
+    index = g.const("toeplitz_index", index, np.int64)
+    parts = _split(g, t, [depth] * heads, axis=-1, tag="head") if heads > 1 else [t]
+    outs = [
+        g.node("MatMul", [g.node("Gather", [g.const(f"toeplitz_table{i}", table[i]), index], f"blocks{i}", axis=1), x],
+               f"toeplitz_w{i}")
+        for i, x in enumerate(parts)
+    ]
+    t = g.node("Concat", outs, "heads", axis=-1) if heads > 1 else outs[0]  # (B, F, 2Wo, C): rows (f, re|im, j)
+    t = g.view(t, "spectrum", [2 * bins, wo * channels])
+    t = g.node("MatMul", [g.const("idft_h", bins_outer(spectral.inverse_w(ph, ho), bins).T), t], "idft_h")
+    bias = site.node.input[2] if len(site.node.input) > 2 else ""
+    t = g.view(t, "tokens", [ho * wo, channels], None if bias else mixer.tokens_out)
+    if bias:  # not in the toolkit's exports; one value per channel, the tokens' last axis
+        g.node("Add", [t, bias], "bias", mixer.tokens_out)
+    runtime = g.weight_bytes - table.size * site.weight.dtype.itemsize + toeplitz_w_bytes(site, heads)
+    what = (f"a real DFT along H (period {ph}) and per head a Toeplitz product along W ({heads} x {bins} "
+            f"{2 * wo}x{2 * w} blocks)")
+    return MixerRewrite(g.nodes, g.initializers, g.weight_bytes, runtime, what)
+
+
+def bins_outer(m: np.ndarray, bins: int) -> np.ndarray:
+    """A DFT matrix whose rows come (re|im, f) with rows (f, re|im) instead: each bin's two parts side by side,
+    so that a bin's [re | im] rows and the W axis after them form one contiguous (2W) axis."""
+    return m.reshape(2, bins, -1).transpose(1, 0, 2).reshape(2 * bins, -1)
+
+
+def _split(g: _Builder, t: str, sizes: list[int], *, axis: int, tag: str) -> list[str]:
+    outputs = [g.names.fresh(f"{g.base}/{tag}{i}") for i in range(len(sizes))]
+    split = g.const(f"{tag}_sizes", np.array(sizes), np.int64)
+    g.nodes.append(helper.make_node("Split", [t, split], outputs, name=g.names.fresh(f"{g.base}/{tag}s"), axis=axis))
+    return outputs
+
+
+def _rewrite_dft_hw(site, mixer: Mixer, heads: int, names) -> MixerRewrite:
+    """Real DFT along W, complex DFT along H, the per-head product, and back."""
     channels = site.weight.shape[0]
     depth = channels // heads
     (h, w), (ho, wo) = site.grid, site.out_grid
@@ -169,7 +248,8 @@ def rewrite_mixer(site, mixer: Mixer, heads: int, names) -> MixerRewrite:
         g.node("Add", [t, bias], "bias", mixer.tokens_out)
     expanded = 2 * 2 * ph * bins * channels * site.weight.dtype.itemsize  # the two factors, per channel
     factors = 2 * 2 * ph * bins * heads * site.weight.dtype.itemsize
-    return MixerRewrite(g.nodes, g.initializers, g.weight_bytes, g.weight_bytes - factors + expanded, (ph, pw))
+    what = f"DFT matmuls with periods {ph}x{pw} and {heads} kernel spectra"
+    return MixerRewrite(g.nodes, g.initializers, g.weight_bytes, g.weight_bytes - factors + expanded, what)
 
 
 def _product(g: _Builder, t: str, spectrum: np.ndarray, ph: int, bins: int, heads: int, depth: int) -> str:
