@@ -88,9 +88,8 @@ def choose_lowering(
         if depthwise:
             # token_spectral: the mixer's layout Transposes go too (1.5x spectral on ORT, 1.1x on OpenVINO at 32x32,
             # benchmarks/segmentation_speed.py); at 16x16 and below the Toeplitz matmul still wins at batch 1.
-            return Plan(
-                "token_spectral", None, f"at {grid[0]}x{grid[1]} DFT and Toeplitz matmuls on the token layout beat the conv on {target}"
-            )
+            return Plan("token_spectral", None,
+                        f"at {grid[0]}x{grid[1]} DFT and Toeplitz matmuls on the token layout beat the conv on {target}")
         return Plan("conv", None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
     return Plan("conv", None, caps.conv_note)
 
