@@ -227,6 +227,7 @@ class _Built:
     artifact: Path | None = None
     skipped: str | None = None
     extra_files: list[Path] = field(default_factory=list)  # e.g. TensorRT's trtexec line and calibration cache
+    source: Path | None = None  # the export it was built from, with the reduced-precision plan in its metadata
     golden: dict | None = None  # achieved on the golden samples + the device's tolerance
 
 
@@ -252,7 +253,8 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
                                       flavor=quantizer, calib=ctx.calib if precision == "int8" else None)
                 # A backend built on the device keeps its device files even when built here: engines do not move.
                 keep = list(result.files) if be.built_on_device or not result.artifact else []
-                built.append(_Built(backend, precision, lowering, quantizer, result.artifact, result.deferred, keep))
+                built.append(_Built(backend, precision, lowering, quantizer, result.artifact, result.deferred, keep,
+                                    source=onnx_path))
     return built
 
 
@@ -281,7 +283,8 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
                               extra={"quantizer": item.quantizer, **info})
         if not parity["passed"]:
             result.blocks, result.first_divergent = localise_divergence(
-                ctx, item.backend, item.precision, item.quantizer, lowering=opts.lowering, threads=opts.threads)
+                ctx, item.backend, item.precision, item.quantizer, lowering=opts.lowering, threads=opts.threads,
+                plan_from=item.source)
         results.append((item, result))
     if opts.cost:
         _cost_of_engines(ctx, results, opts)

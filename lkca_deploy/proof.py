@@ -105,12 +105,15 @@ LOCALISE_SAMPLES = 64
 
 
 def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantizer: str | None = None, *,
-                        lowering: str = "auto", threads: int | None = None):
+                        lowering: str = "auto", threads: int | None = None, plan_from: Path | None = None):
     """Where a failing engine first diverges: the same engine built from an export whose transformer blocks are
     extra outputs, compared block by block with PyTorch (cheaper than marking every tensor, which runs out of
-    memory on transformers). Returns (per-block errors, first divergent block) or (None, None) if unsupported."""
+    memory on transformers). plan_from: the export the engine was built from, whose reduced-precision plan (float
+    units, FP16 headroom) the block export then follows. Returns (per-block errors, first divergent block) or
+    (None, None) if unsupported."""
     from .backends.build import build_engine
     from .backends.registry import get_backend
+    from .calibration.plan import carry_plan
     from .export import export_model
     from .reports.parity import first_divergent_block
 
@@ -118,6 +121,8 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
         tmp = Path(tmp)
         onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=lowering, logits=ctx.logits,
                                  target=BACKEND_TARGETS[backend], block_outputs=True).path
+        if plan_from is not None:
+            carry_plan(plan_from, onnx_path)
         be = get_backend(backend)
         built = build_engine(onnx_path, backend, precision, tmp / f"blocks{be.artifact_suffix}",
                              flavor=quantizer, calib=ctx.calib if precision == "int8" else None)

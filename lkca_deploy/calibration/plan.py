@@ -102,3 +102,20 @@ def plan_precision(
             set_metadata(model, values)
             save_onnx_atomic(model, path)
     return plan
+
+
+def carry_plan(source: Path, target: Path) -> None:
+    """Write the plan in `source`'s metadata into `target`, another export of the same model (with block outputs,
+    say), so an engine built from `target` keeps the same parts in float. INT8 units are named by structure and
+    found again in `target`; the FP16 nodes keep their names (builds skip names a graph lacks)."""
+    from lkca_deploy.onnx_io import load_onnx, save_onnx_atomic
+    from lkca_deploy.onnx_meta import FP16_HEADROOM, INT8_ACCURACY, read_metadata, set_metadata
+
+    plan = read_metadata(load_onnx(source))
+    model = load_onnx(target)
+    values = metadata_for(model, plan[INT8_ACCURACY]) if isinstance(plan.get(INT8_ACCURACY), dict) else {}
+    if isinstance(plan.get(FP16_HEADROOM), dict):
+        values[FP16_HEADROOM] = plan[FP16_HEADROOM]
+    if values:
+        set_metadata(model, values)
+        save_onnx_atomic(model, target)

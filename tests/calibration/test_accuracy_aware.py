@@ -164,3 +164,35 @@ def test_every_int8_engine_built_from_the_metadata_keeps_the_same_units_float(in
     assert reference - task_metric(logits, case.test_y, "classification") <= BOUND
     facts = json.loads(sidecar_path(built.artifact).read_text())
     assert facts["provenance"]["int8_float_units"] == [OUTLIER_MIXER]
+
+
+def test_localisation_builds_its_block_export_with_the_same_units_float(int8_outlier_case, searched, tmp_path):
+    """Parity localises a failing engine by rebuilding it from an export with block outputs (proof.py): that
+    export carries the plan of the one the engine was built from, or the rebuilt engine would be plain INT8."""
+    import copy
+
+    import onnx
+
+    from lkca_deploy.calibration.accuracy_aware import metadata_for, planned_float_nodes
+    from lkca_deploy.calibration.plan import carry_plan
+    from lkca_deploy.export import export_model
+    from lkca_deploy.onnx_io import save_onnx_atomic
+    from lkca_deploy.onnx_meta import set_metadata
+    from lkca_deploy.proof import EvalContext, localise_divergence
+
+    case = int8_outlier_case
+    model = copy.deepcopy(case.model)
+    set_metadata(model, metadata_for(model, searched.summary()))
+    save_onnx_atomic(model, tmp_path / "model.onnx")
+    blocks = export_model(case.ckpt, tmp_path / "blocks.onnx", block_outputs=True).path
+    assert planned_float_nodes(onnx.load(str(blocks))) == ([], [])
+    carry_plan(tmp_path / "model.onnx", blocks)
+    units, nodes = planned_float_nodes(onnx.load(str(blocks)))
+    assert units == [OUTLIER_MIXER] and len(nodes) == len(planned_float_nodes(model)[1]) > 0
+
+    ctx = EvalContext.load(case.ckpt, "digits", calib_samples=CALIB_SAMPLES, seed=CALIB_SEED)
+    plain, _ = localise_divergence(ctx, "onnxruntime", "int8", "cpu")
+    planned, _ = localise_divergence(ctx, "onnxruntime", "int8", "cpu", plan_from=tmp_path / "model.onnx")
+    error = {name: [b["mean_abs_err"] for b in run if b["block"].endswith(str(OUTLIER_BLOCK))]
+             for name, run in (("plain", plain), ("planned", planned))}
+    assert error["planned"][0] < error["plain"][0] / 2, error  # the outlier block's mixer is float again
