@@ -412,7 +412,13 @@ def pipeline(
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
     baseline: Path | None = typer.Option(None, help="A report.json or bundle to compare against at the end "
-                                                    "(`compare` with its default limits); exit 1 on a regression."),
+                                                    "(as `compare` does); exit 1 on a regression."),
+    baseline_max_accuracy_drop: float | None = option(None, "With --baseline: largest accuracy (or agreement) "
+                                                            "drop, in points (default 1).", POINTS),
+    baseline_max_latency_increase: float | None = option(None, "With --baseline: largest p50 increase in percent, "
+                                                               "at every batch size (default 100).", NON_NEGATIVE),
+    baseline_max_memory_increase: float | None = option(None, "With --baseline: largest peak-memory increase in "
+                                                              "percent (default 20).", NON_NEGATIVE),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="Load time, peak memory and end-to-end Predictor "
                                                              "latency per engine (a child process each)."),
     golden: int = typer.Option(64, help="Golden samples stored in the bundle, with which the device re-proves "
@@ -431,6 +437,8 @@ def pipeline(
     from .reports.render import summary_table
 
     check_logits(logits)  # before any training: a typo ends here, in one line
+    limits = _baseline_limits(baseline, baseline_max_accuracy_drop, baseline_max_latency_increase,
+                              baseline_max_memory_increase)
     chosen = _split_list(backends, BACKENDS, "backend")
     extra = {"openvino": ("bf16",)} if "openvino" in chosen and cpu_has_bf16(cpu_flags()) else {}
     opts = PipelineOptions(backends=chosen, precisions=_split_list(precisions, PRECISIONS,
@@ -439,7 +447,7 @@ def pipeline(
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
                            extra_precisions=extra, golden=golden, baseline=baseline, cost=cost, logits=logits,
-                           max_drop=None if plain_int8 else max_drop)
+                           max_drop=None if plain_int8 else max_drop, compare_thresholds=limits)
     report = run_pipeline(source, data, out, opts)
     regressed = bool(report.comparison and report.comparison["regressed"])
     typer.echo(summary_table(report))
@@ -447,6 +455,18 @@ def pipeline(
                f"{'PASSED' if report.passed else 'FAILED'}{'  REGRESSED against the baseline' if regressed else ''}")
     if not report.passed or regressed:
         raise typer.Exit(1)
+
+
+def _baseline_limits(baseline: Path | None, accuracy: float | None, latency: float | None, memory: float | None):
+    """pipeline's --baseline-max-* limits over compare's defaults; UserError when they come without --baseline."""
+    from .reports.compare import CompareThresholds
+
+    given = {"max_accuracy_drop": accuracy, "max_latency_increase": latency, "max_memory_increase": memory}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and baseline is None:
+        flags = ", ".join(f"--baseline-{k.replace('_', '-')}" for k in given)
+        raise UserError(f"{flags} limit(s) the comparison with a baseline: add --baseline REPORT")
+    return CompareThresholds(**given)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Every user-caused failure of the deployment commands: one line on stderr, exit code 2, nothing half-written."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -132,3 +133,19 @@ def test_quantize_from_the_training_split(nano_onnx, tmp_path):
 def test_sliding_a_classifier_is_one_clear_line(nano_checkpoint):
     proc = run_cli("evaluate", nano_checkpoint, "--slide", check_exit=None)
     assert_user_error(proc, "(--slide) are for segmentation", "classification checkpoint")
+
+
+def test_pipeline_baseline_limits_need_a_baseline_and_a_valid_number(tmp_path):
+    out = tmp_path / "bundle"
+    assert_user_error(run_cli("pipeline", "--out", out, "--baseline-max-latency-increase", "5", check_exit=None),
+                      "--baseline-max-latency-increase", "add --baseline REPORT")
+    assert_user_error(run_cli("pipeline", "--out", out, "--baseline", tmp_path, "--baseline-max-memory-increase", "-1",
+                              check_exit=None), "--baseline-max-memory-increase")
+    assert not out.exists()  # refused before any training
+
+
+def test_pipeline_baseline_limits_reach_the_comparison():
+    from lkca_deploy.cli import _baseline_limits
+
+    limits = _baseline_limits(Path("base.json"), None, 5.0, None)
+    assert (limits.max_accuracy_drop, limits.max_latency_increase, limits.max_memory_increase) == (1.0, 5.0, 20.0)
