@@ -413,8 +413,8 @@ def _dla_problem(ctx: _Context, index: int) -> tuple[str, str] | None:
         return None
     if op in ("QuantizeLinear", "DequantizeLinear"):
         return (  # docs/tensorrt.md, section 3: which Q/DQ patterns 11.4.1 puts on the DLA is not documented
-            "TensorRT 10 gives the DLA INT8 from a calibration cache, not Q/DQ (11.4.1 and later take the "
-            "network's types, Q/DQ included, for patterns it does not document)",
+            ("TensorRT 10 gives the DLA INT8 from a calibration cache, not Q/DQ (11.4.1 and later take the "
+             "network's types, Q/DQ included, for patterns it does not document)"),
             "on TensorRT 10 build INT8 for the DLA with a calibration cache",
         )
     return f"the DLA has no {op} layer", ""

@@ -114,7 +114,7 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
         plan = stages.run("reduced-precision plan", _precision_stage, ctx, exports, opts)
         engines = stages.run("build engines", _build_stage, ctx, exports, work, opts)
         results = stages.run("parity and latency", _measure_stage, ctx, engines, bundle, opts, golden)
-        _note_float_parts(results, exports, plan)
+        _note_float_parts(results, plan)
         report = stages.run("report and bundle", _finish, ctx, results, bundle, opts, baseline, plan)
     return report
 
@@ -167,15 +167,18 @@ def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptio
 
 
 def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, tuple[Path, str]]:
-    """One ONNX per target the backends need (its lowering planned for that target), plus the plain conv one.
+    """One ONNX per target the backends need (its lowering planned for that target), plus the plain conv one, and
+    one planned for INT8 where the target's INT8 differs (TensorRT's grouped convs: a MatMul mixer instead).
 
-    Returns backend -> (ONNX path, lowering label).
+    Returns backend (or "backend:int8") -> (ONNX path, lowering label); _export_for picks one.
     """
     from .export import export_model
+    from .targets import get_target
 
-    def export(name: str, lowering: str, target: str) -> tuple[Path, str]:
+    def export(name: str, lowering: str, target: str, precision: str | None = None) -> tuple[Path, str]:
         rel = f"onnx/model.{name}.onnx"
-        result = export_model(ctx.ckpt_dir, bundle.path / rel, lowering=lowering, target=target, logits=ctx.logits)
+        result = export_model(ctx.ckpt_dir, bundle.path / rel, lowering=lowering, target=target, logits=ctx.logits,
+                              precision=precision)
         bundle.register(rel, "onnx")
         return bundle.path / rel, _lowering_label(result)
 
@@ -186,7 +189,14 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
     for backend in opts.backends:
         target = BACKEND_TARGETS[backend]
         exports[backend] = exports["plain"] if opts.lowering == "conv" else export(target, opts.lowering, target)
+        if opts.lowering == "auto" and "int8" in opts.precisions and get_target(target).int8_group_multiple:
+            exports[f"{backend}:int8"] = export(f"{target}-int8", "auto", target, precision="int8")
     return exports
+
+
+def _export_for(exports: dict[str, tuple[Path, str]], backend: str, precision: str) -> tuple[Path, str]:
+    """The export a backend's engine at `precision` is built from (see _export_stage)."""
+    return exports.get(f"{backend}:{precision}", exports[backend])
 
 
 def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
@@ -203,10 +213,10 @@ def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
                           calib_seed=opts.seed, data_root=opts.data_root, download=opts.download)
 
 
-def _note_float_parts(results, exports, plan) -> None:
+def _note_float_parts(results, plan) -> None:
     """Each reduced-precision engine's report entry says which of its parts run in float, and why."""
     for item, result in results:
-        note = plan.float_note(exports[item.backend][0], item.precision) if item.backend in exports else None
+        note = plan.float_note(item.source, item.precision) if item.source is not None else None
         if note and result.status != "skipped":
             result.extra["float_parts"] = note
 
@@ -240,12 +250,12 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
         be = get_backend(backend, require_available=False)
         ok, reason = be.available()
         if not ok and not be.built_on_device:
-            built += [_Built(backend, p, exports[backend][1], None, skipped=reason)
+            built += [_Built(backend, p, _export_for(exports, backend, p)[1], None, skipped=reason)
                       for p in dict.fromkeys(opts.precisions) if p in be.precisions]
             continue
-        onnx_path, lowering = exports[backend]
         precisions = [p for p in (*opts.precisions, *opts.extra_precisions.get(backend, ())) if p in be.precisions]
         for precision in dict.fromkeys(precisions):
+            onnx_path, lowering = _export_for(exports, backend, precision)
             for quantizer in (be.int8_flavors if precision == "int8" else (None,)):
                 folder = work / backend / f"{precision}{'-' + quantizer if quantizer else ''}"
                 folder.mkdir(parents=True)

@@ -120,7 +120,7 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
     with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
         tmp = Path(tmp)
         onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=lowering, logits=ctx.logits,
-                                 target=BACKEND_TARGETS[backend], block_outputs=True).path
+                                 target=BACKEND_TARGETS[backend], precision=precision, block_outputs=True).path
         if plan_from is not None:
             carry_plan(plan_from, onnx_path)
         be = get_backend(backend)

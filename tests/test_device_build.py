@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import pytest
 from test_fingerprint import jetson_tree
 
@@ -43,6 +44,11 @@ def test_the_bundle_carries_a_recipe_per_tensorrt_precision(small_bundle):
         assert build["settings"] == TensorRTSettings(precision).to_dict()
         assert build["golden"]["tolerance"]
     assert builds["int8"]["calib_cache"].endswith(".calib.cache")
+    # TensorRT documents INT8 grouped convs for 4 channels per group, not 1: its INT8 ONNX has the MatMul mixer
+    grouped = {p: [n.name for n in onnx.load(str(small_bundle[0] / b["onnx"])).graph.node
+                   if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+               for p, b in builds.items()}
+    assert grouped["int8"] == [] and len(grouped["fp32"]) == len(grouped["fp16"]) > 0, grouped
     assert choose_build(manifest)["precision"] == "fp32"  # without timings, the most exact
     assert choose_build(manifest, "int8") == builds["int8"]
     with pytest.raises(UserError, match="no TensorRT ONNX at bf16"):
