@@ -27,21 +27,37 @@ class Interrupted(BaseException):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+_pending: int | None = None  # the signal that arrived, until the command ends
+
+
 def _raise(signum: int, frame) -> None:
+    global _pending
+    _pending = signum
     # Cleanup runs after this; a second Ctrl-C must not cut it short and leave the temp files after all.
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
+def raise_if_interrupted() -> None:
+    """Raise Interrupted again if a signal arrived but its exception never got out: a library's bare `except:`
+    (an optional import probed during `import torch`, say) swallowed it, and the later signals are ignored by
+    then. Called where long work loops (training batches, pipeline stages), never during cleanup."""
+    if _pending is not None:
+        raise Interrupted(_pending)
+
+
 @contextmanager
 def interrupts_raise() -> Iterator[None]:
     """Within the block SIGINT and SIGTERM raise Interrupted; the previous handlers come back after it."""
+    global _pending
+    _pending = None
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, _raise)
     try:
         yield
     finally:
+        _pending = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .backends.registry import BACKENDS
 from .errors import UserError
+from .interrupts import raise_if_interrupted
 from .proof import (
     DEFAULT_DATA,
     EVAL_BATCH,
@@ -81,6 +82,7 @@ class Stages:
         self.echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
 
     def run(self, title: str, fn, *args, **kwargs):
+        raise_if_interrupted()
         self.done += 1
         self.echo(f"[{self.done}/{self.total}] {title} ...")
         started = time.perf_counter()

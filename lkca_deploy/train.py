@@ -20,6 +20,7 @@ from .checkpoint import CONFIG_FILE, OPTIMIZER_FILE, load_checkpoint, load_optim
 from .data import open_split
 from .errors import UserError
 from .fsutil import check_replaceable
+from .interrupts import raise_if_interrupted
 from .masks import Slide, slide_options
 from .models.zoo import build_model, get_config
 from .progress import TrainProgress
@@ -130,6 +131,7 @@ def train(model: str, data: str = "digits", out: str | Path | None = None, resum
                 running_loss += loss.item() * len(x)
                 seen += len(x)
                 progress.step(epoch, running_loss / seen)
+                raise_if_interrupted()
             metrics = evaluate_model(net, test_split, task, device, opts.batch_size * 2)
             progress.epoch_done(epoch, running_loss / max(seen, 1), metrics)
     finally:

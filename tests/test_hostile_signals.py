@@ -45,3 +45,20 @@ def test_a_signal_mid_pipeline_leaves_nothing_and_says_so(tmp_path, sig, code):
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert list(temp.iterdir()) == []
+
+
+def test_a_signal_whose_exception_a_library_swallowed_still_stops_the_next_loop():
+    """A bare `except:` in a library (optional imports probed while torch loads) can swallow the Interrupted; later
+    signals are ignored by then, so the training loop and the pipeline's stages raise it again themselves."""
+    from lkca_deploy.interrupts import Interrupted, interrupts_raise, raise_if_interrupted
+
+    with interrupts_raise():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        except BaseException:  # noqa: BLE001, S110 - what the library does
+            pass
+        with pytest.raises(Interrupted) as caught:
+            raise_if_interrupted()
+    assert caught.value.signum == signal.SIGTERM
+    raise_if_interrupted()  # forgotten once the command's block ends
