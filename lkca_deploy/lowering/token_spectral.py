@@ -188,8 +188,8 @@ def _rewrite_toeplitz_w(site, mixer: Mixer, heads: int, names) -> MixerRewrite:
     t = g.view(mixer.tokens_in, "rows", [h, w * channels])
     t = g.node("MatMul", [g.const("dft_h", bins_outer(spectral.forward_w(h, ph).T, bins)), t], "dft_h")
     t = g.view(t, "bins", [bins, 2 * w, channels])  # (B, F, 2W, C): rows (f, re|im, w)
-    # Each head's (F, 2Wo, 2W) blocks are a Gather from its small table, folded by the runtime at load. One Gather
-    # per head, straight into its MatMul: NNCF 3.4 fails on one Gather whose output is Split between MatMuls.
+    # Each head's (F, 2Wo, 2W) blocks are a Gather from its small table, folded by the runtime at load: the file
+    # keeps 3 values per kernel column offset, not the blocks (6 MiB per lkca_seg_tiny layer).
     index = g.const("toeplitz_index", index, np.int64)
     parts = _split(g, t, [depth] * heads, axis=-1, tag="head") if heads > 1 else [t]
     outs = [
