@@ -53,6 +53,15 @@ def inverse_w(pw: int, wo: int) -> np.ndarray:
     return np.concatenate([weight * np.cos(angle), -weight * np.sin(angle)], axis=0)
 
 
+def _offsets(kernel_size, grid, out_grid, pads, dilations):
+    """(rows, cols, keep_r, keep_c): each tap's offset from the output position per axis, and which offsets can
+    meet the grid at all (the others are dropped before the circulant is built)."""
+    (h, w), (ho, wo) = grid, out_grid
+    rows = np.arange(kernel_size[0]) * dilations[0] - pads[0]
+    cols = np.arange(kernel_size[1]) * dilations[1] - pads[1]
+    return rows, cols, (rows > -ho) & (rows < h), (cols > -wo) & (cols < w)
+
+
 def kernel_spectrum(
     kernel: np.ndarray,
     grid: tuple[int, int],
@@ -65,12 +74,8 @@ def kernel_spectrum(
     Output (i, j) reads input (i + u*dh - top, j + v*dw - left) through tap (u, v); the tap goes to the
     circulant at that offset modulo the period, unless the offset can never meet the grid.
     """
-    (h, w), (ho, wo), (ph, pw) = grid, out_grid, periods(grid, out_grid)
-    kh, kw = kernel.shape[-2:]
-    rows = np.arange(kh) * dilations[0] - pads[0]
-    cols = np.arange(kw) * dilations[1] - pads[1]
-    keep_r = (rows > -ho) & (rows < h)
-    keep_c = (cols > -wo) & (cols < w)
+    ph, pw = periods(grid, out_grid)
+    rows, cols, keep_r, keep_c = _offsets(kernel.shape[-2:], grid, out_grid, pads, dilations)
     circulant = np.zeros((*kernel.shape[:-2], ph, pw))
     taps = kernel[..., keep_r, :][..., keep_c].astype(np.float64)
     index = np.ix_(rows[keep_r] % ph, cols[keep_c] % pw)
@@ -94,13 +99,9 @@ def w_toeplitz(
     acts on rows (re|im, w); table (heads, F, 3n + 1) holds Re M, -Im M, Im M of the n offsets that meet the grid and
     a zero, and index (2Wo, 2W) picks the blocks' entries from it: table[..., index] is (heads, F, 2Wo, 2W).
     """
-    (h, w), (ho, wo) = grid, out_grid
+    (_, w), (_, wo) = grid, out_grid
     ph = periods(grid, out_grid)[0]
-    kh, kw = kernel.shape[-2:]
-    rows = np.arange(kh) * dilations[0] - pads[0]
-    cols = np.arange(kw) * dilations[1] - pads[1]
-    keep_r = (rows > -ho) & (rows < h)
-    keep_c = (cols > -wo) & (cols < w)
+    rows, cols, keep_r, keep_c = _offsets(kernel.shape[-2:], grid, out_grid, pads, dilations)
     circulant = np.zeros((*kernel.shape[:-2], ph, int(keep_c.sum())))
     circulant[..., rows[keep_r] % ph, :] = kernel[..., keep_r, :][..., keep_c].astype(np.float64)
     multiplier = np.conj(np.fft.fft(circulant, axis=-2))[..., : ph // 2 + 1, :]  # (heads, F, n): conj: a correlation
