@@ -39,6 +39,7 @@ from lkca_deploy.errors import UserError
 from lkca_deploy.lowering.passes import STRATEGIES, LoweringReport, lower_model
 from lkca_deploy.lowering.planner import lower_auto
 from lkca_deploy.lowering.tune import TuneRow, tune_model
+from lkca_deploy.lowering.upsample import upsample_as_matmuls
 from lkca_deploy.onnx_io import save_onnx_atomic
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
 from lkca_deploy.targets import get_target
@@ -125,6 +126,7 @@ def export_model(
     tune_backend: str = "onnxruntime",
     precision: str | None = None,
     logits: str | None = None,
+    upsample_matmuls: bool | None = None,
 ) -> ExportResult:
     """Export `source` (checkpoint directory or zoo name) to a lowered, self-checked ONNX at `out`.
 
@@ -133,7 +135,9 @@ def export_model(
     batch axis, N for a static one. block_outputs: add every transformer block's tokens as outputs
     block_0..block_{depth-1} (parity localisation). precision: what the engines built from this ONNX compute in,
     when known (auto plans for it: INT8 on tensorrt gets a MatMul mixer); None plans for any precision.
-    logits (segmentation): "input" (default), "grid" or "HxW", see the module docstring. opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
+    logits (segmentation): "input" (default), "grid" or "HxW", see the module docstring. upsample_matmuls: the
+    head's bilinear Resize as two MatMuls (lowering/upsample.py); None: where the target runs that faster (the CPU
+    targets). opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
     `budget_bytes`, SelfCheckError when ONNX Runtime and PyTorch differ by more than `tolerance`; in both cases
     nothing is written at `out`.
     """
@@ -154,6 +158,9 @@ def export_model(
         seed=seed,
         precision=precision,
     )
+    upsampled = []
+    if get_target(target).upsample_matmuls if upsample_matmuls is None else upsample_matmuls:
+        model, upsampled = upsample_as_matmuls(model)
     x, check_inputs = check_inputs_for(src, check_data, check_samples, seed)
     max_abs_err = self_check(model, logits_module(src.model, size), x, batch=batch, tolerance=tolerance)
     lowering_facts = {
@@ -163,6 +170,7 @@ def export_model(
         "report": report.to_dict(),
         "plans": [plan.to_dict() for plan in plans],
         "tune": [row.to_dict() for row in tune_table] if tune_table is not None else None,
+        "upsample_matmuls": upsampled,  # Resize nodes written as two MatMuls
     }
     metadata = _metadata(
         src,
