@@ -86,8 +86,8 @@ def choose_lowering(
         )
     if caps.spectral_over_tokens and grid is not None and grid[0] * grid[1] > caps.spectral_over_tokens:
         if depthwise:
-            # token_spectral: the mixer's layout Transposes go too (1.5-1.6x spectral on ORT, 1.1-1.2x on OpenVINO at 32x32,
-            # benchmarks/segmentation_speed.py); at 16x16 and below the Toeplitz matmul still wins at batch 1.
+            # token_spectral: the mixer's layout Transposes go too (1.5-1.6x spectral on ORT, 1.1-1.2x on OpenVINO
+            # at 32x32, benchmarks/segmentation_speed.py); at 16x16 and below the Toeplitz matmul wins at batch 1.
             return Plan("token_spectral", None,
                         f"at {grid[0]}x{grid[1]} DFT and Toeplitz matmuls on the token layout beat the conv on {target}")
         return Plan("conv", None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
