@@ -85,8 +85,10 @@ def build_engine(
         "int8_flavor": int8_flavor,
     }
     baked, ranges = _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance)
-    if int8_flavor == "nncf" and provenance.get("int8_float_units"):
-        options["nncf_ignored_nodes"] = provenance["int8_float_nodes"]  # the same float units as the Q/DQ ones
+    ignored = [*provenance.get("int8_float_nodes", ()), *provenance.get("int8_float_upsample", ())]
+    if int8_flavor == "nncf" and ignored:
+        # the same float parts as the Q/DQ flavours, beside any the caller named
+        options["nncf_ignored_nodes"] = [*options.get("nncf_ignored_nodes", ()), *ignored]
     written = []
     if baked is not None or be.built_on_device:
         model_path = out if be.artifact_suffix == ".onnx" else out.with_name(f"{out.stem}.{precision}.onnx")
@@ -138,6 +140,7 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     from lkca_deploy.calibration import quantize
     from lkca_deploy.calibration.accuracy_aware import planned_float_nodes
     from lkca_deploy.calibration.headroom import planned_fp32_nodes
+    from lkca_deploy.lowering.upsample import upsample_nodes
 
     if precision == "fp16":
         keep = planned_fp32_nodes(source)
@@ -150,9 +153,12 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     units, float_nodes = planned_float_nodes(source)
     if units:
         provenance["int8_float_units"], provenance["int8_float_nodes"] = units, float_nodes
+    upsample = upsample_nodes(source)
+    if upsample:
+        provenance["int8_float_upsample"] = upsample
     if QDQ_FLAVOR[int8_flavor] is None:
         return None, None
-    kwargs: dict[str, Any] = {"keep_fp": (*keep_fp, *float_nodes)}
+    kwargs: dict[str, Any] = {"keep_fp": (*keep_fp, *float_nodes, *upsample)}
     if method:
         kwargs["method"] = method
     result = quantize.quantize_int8(source, calib, flavor=QDQ_FLAVOR[int8_flavor], **kwargs)

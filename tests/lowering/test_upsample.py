@@ -83,3 +83,32 @@ def test_a_cpu_export_of_a_segmentation_model_upsamples_with_matmuls_and_matches
     assert "Resize" not in ops["onnxruntime-cpu"] and ops["tensorrt"].count("Resize") == 1
     x = np.random.default_rng(1).standard_normal((2, 1, 64, 64)).astype(np.float32)
     assert_exports_match(tmp_path / "onnxruntime-cpu.onnx", torch_logits(logits_module(model, None), x), x)
+
+
+@pytest.mark.parametrize("backend,flavor", [("onnxruntime", "cpu"), ("openvino", "nncf")])
+def test_int8_builds_keep_the_upsample_float_as_the_resize_was(tmp_path, backend, flavor):
+    """Both MatMuls interpolate logits: Q/DQ around them would quantize the output itself (no Resize was)."""
+    import json
+
+    from test_token_spectral import zoo_checkpoint
+
+    from lkca_deploy.backends.base import sidecar_path
+    from lkca_deploy.backends.build import build_engine
+    from lkca_deploy.backends.registry import get_backend
+    from lkca_deploy.export import export_model
+    from lkca_deploy.lowering.upsample import upsample_nodes
+
+    ckpt, _ = zoo_checkpoint(tmp_path, "lkca_seg_nano")
+    path = export_model(ckpt, tmp_path / "seg.onnx", lowering="matmul", check_samples=1).path
+    names = upsample_nodes(onnx.load(str(path)))
+    assert len(names) == 2
+    calib = np.random.default_rng(0).standard_normal((8, 1, 64, 64)).astype(np.float32)
+    suffix = get_backend(backend).artifact_suffix
+    built = build_engine(path, backend, "int8", tmp_path / f"int8{suffix}", calib=calib, flavor=flavor)
+    facts = json.loads(sidecar_path(built.artifact).read_text())
+    assert facts["provenance"]["int8_float_upsample"] == names
+    if backend == "onnxruntime":  # the baked Q/DQ graph: nothing dequantized feeds the upsample
+        graph = onnx.load(str(built.artifact)).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        for node in (n for n in graph.node if n.name in names):
+            assert "DequantizeLinear" not in {producers.get(i) for i in node.input}, node.name
