@@ -145,7 +145,7 @@ def test_pipeline_baseline_limits_need_a_baseline_and_a_valid_number(tmp_path):
 
 
 def test_pipeline_baseline_limits_reach_the_comparison():
-    from lkca_deploy.cli import _baseline_limits
+    from lkca_deploy.cli.runs import _baseline_limits
 
     limits = _baseline_limits(Path("base.json"), None, 5.0, None)
     assert (limits.max_accuracy_drop, limits.max_latency_increase, limits.max_memory_increase) == (1.0, 5.0, 20.0)

@@ -1,0 +1,119 @@
+"""On the device, torch-free: predict with a bundle, verify its engines, build TensorRT engines there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..ranges import (
+    POSITIVE,
+    POSITIVE_INT,
+    option,
+)
+from .common import SCALE_HELP, STRIDE_HELP, app, echo_json
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `lkca-deploy pipeline`)."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | openvino | tensorrt."),
+    precision: str | None = typer.Option(None, help="Engine precision (default: the fastest that passed)."),
+    top_k: int = option(5, "Classes to show per image.", POSITIVE_INT),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    save_mask: Path | None = typer.Option(None, help="Segmentation: write masks and overlays here."),
+    slide: bool = typer.Option(False, help="Segmentation: sliding windows instead of one whole-image resize."),
+    stride: int | None = option(None, STRIDE_HELP, POSITIVE_INT),
+    scale: float | None = option(None, SCALE_HELP, POSITIVE),
+    verify_mode: str = typer.Option("first-use", "--verify", help="first-use | always | off: check the engine on "
+                                                                  "the bundle's golden samples before serving."),
+) -> None:
+    """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
+    from ..masks import cli_slide
+    from ..runtime import predict as run_prediction
+
+    results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision,
+                             slide=cli_slide(slide, stride, scale), verify=verify_mode)
+    if as_json:
+        echo_json(results)
+        return
+    for r in results:
+        if "label" in r:
+            shown = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"])
+            typer.echo(f"{r['image']}: {r['label']}  ({shown})")
+        else:
+            typer.echo(f"{r['image']}: {r['height']}x{r['width']} mask" + (f" -> {r['mask']}" if "mask" in r else ""))
+
+
+# ------------------------------------------------------------------------------------- proof on the device
+
+
+@app.command()
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle directory (from `lkca-deploy pipeline`)."),
+    engine: str | None = typer.Option(None, help="One engine by name, e.g. onnxruntime/int8-cpu (see --all)."),
+    all_engines: bool = typer.Option(False, "--all", help="Every engine whose backend is installed here."),
+    backend: str = typer.Option("auto", help="auto | onnxruntime | openvino | tensorrt."),
+    precision: str | None = typer.Option(None, help="Engine precision (default: the Predictor's choice)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    threads: int | None = typer.Option(None, help="Inference threads."),
+) -> None:
+    """Re-prove engines on THIS machine with the bundle's golden samples (no torch, no data set); exit 1 when one
+    misses its tolerance. A TensorRT engine the bundle's trtexec script wrote is adopted only when it passes."""
+    from ..bundle_check import verify_bundle
+
+    result = verify_bundle(bundle, backend=backend, precision=precision, engine=engine, all_engines=all_engines,
+                           threads=threads)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        typer.echo(_verify_table(result))
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _verify_table(result) -> str:
+    """One row per engine: status, agreement, errors, task metric, the limits it was held to, seconds."""
+    golden = result.golden
+    lines = [result.machine["summary"],
+             f"golden samples: {golden.get('samples')} ({golden.get('path')}, sha256 {golden.get('sha256', '')[:12]})",
+             (f"{'engine':<26} {'status':<8} {'agree':>7} {'max err':>9} {'mean err':>9} {'metric':>15} "
+              f"{'s':>5}  tolerance")]
+    for c in result.checks:
+        if c.status == "skipped":
+            lines.append(f"{c.engine:<26} {'skipped':<8} {c.reason}")
+            continue
+        m = c.metrics
+        agree = m.get("agreement", m.get("pixel_agreement"))
+        metric = ("top1_drop", m.get("top1_drop")) if "top1_drop" in m else ("miou_drop", m.get("miou_drop"))
+        metric_text = f"{metric[0]} {metric[1]:+.2f}" if metric[1] is not None else f"{metric[0]} -"
+        limits = ", ".join(f"{k} {'>=' if k.endswith('agreement') else '<='} {v:g}" for k, v in c.tolerance.items())
+        status = c.status + ("*" if c.cached else "")
+        lines.append(f"{c.engine:<26} {status:<8} {agree:>7.4f} {m.get('max_abs_err', 0):>9.2e} "
+                     f"{m.get('mean_abs_err', 0):>9.2e} {metric_text:>15} {c.seconds:>5.2f}  {limits}")
+        lines += [f"    {f}" for f in c.failures]
+    lines.append("PASSED" if result.passed else "FAILED")
+    return "\n".join(lines)
+
+
+@app.command("build-device")
+def build_device(
+    bundle: Path = typer.Argument(..., help="Bundle directory holding the TensorRT ONNX."),
+    precision: str | None = typer.Option(None, help="fp32 | fp16 | int8 (default: the most exact one)."),
+    all_engines: bool = typer.Option(False, "--all", help="Every TensorRT precision the bundle holds."),
+    gpu: int = typer.Option(0, help="GPU index."),
+) -> None:
+    """Build the TensorRT engine(s) on THIS device from the bundle's ONNX with the trtexec script's settings,
+    prove each on the golden samples, and cache it beside the bundle (or in the user cache when the bundle is
+    read-only) under this GPU, compute capability, TensorRT version and driver; exit 1 when one fails."""
+    from ..bundle_check import build_device_engines
+
+    checks = build_device_engines(bundle, precision=precision, all_engines=all_engines, gpu_index=gpu,
+                                  echo=lambda line: typer.echo(line, err=True))
+    for c in checks:
+        typer.echo(f"{c.engine}: {c.status}" + (f" ({'; '.join(c.failures)})" if c.failures else ""))
+    if any(c.status == "failed" for c in checks):
+        raise typer.Exit(1)
+
+
