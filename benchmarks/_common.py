@@ -87,7 +87,7 @@ def work_folder(path: Path | None) -> Iterator[Path]:
 
 def machine_lines(threads: int) -> list[str]:
     """CPU and ISA (which decide whether INT8/BF16 pay), the INT8 hint, library versions, threads."""
-    from lkca_deploy.reports.machine import int8_hint, isa_summary, machine_facts
+    from lkca_runtime.machine import int8_hint, isa_summary, machine_facts
 
     facts = machine_facts()
     versions = facts["versions"]
@@ -185,7 +185,7 @@ def time_interleaved(
     cpu_time: bool = False,
 ) -> dict[str, Timing]:
     """name -> Timing, all engines timed in the same interleaved rounds (reports.latency.interleaved)."""
-    from lkca_deploy.reports.latency import interleaved
+    from lkca_deploy.measure.latency import interleaved
 
     timed = {name: _CpuTimed(run) for name, run in runs.items()} if cpu_time else dict(runs)
     results = interleaved(timed, x, repeats=repeats, budget_s=budget_per_engine * len(runs), warmup=5)

@@ -155,7 +155,7 @@ def build_ir(args, folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.reports.latency import measure_latency
+    from lkca_deploy.measure.latency import measure_latency
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    from lkca_deploy.device_cache import beside_bundle
+    from lkca_runtime.records import beside_bundle
 
     with tempfile.TemporaryDirectory(prefix="lkca-proof-") as tmp:
         bundle = Path(tmp) / "bundle"  # a copy: the benchmark empties its device cache

@@ -93,7 +93,7 @@ def int8_rows(ckpt: Path, factor: float | None, folder: Path, data: dict, args) 
     """Per engine: plain INT8 and accuracy-aware INT8, top-1 on the test split and latency of both."""
     from lkca_deploy.calibration.accuracy_aware import run_onnx, task_metric
     from lkca_deploy.calibration.plan import plan_precision
-    from lkca_deploy.onnx_io import load_onnx, save_onnx_atomic
+    from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     exports = export(ckpt, folder)
     reference = task_metric(run_onnx(load_onnx(exports["onnxruntime"]), data["test_x"]), data["test_y"],
@@ -151,7 +151,7 @@ def steps_markdown(plan: dict) -> str:
 def fp16_rows(ckpt: Path, factor: float, folder: Path, data: dict) -> list[list]:
     from lkca_deploy.calibration import headroom, quantize
     from lkca_deploy.calibration.accuracy_aware import run_onnx
-    from lkca_deploy.onnx_io import load_onnx
+    from lkca_runtime.onnx_io import load_onnx
 
     model = load_onnx(export(ckpt, folder)["onnxruntime"])
     reference = run_onnx(model, data["test_x"])

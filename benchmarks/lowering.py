@@ -43,8 +43,8 @@ class Variant:
 def export_variants(
     name: str, folder: Path, max_kernel: int, budget_mib: float, samples: int
 ) -> list[Variant]:
-    from lkca_deploy.errors import UserError
     from lkca_deploy.export import export_model
+    from lkca_runtime.errors import UserError
 
     jobs = [("conv", {}), ("crop", {}), ("matmul", {}), ("spectral", {}), ("token_spectral", {}),
             (f"tiled:{max_kernel}", {"max_kernel": max_kernel})]
@@ -143,7 +143,7 @@ def time_variants(
 ) -> None:
     """Build and load every variant on one backend, then time them interleaved at one batch size."""
     from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.reports.latency import interleaved
+    from lkca_deploy.measure.latency import interleaved
 
     backend = get_backend(backend_name)
     runners = {}
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("ignore")
 
     from lkca_deploy.models.zoo import get_config
-    from lkca_deploy.reports.machine import isa_summary, library_versions
+    from lkca_runtime.machine import isa_summary, library_versions
 
     load_before = os.getloadavg()
     out = []

@@ -13,8 +13,8 @@ import argparse
 import statistics
 
 from lkca_deploy.models.zoo import create_model
-from lkca_deploy.reports.machine import isa_summary
 from lkca_deploy.train import TrainOptions, default_batch_size, default_epochs, train
+from lkca_runtime.machine import isa_summary
 
 MODELS = ("lkca_vit_nano", "vit_nano")
 

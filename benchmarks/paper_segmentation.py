@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or recipe_default("epochs")
     batch_size = args.batch_size or recipe_default("batch_size")
 
-    from lkca_deploy.reports.machine import isa_summary
+    from lkca_runtime.machine import isa_summary
 
     runs = run(tuple(args.models), args.seeds, epochs, batch_size, args.view)
     print(f"{DATA}, {epochs} epochs, batch {batch_size}, {args.seeds} seed(s), {torch_threads()} torch thread(s); "

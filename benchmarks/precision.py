@@ -65,7 +65,7 @@ class Built:
 
 def engine_specs() -> list[EngineSpec]:
     """ENGINES, less bf16 where the CPU lacks native bf16 (OpenVINO would refuse or emulate it)."""
-    from lkca_deploy.backends.openvino import cpu_flags, cpu_has_bf16
+    from lkca_runtime.backends.openvino import cpu_flags, cpu_has_bf16
 
     has_bf16 = cpu_has_bf16(cpu_flags())
     return [e for e in ENGINES if e.precision != "bf16" or has_bf16]

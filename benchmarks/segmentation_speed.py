@@ -177,7 +177,7 @@ def peer_engines(source: Path, backends, threads: int, folder: Path) -> dict[tup
 
 def dense_upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """masks.upsampled_argmax before issue 17: dense (out, in) bilinear matrices, row blocks of 64 MiB."""
-    from lkca_deploy.masks import bilinear_matrix
+    from lkca_runtime.masks import bilinear_matrix
 
     height, width = size
     columns = logits @ bilinear_matrix(width, logits.shape[2]).T
@@ -192,7 +192,7 @@ def dense_upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndar
 @contextlib.contextmanager
 def todays_masks():
     """The runtime's mask step as it was before issue 17, for the baseline only."""
-    from lkca_deploy import runtime
+    from lkca_runtime import predictor as runtime
 
     current = runtime.upsampled_argmax
     runtime.upsampled_argmax = dense_upsampled_argmax
@@ -218,7 +218,7 @@ def sample_image(folder: Path) -> Path:
 
 def predictor_runs(runners, spec, image: Path, backends) -> tuple[dict[str, Callable], dict[str, np.ndarray]]:
     """name -> one end-to-end call on `image` (today's code or the new one), and the mask each made."""
-    from lkca_deploy.runtime import Predictor
+    from lkca_runtime.predictor import Predictor
 
     runs, masks = {}, {}
     for name in backends:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
-    from lkca_deploy.reports.latency import interleaved
+    from lkca_deploy.measure.latency import interleaved
 
     warnings.filterwarnings("ignore")
     with common.work_folder(args.work) as folder:

@@ -28,8 +28,8 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
-    from lkca_deploy.bundle import engine_files, read_manifest, verify_artifacts, verify_whole
-    from lkca_deploy.runtime import Predictor, choose_engine
+    from lkca_runtime.bundle import engine_files, read_manifest, verify_artifacts, verify_whole
+    from lkca_runtime.predictor import Predictor, choose_engine
 
     manifest = read_manifest(args.bundle)
     engine = choose_engine(manifest.engines, args.backend, args.precision)

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": ("lkca_deploy.models.zoo", "create_model"),
     "list_models": ("lkca_deploy.models.zoo", "list_models"),
-    "Predictor": ("lkca_deploy.runtime", "Predictor"),
+    "Predictor": ("lkca_runtime.predictor", "Predictor"),
 }
 
 __all__ = ["Predictor", "__version__", "create_model", "list_models"]

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.backends.trtexec import DLA_RELEASES
 from lkca_deploy.lowering.passes import ConvSite, find_conv_sites
 from lkca_deploy.lowering.planner import Plan, choose_lowering
-from lkca_deploy.onnx_io import constant_tensors, graph_inputs, static_shapes
 from lkca_deploy.targets import DLA_LIMITS, DLA_SUBGRAPHS_PER_CORE, get_target
+from lkca_runtime.backends.trtexec import DLA_RELEASES
+from lkca_runtime.onnx_io import constant_tensors, graph_inputs, static_shapes
 
 # onnx-tensorrt's operator support table (TensorRT 10; docs/backend-limits.md): what is not listed fails the parse.
 _TENSORRT_OPS_TABLE = """

@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.spec import PreprocessSpec
-from .errors import UserError
-from .fsutil import atomic_dir
-from .models.zoo import ModelConfig, build_model, config_from_dict
+from lkca_deploy.models.zoo import ModelConfig, build_model, config_from_dict
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_dir
+from lkca_runtime.spec import PreprocessSpec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,7 +34,7 @@ def save_checkpoint(out: Path, model, config: ModelConfig, spec: PreprocessSpec,
     is not a checkpoint (fsutil.atomic_dir)."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from lkca_deploy import __version__
 
     with atomic_dir(Path(out), force=force, marker=CONFIG_FILE, what="checkpoint") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))

@@ -34,15 +34,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lkca_deploy.backends.base import PRECISIONS, run_batched
-from lkca_deploy.errors import UserError
 from lkca_deploy.lowering.passes import STRATEGIES, LoweringReport, lower_model
 from lkca_deploy.lowering.planner import lower_auto
 from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.lowering.upsample import upsample_as_matmuls
-from lkca_deploy.onnx_io import save_onnx_atomic
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
 from lkca_deploy.targets import get_target
+from lkca_runtime.backends.base import PRECISIONS, run_batched
+from lkca_runtime.errors import UserError
+from lkca_runtime.onnx_io import save_onnx_atomic
 
 LOWERINGS = (*STRATEGIES, "auto", "tune")
 TUNE_BACKENDS = ("onnxruntime", "openvino")
@@ -195,7 +195,7 @@ def export_model(
 def default_spec(config) -> Any:
     """The preprocessing a zoo model without a checkpoint gets: digits' for 1 channel, ImageNet's for 3."""
     from lkca_deploy.data.datasets import DIGITS_MEAN_STD, IMAGENET_MEAN_STD
-    from lkca_deploy.data.spec import PreprocessSpec
+    from lkca_runtime.spec import PreprocessSpec
 
     mean, std = DIGITS_MEAN_STD if config.in_chans == 1 else IMAGENET_MEAN_STD
     return PreprocessSpec(

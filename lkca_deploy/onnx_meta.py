@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .data.spec import PreprocessSpec
+from lkca_runtime.spec import PreprocessSpec
 
 # Reduced precision decided on the FP32 export, obeyed by every build from it (backends/build.py):
 INT8_ACCURACY = "int8_accuracy"  # calibration/accuracy_aware.py: float units, drop per step, validation size
@@ -49,12 +49,12 @@ def spec_from_model(model) -> PreprocessSpec:
     meta = read_metadata(model)
     if isinstance(meta.get("preprocessing"), dict):
         return PreprocessSpec.from_dict(meta["preprocessing"])
-    from .onnx_io import input_spec
+    from lkca_runtime.onnx_io import input_spec
 
     dims = list(input_spec(model).shape)
     channels, h, w = (dims[1:] + [None, None, None])[:3]
     if not (channels and h and w):
-        from .errors import UserError
+        from lkca_runtime.errors import UserError
 
         raise UserError("the model has no lkca-deploy metadata and a dynamic input size: "
                         "calibrate it with a .npy/.npz of preprocessed tensors")

@@ -15,10 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.registry import BACKENDS
-from .errors import UserError
-from .interrupts import raise_if_interrupted
-from .proof import (
+from lkca_deploy.interrupts import raise_if_interrupted
+from lkca_deploy.proof import (
     DEFAULT_DATA,
     EVAL_BATCH,
     EvalContext,
@@ -26,7 +24,9 @@ from .proof import (
     engine_parity,
     localise_divergence,
 )
-from .targets import BACKEND_TARGETS
+from lkca_deploy.targets import BACKEND_TARGETS
+from lkca_runtime.backends.registry import BACKENDS
+from lkca_runtime.errors import UserError
 
 DEFAULT_BACKENDS = BACKENDS  # every backend: those not installed are skipped with their reason
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -63,7 +63,7 @@ class PipelineOptions:
     logits: str = "grid"
 
     def __post_init__(self) -> None:
-        from .ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
+        from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
 
         for name, valid in (("calib_samples", POSITIVE_INT), ("epochs", POSITIVE_INT), ("threads", POSITIVE_INT),
                             ("bench_budget_s", POSITIVE), ("seed", NON_NEGATIVE_INT)):
@@ -94,8 +94,8 @@ class Stages:
 def run_pipeline(source: str | Path | None = None, data: str | None = None, out: str | Path = "lkca-bundle",
                  opts: PipelineOptions | None = None, echo: Callable[[str], None] | None = None):
     """Run the whole path and write the bundle at ``out``; returns the Report (also in out/reports/)."""
-    from .bundle import BundleWriter
-    from .reports.compare import load_report
+    from lkca_deploy.bundle import BundleWriter
+    from lkca_deploy.reports.compare import load_report
 
     opts = opts or PipelineOptions()
     unknown = [b for b in opts.backends if b not in BACKENDS]
@@ -126,9 +126,9 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
 
 def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
     """A checkpoint inside the bundle: copied from CKPT_DIR, or trained from a zoo name (default lkca_vit_nano)."""
-    from .checkpoint import read_checkpoint
-    from .models.zoo import get_config
-    from .train import TrainOptions, default_batch_size, default_epochs, train
+    from lkca_deploy.checkpoint import read_checkpoint
+    from lkca_deploy.models.zoo import get_config
+    from lkca_deploy.train import TrainOptions, default_batch_size, default_epochs, train
 
     if source is not None and Path(source).is_dir():
         read_checkpoint(source)  # validates before copying
@@ -145,7 +145,7 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
 
 def _golden_stage(ctx: EvalContext, bundle, opts: PipelineOptions):
     """The golden samples the device re-proves engines with (golden.py), written into the bundle; None for 0."""
-    from .golden import GOLDEN_REL, make_golden, write_golden
+    from lkca_runtime.golden import GOLDEN_REL, make_golden, write_golden
 
     if not opts.golden:
         return None
@@ -158,8 +158,8 @@ def _golden_stage(ctx: EvalContext, bundle, opts: PipelineOptions):
 
 def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptions) -> dict | None:
     """What an engine achieved on the golden samples here, and the tolerance the device must meet."""
-    from .device_verify import check_runner
-    from .golden import tolerance_for
+    from lkca_runtime.engine_check import check_runner
+    from lkca_runtime.golden import tolerance_for
 
     if golden is None:
         return None
@@ -174,8 +174,8 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
 
     Returns backend (or "backend:int8") -> (ONNX path, lowering label); _export_for picks one.
     """
-    from .export import export_model
-    from .targets import get_target
+    from lkca_deploy.export import export_model
+    from lkca_deploy.targets import get_target
 
     def export(name: str, lowering: str, target: str, precision: str | None = None) -> tuple[Path, str]:
         rel = f"onnx/model.{name}.onnx"
@@ -204,7 +204,7 @@ def _export_for(exports: dict[str, tuple[Path, str]], backend: str, precision: s
 def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
     """Accuracy-aware INT8 and FP16 headroom decided on the exports and written into their metadata, which
     build_engine obeys for every backend (calibration/plan.py)."""
-    from .calibration.plan import plan_precision
+    from lkca_deploy.calibration.plan import plan_precision
 
     int8_backends = [b for b in opts.backends if b in exports]
     return plan_precision({label: path for label, (path, _) in exports.items()},
@@ -244,8 +244,8 @@ class _Built:
 
 
 def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
-    from .backends.build import build_engine
-    from .backends.registry import get_backend
+    from lkca_deploy.backends.build import build_engine
+    from lkca_deploy.backends.registry import get_backend
 
     built = []
     for backend in opts.backends:
@@ -271,8 +271,8 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
 
 
 def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions, golden=None):
-    from .backends.registry import get_backend
-    from .reports.render import EngineResult
+    from lkca_deploy.backends.registry import get_backend
+    from lkca_deploy.reports.contract import EngineResult
 
     results = []
     for item in engines:
@@ -306,8 +306,8 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
 def _cost_of_engines(ctx: EvalContext, results, opts: PipelineOptions) -> None:
     """Load time, peak memory and the Predictor's latency per stage of every engine that ran, each in a torch-free
     child process of its own (proof.engine_cost), on test images of the data set written out as PNG files."""
-    from .proof import engine_cost
-    from .reports.e2e import write_sample_images
+    from lkca_deploy.measure.e2e import write_sample_images
+    from lkca_deploy.proof import engine_cost
 
     ran = [(item, result) for item, result in results if result.status != "skipped"]
     if not ran:
@@ -330,10 +330,11 @@ def _kind_of(path: Path) -> str:
 
 
 def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=None, plan=None):
-    from . import __version__
-    from .reports.compare import compare
-    from .reports.parity import Thresholds
-    from .reports.render import Report, write_report
+    from lkca_deploy import __version__
+    from lkca_deploy.reports.compare import compare
+    from lkca_deploy.reports.contract import Report
+    from lkca_deploy.reports.render import write_report
+    from lkca_runtime.metrics import Thresholds
 
     config = ctx.ckpt.config
     report = Report.on_this_machine(config.name, config.task, [r for _, r in results], dataset=ctx.data,
@@ -368,8 +369,8 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
 def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -> dict | None:
     """How the device builds this engine itself (TensorRT): the baked ONNX, script and calibration cache in the
     bundle, the one TensorRTSettings the script was written from, and the tolerance to prove it with."""
-    from .backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
-    from .golden import tolerance_for
+    from lkca_runtime.backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
+    from lkca_runtime.golden import tolerance_for
 
     if item.backend != "tensorrt":
         return None

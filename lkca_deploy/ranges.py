@@ -10,7 +10,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .errors import UserError
+from lkca_runtime.errors import UserError
 
 
 def _number(x: float) -> str:

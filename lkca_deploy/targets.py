@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 # TensorRT "DLA supported layers and restrictions" (docs/backend-limits.md): per-side limits of a DLA convolution.
 DLA_KERNEL_LIMIT = 32

@@ -16,16 +16,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import CONFIG_FILE, OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint
-from .data import open_split
-from .errors import UserError
-from .fsutil import check_replaceable
-from .interrupts import raise_if_interrupted
-from .masks import Slide, slide_options
-from .models.zoo import build_model, get_config
-from .progress import TrainProgress
-from .ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
-from .tasks import get_task
+from lkca_deploy.checkpoint import (
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    load_checkpoint,
+    load_optimizer,
+    save_checkpoint,
+)
+from lkca_deploy.data import open_split
+from lkca_deploy.interrupts import raise_if_interrupted
+from lkca_deploy.models.zoo import build_model, get_config
+from lkca_deploy.progress import TrainProgress
+from lkca_deploy.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
+from lkca_deploy.tasks import get_task
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import check_replaceable
+from lkca_runtime.masks import Slide, slide_options
 
 # Settings that reach the README's accuracy on 2 CPU cores. Digits has 1,437 training images: batch 16 gives the
 # optimizer 4x the steps of batch 64 in the same epochs (98.3% against 96.4% test top-1 after 30 epochs).
@@ -169,8 +175,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     task = ckpt.config.task
     slide = slide_options(slide, task, f"{checkpoint} is a {task} checkpoint")
     if slide:
-        from .data.segmentation import open_segmentation_source
-        from .tasks.segmentation import evaluate_sliding
+        from lkca_deploy.data.segmentation import open_segmentation_source
+        from lkca_deploy.tasks.segmentation import evaluate_sliding
 
         source = open_segmentation_source(data, split, data_root, download)
         _require_classes(data, source.class_names, ckpt.config.num_classes)
@@ -262,6 +268,6 @@ class _Distributed:
 
 
 def _view_of(net) -> str | None:
-    from .models.lkca import LKCA
+    from lkca_deploy.models.lkca import LKCA
 
     return next((m.view for m in net.modules() if isinstance(m, LKCA)), None)

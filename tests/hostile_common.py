@@ -100,7 +100,7 @@ def mean_classifier_bundle(out: Path, work: Path) -> Path:
     """A bundle (onnxruntime fp32 engine of `mean_classifier`) written by the toolkit's own BundleWriter."""
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.bundle import BundleWriter
-    from lkca_deploy.data.spec import PreprocessSpec
+    from lkca_runtime.spec import PreprocessSpec
 
     spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("dark", "mid", "bright"))
     source = mean_classifier(Path(work) / "mean.onnx")

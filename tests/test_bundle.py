@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lkca_deploy.bundle import (
-    FORMAT,
-    MANIFEST,
-    BundleWriter,
-    engine_files,
-    read_manifest,
-    safe_relpath,
-    verify_artifacts,
-)
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.errors import UserError
+from lkca_deploy.bundle import BundleWriter
+from lkca_runtime.bundle import FORMAT, MANIFEST, engine_files, read_manifest, safe_relpath, verify_artifacts
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 SPEC = PreprocessSpec(input_size=(8, 8), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3, class_names=("a", "b"))
 

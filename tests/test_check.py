@@ -9,8 +9,8 @@ from conv_graphs import conv_model
 from onnx import TensorProto, helper, numpy_helper
 
 from lkca_deploy.check import check_model, count_dla_subgraphs
-from lkca_deploy.errors import UserError
 from lkca_deploy.lowering.passes import lower_model
+from lkca_runtime.errors import UserError
 
 
 def graph_model(nodes, in_shape, out_shape, inits=(), opset=17, domains=()) -> onnx.ModelProto:

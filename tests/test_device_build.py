@@ -10,9 +10,9 @@ import onnx
 import pytest
 from test_fingerprint import jetson_tree
 
-from lkca_deploy.backends.trtexec import SCRIPT_VERSIONS, TensorRTSettings, trtexec_command
-from lkca_deploy.bundle import read_manifest
-from lkca_deploy.device_build import (
+from lkca_runtime.backends.trtexec import SCRIPT_VERSIONS, TensorRTSettings, trtexec_command
+from lkca_runtime.bundle import read_manifest
+from lkca_runtime.device_build import (
     _remove_script_output,
     build_arguments,
     choose_build,
@@ -21,7 +21,7 @@ from lkca_deploy.device_build import (
     gpu_driver,
     script_engine,
 )
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 HERE = {"gpu_name": "Orin (nvgpu)", "compute_capability": "8.7", "tensorrt_version": "10.3.0", "driver": "L4T 36.4.0"}
 
@@ -110,11 +110,11 @@ def test_an_engine_the_script_wrote_is_found_and_removed_from_the_bundle_once_ad
 @pytest.mark.skipif(not has_tensorrt(), reason="TensorRT is not installed here (it needs an NVIDIA GPU: "
                                                "pip install tensorrt, or JetPack on a Jetson)")
 def test_build_on_this_device_then_the_cache_serves_it(small_bundle, tmp_path):
-    from lkca_deploy.bundle_check import build_device_engines
-    from lkca_deploy.device_build import here_facts
-    from lkca_deploy.device_cache import DeviceCache
-    from lkca_deploy.device_verify import engine_name
-    from lkca_deploy.runtime import Predictor
+    from lkca_runtime.device_build import here_facts
+    from lkca_runtime.engine_check import engine_name
+    from lkca_runtime.predictor import Predictor
+    from lkca_runtime.records import DeviceCache
+    from lkca_runtime.verify import build_device_engines
 
     bundle = tmp_path / "bundle"
     shutil.copytree(small_bundle[0], bundle)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from lkca_deploy.device_cache import DeviceCache, beside_bundle, safe_name
-from lkca_deploy.fingerprint import fingerprint_key
+from lkca_runtime.fingerprint import fingerprint_key
+from lkca_runtime.records import DeviceCache, beside_bundle, safe_name
 
 FP = {"format": 1, "cpu_model": "AMD EPYC 7B13", "isa_flags": ["avx2"], "gpus": [], "backend": "onnxruntime",
       "backend_version": "1.32.0", "jetson": None}

@@ -20,9 +20,9 @@ import torch
 import lkca_deploy
 from lkca_deploy import export as exporter
 from lkca_deploy.checkpoint import save_checkpoint
-from lkca_deploy.errors import UserError
 from lkca_deploy.export import META_KEYS, SelfCheckError, export_model, read_metadata, self_check
 from lkca_deploy.models.zoo import create_model, get_config
+from lkca_runtime.errors import UserError
 
 TOL = 1e-4
 LOWERINGS = [("conv", None), ("crop", None), ("matmul", None), ("tiled", 8), ("spectral", None), ("auto", None)]
@@ -377,7 +377,7 @@ def test_an_unknown_precision_is_refused_before_any_work(tmp_path):
 
 def test_grid_logits_upsampled_by_masks_equal_the_models_own_resize(tmp_path):
     """`logits="grid"` stops before the head's Resize; the one numpy upsample (masks.py) reproduces that Resize."""
-    from lkca_deploy.masks import resize_bilinear
+    from lkca_runtime.masks import resize_bilinear
 
     ckpt, model = strong_checkpoint(tmp_path, "lkca_seg_nano", None)
     full = export_model(ckpt, tmp_path / "full.onnx", lowering="token_spectral", check_samples=2)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lkca_deploy.fingerprint import fingerprint_key, machine_fingerprint
-from lkca_deploy.reports.jetson import jetson_facts, jetson_summary
+from lkca_runtime.fingerprint import fingerprint_key, machine_fingerprint
+from lkca_runtime.jetson import jetson_facts, jetson_summary
 
 CPUINFO = """processor\t: 0
 model name\t: ARMv8 Processor rev 1 (v8l)

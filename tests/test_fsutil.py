@@ -8,8 +8,15 @@ import stat
 import pytest
 
 from lkca_deploy.bundle import BundleWriter
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.fsutil import atomic_copy, atomic_dir, atomic_output, atomic_write_text, publish, staging_dir
+from lkca_runtime.fsutil import (
+    atomic_copy,
+    atomic_dir,
+    atomic_output,
+    atomic_write_text,
+    publish,
+    staging_dir,
+)
+from lkca_runtime.spec import PreprocessSpec
 
 
 def modes(root):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import sha256_file
-from lkca_deploy.golden import (
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import sha256_file
+from lkca_runtime.golden import (
     compact_segmentation_reference,
     compare,
     golden_metrics,
@@ -15,7 +15,7 @@ from lkca_deploy.golden import (
     tolerance_for,
     write_golden,
 )
-from lkca_deploy.reports.parity import Thresholds
+from lkca_runtime.metrics import Thresholds
 
 RNG = np.random.default_rng(0)
 
@@ -160,7 +160,7 @@ def test_segmentation_metrics_on_masks():
 
 def test_grid_logits_are_scored_after_the_one_upsample_to_the_masks(tmp_path):
     """An export that ends at the grid logits: agreement at the logits, mIoU per mask pixel after the upsample."""
-    from lkca_deploy.masks import upsampled_argmax
+    from lkca_runtime.masks import upsampled_argmax
 
     logits = segmentation_logits()  # (6, K, 16, 16): grid logits for 64x64 masks
     masks = np.stack([upsampled_argmax(sample, (64, 64)) for sample in logits]).astype(np.uint8)

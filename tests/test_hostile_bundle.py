@@ -97,7 +97,7 @@ def test_swapped_precisions_are_refused(bundle, digit_png):
 
 
 def test_an_unlisted_external_data_file_is_refused(bundle, digit_png):
-    from lkca_deploy.fsutil import sha256_file
+    from lkca_runtime.fsutil import sha256_file
 
     rel = _engine(bundle, "fp32")
     artifact = bundle / rel

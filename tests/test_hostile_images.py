@@ -11,7 +11,7 @@ import pytest
 from hostile_common import cli, mean_classifier_bundle
 from PIL import Image
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def _mid_gray() -> np.ndarray:
 
 
 def test_16_bit_png_gives_the_8_bit_answer(bundle, tmp_path):
-    from lkca_deploy.runtime import Predictor
+    from lkca_runtime.predictor import Predictor
 
     gray = _mid_gray()
     Image.fromarray(gray).save(tmp_path / "digit_8bit.png")
@@ -43,7 +43,7 @@ def test_16_bit_png_gives_the_8_bit_answer(bundle, tmp_path):
 
 
 def test_uint16_arrays_are_scaled_not_clipped(bundle):
-    from lkca_deploy.runtime import Predictor
+    from lkca_runtime.predictor import Predictor
 
     gray = _mid_gray()
     with Predictor(bundle, top_k=3) as p:
@@ -61,7 +61,7 @@ def test_uint16_arrays_are_scaled_not_clipped(bundle):
     lambda g: np.array([[True, False]] * 4),
 ])
 def test_non_finite_complex_or_boolean_arrays_are_refused(bundle, make):
-    from lkca_deploy.runtime import Predictor
+    from lkca_runtime.predictor import Predictor
 
     with Predictor(bundle) as p, pytest.raises(UserError, match="image #0"):
         p(make(_mid_gray()))
@@ -130,7 +130,7 @@ def test_evaluate_a_grayscale_mask_folder_with_a_grayscale_segmenter(tmp_path):
 def test_a_grayscale_folder_is_read_as_one_channel_for_calibration(tmp_path):
     """Calibration from a folder already goes through the model's spec: the same conversion, kept."""
     from lkca_deploy.calibration.sources import load_calibration
-    from lkca_deploy.data.spec import PreprocessSpec
+    from lkca_runtime.spec import PreprocessSpec
 
     _digit_folder(tmp_path / "digits", per_class=1)
     spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,))

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from hostile_common import assert_one_line, cli, leftovers, mean_classifier, tmpfs
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_force_replaces_a_checkpoint_the_toolkit_wrote(nano_checkpoint, tmp_path
 
 def test_a_directory_written_meanwhile_by_another_run_is_not_replaced(tmp_path):
     """Two runs on one --out: the later rename is refused, the earlier result stays (checked again at the rename)."""
-    from lkca_deploy.fsutil import atomic_dir
+    from lkca_runtime.fsutil import atomic_dir
 
     target = tmp_path / "bundle"
     with pytest.raises(UserError, match="meanwhile"), atomic_dir(target) as mine:
@@ -73,7 +73,8 @@ def test_a_directory_written_meanwhile_by_another_run_is_not_replaced(tmp_path):
 def test_a_bundle_written_meanwhile_is_not_replaced_even_with_force(tmp_path):
     from hostile_common import mean_classifier_bundle
 
-    from lkca_deploy.bundle import BundleWriter, read_manifest
+    from lkca_deploy.bundle import BundleWriter
+    from lkca_runtime.bundle import read_manifest
 
     target = tmp_path / "b"
     mean_classifier_bundle(target, tmp_path)
@@ -88,7 +89,7 @@ def test_a_bundle_written_meanwhile_is_not_replaced_even_with_force(tmp_path):
 
 
 def test_a_file_written_meanwhile_is_not_replaced(tmp_path):
-    from lkca_deploy.fsutil import atomic_output
+    from lkca_runtime.fsutil import atomic_output
 
     target = tmp_path / "model.onnx"
     with pytest.raises(UserError, match="meanwhile"), atomic_output(target) as tmp:
@@ -174,7 +175,7 @@ def test_bad_tensorrt_version_writes_nothing(tmp_path, nano_onnx, calib_npy):
 
 def test_errors_name_the_users_path_not_a_temp_file(tmp_path):
     """An output the backend cannot open is reported under the name the user gave."""
-    from lkca_deploy.fsutil import atomic_output
+    from lkca_runtime.fsutil import atomic_output
 
     target = tmp_path / "model.onnx"
     with pytest.raises(UserError) as caught, atomic_output(target) as tmp:

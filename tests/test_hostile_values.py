@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hostile_common import assert_one_line, cli, mean_classifier
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 B = "no-such-bundle"  # options are checked before any file is read
 
@@ -72,7 +72,7 @@ def test_zero_is_not_absent_in_the_python_api():
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_non_finite_calibration_samples_are_refused_with_count_and_place(tmp_path, bad):
     from lkca_deploy.calibration.sources import load_calibration
-    from lkca_deploy.data.spec import PreprocessSpec
+    from lkca_runtime.spec import PreprocessSpec
 
     x = np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32)
     x[7, 0, 3, 3] = bad
@@ -116,7 +116,7 @@ def _logits_agreeing_on_a_fifth(classes: int = 10):
 
 
 def test_int8_engine_that_disagrees_with_the_reference_fails_even_with_equal_top1():
-    from lkca_deploy.reports.parity import Thresholds, classification_parity, with_verdict
+    from lkca_runtime.metrics import Thresholds, classification_parity, with_verdict
 
     eng, ref, labels = _logits_agreeing_on_a_fifth()
     metrics = classification_parity(eng, ref, labels)
@@ -129,7 +129,7 @@ def test_int8_engine_that_disagrees_with_the_reference_fails_even_with_equal_top
 
 
 def test_int8_segmentation_needs_pixel_agreement():
-    from lkca_deploy.reports.parity import segmentation_parity, with_verdict
+    from lkca_runtime.metrics import segmentation_parity, with_verdict
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (4, 16, 16))

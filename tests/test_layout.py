@@ -1,5 +1,6 @@
-"""The house rules of the package's layout, checked on its source: no import cycles (imports inside functions
-count too), each target limit written once, and no comment pointing at a file this repository does not have."""
+"""The house rules of the packages' layout, checked on their source: no import cycles (imports inside functions
+and under TYPE_CHECKING count too), the device runtime never reaches into the toolkit or torch, each target limit
+written once, and no comment pointing at a file this repository does not have."""
 
 from __future__ import annotations
 
@@ -8,35 +9,29 @@ import re
 from pathlib import Path
 
 import lkca_deploy
+import lkca_runtime
 
 PACKAGE = Path(lkca_deploy.__file__).parent
+RUNTIME = Path(lkca_runtime.__file__).parent
 REPO = PACKAGE.parent
+SOURCES = (PACKAGE, RUNTIME)
 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for package in SOURCES:
+        for path in package.rglob("*.py"):
+            parts = path.relative_to(package.parent).with_suffix("").parts
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return mods
 
 
-def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
-    """Imports under `if TYPE_CHECKING:` never run: they are annotations, not dependencies."""
-    skipped = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(n for stmt in node.body for n in ast.walk(stmt))
-    return skipped
-
-
 def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Every module `name` imports, wherever the import statement sits (a type-only import is a dependency too:
+    a reader follows it the same way)."""
     found = set()
     tree = ast.parse(path.read_text())
-    skipped = _type_checking_only(tree)
     for node in ast.walk(tree):
-        if node in skipped:
-            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -68,6 +63,24 @@ def test_no_module_imports_another_in_a_cycle():
     assert cycles == []
 
 
+def test_the_device_runtime_imports_neither_the_toolkit_nor_torch():
+    """Never the toolkit; the heavy libraries never at module level (TensorRT may borrow an installed PyTorch's
+    CUDA allocator inside a function, where cuda-python is missing)."""
+    heavy = ("torch", "torchvision", "nncf", "onnxsim", "sklearn", "matplotlib", "typer")
+    offenders = []
+    for path in RUNTIME.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = set(tree.body)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for n in names:
+                root = n.split(".")[0]
+                if root == "lkca_deploy" or (root in heavy and node in top):
+                    offenders.append(f"{path.relative_to(REPO)}: {n}")
+    assert offenders == []
+
+
 def test_each_hardware_kernel_limit_is_a_number_in_one_module():
     for limit in ("DLA_KERNEL_LIMIT", "NPU_KERNEL_LIMIT"):
         defined = [p for p in PACKAGE.rglob("*.py") if re.search(rf"^{limit} = \d+", p.read_text(), re.MULTILINE)]
@@ -79,12 +92,13 @@ def test_each_hardware_kernel_limit_is_a_number_in_one_module():
 
 
 def test_comments_name_only_files_this_repository_has():
-    cited = re.compile(r"\b((?:docs|benchmarks|tools|tests|lkca_deploy)/[\w./-]+\.(?:md|py|txt))|\b(DESIGN\.md)\b")
+    cited = re.compile(r"\b((?:docs|benchmarks|tools|tests|lkca_deploy|lkca_runtime|runtime)/[\w./-]+\.(?:md|py|txt))"
+                       r"|\b(DESIGN\.md)\b")
     missing = []
-    for path in PACKAGE.rglob("*.py"):
+    for path in [*PACKAGE.rglob("*.py"), *RUNTIME.rglob("*.py")]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             for match in cited.finditer(line):
                 name = match.group(1) or match.group(2)
-                if not (REPO / name).exists() and not (PACKAGE / name).exists():
+                if not any((base / name).exists() for base in (REPO, PACKAGE, RUNTIME, RUNTIME.parent)):
                     missing.append(f"{path.relative_to(REPO)}:{number}: {name}")
     assert missing == []

@@ -5,8 +5,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.masks import Slide, cli_slide, slide_logits, slide_options, window_origins
+from lkca_runtime.errors import UserError
+from lkca_runtime.masks import Slide, cli_slide, slide_logits, slide_options, window_origins
 
 
 @pytest.mark.parametrize("length, window, stride", [(100, 64, 43), (64, 64, 43), (65, 64, 1), (513, 64, 64)])
@@ -64,7 +64,7 @@ def test_window_options_are_checked():
 @pytest.mark.parametrize("shape, size", [((150, 32, 32), (512, 683)), ((11, 16, 16), (64, 64)), ((3, 9, 7), (5, 20))])
 def test_upsampled_argmax_is_the_argmax_of_the_dense_bilinear_resize(shape, size):
     """Two taps per output row and column, row blocks, classes last: the same mask as the dense matrices."""
-    from lkca_deploy.masks import bilinear_matrix, resize_bilinear, upsampled_argmax
+    from lkca_runtime.masks import bilinear_matrix, resize_bilinear, upsampled_argmax
 
     logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     dense = bilinear_matrix(size[0], shape[1]) @ logits @ bilinear_matrix(size[1], shape[2]).T

@@ -8,8 +8,8 @@ import sys
 import pytest
 from cli_runner import assert_user_error, run_cli
 
-from lkca_deploy.bundle import read_manifest, verify_artifacts
 from lkca_deploy.reports.render import validate_report_dict
+from lkca_runtime.bundle import read_manifest, verify_artifacts
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import json
 
 from cli_runner import run_cli
 
-from lkca_deploy.bundle import read_manifest
 from lkca_deploy.reports.contract import E2E_STAGES, validate_report_dict
+from lkca_runtime.bundle import read_manifest
 
 
 def test_every_engine_that_ran_has_its_load_time_memory_and_end_to_end_latency(small_bundle):

@@ -23,10 +23,10 @@ from PIL import Image
 
 from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.bundle import BundleWriter
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.errors import UserError
-from lkca_deploy.masks import Slide, resize_bilinear
-from lkca_deploy.runtime import Predictor, choose_engine, predict, softmax
+from lkca_runtime.errors import UserError
+from lkca_runtime.masks import Slide, resize_bilinear
+from lkca_runtime.predictor import Predictor, choose_engine, predict, softmax
+from lkca_runtime.spec import PreprocessSpec
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CLS_SPEC = PreprocessSpec((32, 32), 1, (0.5,), (0.25,), class_names=DIGITS)

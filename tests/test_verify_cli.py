@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from cli_runner import assert_user_error, run_cli
 
-from lkca_deploy.device_cache import DeviceCache
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import sha256_file
-from lkca_deploy.runtime import Predictor
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import sha256_file
+from lkca_runtime.predictor import Predictor
+from lkca_runtime.records import DeviceCache
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout: lkca_deploy wi
 from trt_bindings import CACHE, PACKAGES, Bindings, fetch_wheel, parse_version, read_wheel
 from trt_uses import Use, scan_tree, version_matches
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 
 def cell(use: Use, bindings: Bindings) -> str:
@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="a bindings wheel already on disk (instead of downloading)",
     )
-    parser.add_argument("--source", type=Path, default=REPO / "lkca_deploy", help="the package to scan")
+    parser.add_argument("--source", type=Path, default=REPO / "runtime" / "lkca_runtime",
+                        help="the package to scan (where the TensorRT backend lives)")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)

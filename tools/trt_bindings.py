@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import publish
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import publish
 
 CACHE = Path.home() / ".cache" / "lkca-deploy" / "trt-bindings"
 # One bindings package per major: 11.x is built for CUDA 13 (the cu12 package has 11.x too; one choice keeps one file).

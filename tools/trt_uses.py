@@ -24,7 +24,7 @@ from pathlib import Path
 
 from trt_bindings import IDENTIFIER, parse_version
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 _COMPARE = {
     "<": lambda a, b: a < b,

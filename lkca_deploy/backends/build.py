@@ -20,18 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from lkca_deploy.backends.base import (
-    Backend,
-    BuildResult,
-    BuildStep,
-    check_precision,
-    load_onnx,
-    onnx_precision,
-)
+from lkca_deploy.backends.base import Backend, BuildResult, BuildStep
 from lkca_deploy.backends.registry import get_backend
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import sha256_file
-from lkca_deploy.onnx_io import save_onnx_atomic
+from lkca_runtime.backends.base import check_precision, load_onnx, onnx_precision
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import sha256_file
+from lkca_runtime.onnx_io import save_onnx_atomic
 
 # Which quantize_int8 flavour each backend INT8 flavour bakes; None: the backend quantizes itself (NNCF).
 QDQ_FLAVOR = {"cpu": "cpu", "tensorrt": "tensorrt", "qdq": "cpu", "nncf": None}

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lkca_deploy.errors import UserError
-
-from . import quantize as q
-from .units import Unit, find_units, nodes_of
+from lkca_deploy.calibration import quantize as q
+from lkca_deploy.calibration.units import Unit, find_units, nodes_of
+from lkca_runtime.errors import UserError
 
 DEFAULT_MAX_DROP = 0.5  # points: half the INT8 parity threshold, so engines pass the report with margin
 SENSITIVITY_SAMPLES = 256  # enough to rank units by KL; the metric itself uses the whole subset
@@ -209,8 +208,8 @@ def task_metric(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
     grid logits are upsampled bilinearly to the masks, as parity does), in percent."""
     if task == "classification":
         return float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
-    from lkca_deploy.masks import upsampled_argmax
-    from lkca_deploy.reports.parity import confusion_matrix, miou_from_confusion
+    from lkca_runtime.masks import upsampled_argmax
+    from lkca_runtime.metrics import confusion_matrix, miou_from_confusion
 
     size = tuple(labels.shape[-2:])
     pred = (np.argmax(logits, axis=1) if tuple(logits.shape[-2:]) == size
@@ -272,7 +271,7 @@ def _final(steps: Sequence[Step]) -> Step:
 
 
 def _mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
-    from lkca_deploy.reports.parity import kl_divergence
+    from lkca_runtime.metrics import kl_divergence
 
     with np.errstate(all="ignore"):
         kl = kl_divergence(reference_logits, logits, axis=1)

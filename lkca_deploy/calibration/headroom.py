@@ -99,7 +99,7 @@ def keep_fp32_nodes(risks: Sequence[Risk]) -> list[str]:
 
 def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEFAULT_MARGIN) -> list[Risk]:
     """find_risks on the ranges of `calib`, nodes named as quantize_int8 and to_fp16_with_headroom name them."""
-    from .quantize import _with_node_names
+    from lkca_deploy.calibration.quantize import _with_node_names
 
     named = _with_node_names(model)
     return find_risks(named, tensor_ranges(named, calib), margin)
@@ -107,7 +107,7 @@ def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEF
 
 def tensor_ranges(model: onnx.ModelProto, calib: np.ndarray) -> dict[str, tuple[float, float]]:
     """(lo, hi) of every float tensor over `calib`: the minmax calibration INT8 uses, run on its own."""
-    from .quantize import calibrate
+    from lkca_deploy.calibration.quantize import calibrate
 
     return calibrate(model, calib, flavor="tensorrt", method="minmax").ranges
 
@@ -116,7 +116,7 @@ def to_fp16_with_headroom(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN
 ) -> tuple[onnx.ModelProto, list[Risk]]:
     """quantize.to_fp16 with the risks' nodes kept FP32; returns the model and the risks."""
-    from .quantize import _with_node_names, to_fp16
+    from lkca_deploy.calibration.quantize import _with_node_names, to_fp16
 
     named = _with_node_names(model)
     risks = find_risks(named, ranges, margin)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 DEFAULT_SAMPLES = 1000  # top-1 steps of 0.1 point: fine enough for a 0.5 point bound
 

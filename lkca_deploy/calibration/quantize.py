@@ -34,9 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_write_text
-from lkca_deploy.onnx_io import InputSpec, graph_inputs
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_write_text
+from lkca_runtime.onnx_io import InputSpec, graph_inputs
 
 Flavor = Literal["cpu", "tensorrt"]
 Method = Literal["minmax", "entropy", "percentile"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 # Ultralytics warns below the same count: with fewer samples INT8 ranges follow the few images seen.
 MIN_RELIABLE_SAMPLES = 300

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from lkca_deploy.errors import UserError
-
-from .quantize import QUANTIZED_OP_TYPES, _with_node_names
+from lkca_deploy.calibration.quantize import QUANTIZED_OP_TYPES, _with_node_names
+from lkca_runtime.errors import UserError
 
 _ADDS = ("Add", "Sum")
 

@@ -10,11 +10,11 @@ import sys
 
 import typer
 
-from ..errors import UserError
-from .common import app
+from lkca_deploy.cli.common import app
+from lkca_runtime.errors import UserError
 
 # Each module registers its commands on `app`, in this order in `lkca-deploy --help`: the data flow, then the device.
-from . import models, graph, engines, runs, device  # noqa: F401  isort: skip
+from lkca_deploy.cli import models, graph, engines, runs, device  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]
 
@@ -32,7 +32,7 @@ def main() -> None:
     except ImportError:
         from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from ..interrupts import Interrupted, interrupts_raise
+    from lkca_deploy.interrupts import Interrupted, interrupts_raise
 
     try:
         with interrupts_raise():

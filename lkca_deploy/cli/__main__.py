@@ -1,3 +1,3 @@
-from . import main
+from lkca_deploy.cli import main
 
 main()

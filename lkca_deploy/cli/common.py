@@ -31,9 +31,9 @@ def warn(message: str) -> None:
 
 
 def calibration_samples(source: str, onnx_path: Path, samples: int, data_root: Path | None, download: bool):
-    from ..calibration.sources import load_calibration
-    from ..onnx_io import load_onnx
-    from ..onnx_meta import spec_from_model
+    from lkca_deploy.calibration.sources import load_calibration
+    from lkca_deploy.onnx_meta import spec_from_model
+    from lkca_runtime.onnx_io import load_onnx
 
     cal = load_calibration(source, spec_from_model(load_onnx(onnx_path, load_external_data=False)),
                            samples=samples, data_root=data_root, download=download)

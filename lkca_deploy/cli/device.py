@@ -6,12 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..ranges import (
-    POSITIVE,
-    POSITIVE_INT,
-    option,
-)
-from .common import SCALE_HELP, STRIDE_HELP, app, echo_json
+from lkca_deploy.cli.common import SCALE_HELP, STRIDE_HELP, app, echo_json
+from lkca_deploy.ranges import POSITIVE, POSITIVE_INT, option
+from lkca_runtime.cli import prediction_lines, verify_table
 
 
 @app.command()
@@ -30,20 +27,16 @@ def predict(
                                                                   "the bundle's golden samples before serving."),
 ) -> None:
     """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
-    from ..masks import cli_slide
-    from ..runtime import predict as run_prediction
+    from lkca_runtime.masks import cli_slide
+    from lkca_runtime.predictor import predict as run_prediction
 
     results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision,
                              slide=cli_slide(slide, stride, scale), verify=verify_mode)
     if as_json:
         echo_json(results)
         return
-    for r in results:
-        if "label" in r:
-            shown = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"])
-            typer.echo(f"{r['image']}: {r['label']}  ({shown})")
-        else:
-            typer.echo(f"{r['image']}: {r['height']}x{r['width']} mask" + (f" -> {r['mask']}" if "mask" in r else ""))
+    for line in prediction_lines(results):
+        typer.echo(line)
 
 
 # ------------------------------------------------------------------------------------- proof on the device
@@ -61,40 +54,16 @@ def verify(
 ) -> None:
     """Re-prove engines on THIS machine with the bundle's golden samples (no torch, no data set); exit 1 when one
     misses its tolerance. A TensorRT engine the bundle's trtexec script wrote is adopted only when it passes."""
-    from ..bundle_check import verify_bundle
+    from lkca_runtime.verify import verify_bundle
 
     result = verify_bundle(bundle, backend=backend, precision=precision, engine=engine, all_engines=all_engines,
                            threads=threads)
     if as_json:
         echo_json(result.to_dict())
     else:
-        typer.echo(_verify_table(result))
+        typer.echo(verify_table(result))
     if not result.passed:
         raise typer.Exit(1)
-
-
-def _verify_table(result) -> str:
-    """One row per engine: status, agreement, errors, task metric, the limits it was held to, seconds."""
-    golden = result.golden
-    lines = [result.machine["summary"],
-             f"golden samples: {golden.get('samples')} ({golden.get('path')}, sha256 {golden.get('sha256', '')[:12]})",
-             (f"{'engine':<26} {'status':<8} {'agree':>7} {'max err':>9} {'mean err':>9} {'metric':>15} "
-              f"{'s':>5}  tolerance")]
-    for c in result.checks:
-        if c.status == "skipped":
-            lines.append(f"{c.engine:<26} {'skipped':<8} {c.reason}")
-            continue
-        m = c.metrics
-        agree = m.get("agreement", m.get("pixel_agreement"))
-        metric = ("top1_drop", m.get("top1_drop")) if "top1_drop" in m else ("miou_drop", m.get("miou_drop"))
-        metric_text = f"{metric[0]} {metric[1]:+.2f}" if metric[1] is not None else f"{metric[0]} -"
-        limits = ", ".join(f"{k} {'>=' if k.endswith('agreement') else '<='} {v:g}" for k, v in c.tolerance.items())
-        status = c.status + ("*" if c.cached else "")
-        lines.append(f"{c.engine:<26} {status:<8} {agree:>7.4f} {m.get('max_abs_err', 0):>9.2e} "
-                     f"{m.get('mean_abs_err', 0):>9.2e} {metric_text:>15} {c.seconds:>5.2f}  {limits}")
-        lines += [f"    {f}" for f in c.failures]
-    lines.append("PASSED" if result.passed else "FAILED")
-    return "\n".join(lines)
 
 
 @app.command("build-device")
@@ -107,7 +76,7 @@ def build_device(
     """Build the TensorRT engine(s) on THIS device from the bundle's ONNX with the trtexec script's settings,
     prove each on the golden samples, and cache it beside the bundle (or in the user cache when the bundle is
     read-only) under this GPU, compute capability, TensorRT version and driver; exit 1 when one fails."""
-    from ..bundle_check import build_device_engines
+    from lkca_runtime.verify import build_device_engines
 
     checks = build_device_engines(bundle, precision=precision, all_engines=all_engines, gpu_index=gpu,
                                   echo=lambda line: typer.echo(line, err=True))

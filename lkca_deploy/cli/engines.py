@@ -6,15 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UserError
-from ..ranges import (
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    PERCENTILE,
-    POSITIVE_INT,
-    option,
-)
-from .common import app, calibration_samples
+from lkca_deploy.cli.common import app, calibration_samples
+from lkca_deploy.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, PERCENTILE, POSITIVE_INT, option
+from lkca_runtime.errors import UserError
 
 
 @app.command()
@@ -42,9 +36,9 @@ def quantize(
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
-    from ..calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
-    from ..fsutil import atomic_outputs, check_output
-    from ..onnx_io import load_onnx, save_onnx_atomic
+    from lkca_deploy.calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
+    from lkca_runtime.fsutil import atomic_outputs, check_output
+    from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     # Every output is checked before the work and written only when all of them succeed.
     header = trt_cache_header(tensorrt_version) if cache is not None else None
@@ -73,9 +67,9 @@ def _accuracy_aware_int8(model, array, calib: str, calib_samples: int, flavor: s
                          max_float_units, val_data, data_root, download: bool):
     """quantize_accuracy_aware for `quantize --max-drop`: the search runs on both flavours (one split for every
     target), the table of tries goes to stderr, the result carries the plan in its metadata."""
-    from ..calibration.accuracy_aware import metadata_for, quantize_accuracy_aware
-    from ..calibration.holdout import validation_subset
-    from ..onnx_meta import read_metadata, set_metadata, spec_from_model
+    from lkca_deploy.calibration.accuracy_aware import metadata_for, quantize_accuracy_aware
+    from lkca_deploy.calibration.holdout import validation_subset
+    from lkca_deploy.onnx_meta import read_metadata, set_metadata, spec_from_model
 
     data = val_data or (calib if not Path(calib).exists() else None)
     if data is None:
@@ -108,8 +102,8 @@ def build(
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
-    from ..backends.build import build_engine
-    from ..fsutil import check_output
+    from lkca_deploy.backends.build import build_engine
+    from lkca_runtime.fsutil import check_output
 
     check_output(out)
     array = calibration_samples(calib, file, calib_samples, data_root, False) if calib else None

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UserError
-from ..ranges import (
-    NON_NEGATIVE_INT,
-    OPSET,
-    POSITIVE,
-    POSITIVE_INT,
-    option,
-)
-from .common import MiB, app, calibration_samples, echo_json
+from lkca_deploy.cli.common import MiB, app, calibration_samples, echo_json
+from lkca_deploy.ranges import NON_NEGATIVE_INT, OPSET, POSITIVE, POSITIVE_INT, option
+from lkca_runtime.errors import UserError
 
 
 @app.command()
@@ -39,8 +33,8 @@ def export(
                                "(the head's grid logits; the Predictor upsamples once to each image) | HxW."),
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
-    from ..export import export_model
-    from ..fsutil import check_output
+    from lkca_deploy.export import export_model
+    from lkca_runtime.fsutil import check_output
 
     check_output(out)  # before tracing: a bad --out fails in a second, not after the export
 
@@ -71,8 +65,8 @@ def lower(
     matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
-    from ..fsutil import check_output
-    from ..lowering.passes import STRATEGIES, lower_file
+    from lkca_deploy.lowering.passes import STRATEGIES, lower_file
+    from lkca_runtime.fsutil import check_output
 
     check_output(out)
 
@@ -101,8 +95,8 @@ def check(
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Lint a model against a target's documented limits; exit 1 when the target cannot run it as it stands."""
-    from ..check import check_model
-    from ..onnx_io import load_onnx
+    from lkca_deploy.check import check_model
+    from lkca_runtime.onnx_io import load_onnx
 
     model = load_onnx(file)
     risks = _fp16_headroom(model, file, precision, calib, calib_samples, data_root)
@@ -113,7 +107,7 @@ def check(
     else:
         typer.echo(report.format_text())
         if risks is not None:
-            from ..calibration.headroom import risks_table
+            from lkca_deploy.calibration.headroom import risks_table
 
             typer.echo(risks_table(risks))
     if not report.ok:
@@ -122,8 +116,8 @@ def check(
 
 def _fp16_headroom(model, file: Path, precision, calib, calib_samples: int, data_root):
     """The FP16 risks (calibration/headroom.py) `check --precision fp16` prints; None without --precision."""
-    from ..calibration import headroom
-    from ..onnx_meta import FP16_HEADROOM, read_metadata
+    from lkca_deploy.calibration import headroom
+    from lkca_deploy.onnx_meta import FP16_HEADROOM, read_metadata
 
     if precision is None:
         if calib is not None:

@@ -7,19 +7,14 @@ from pathlib import Path
 
 import typer
 
-from ..ranges import (
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    option,
-)
-from .common import SCALE_HELP, STRIDE_HELP, app, echo_json
+from lkca_deploy.cli.common import SCALE_HELP, STRIDE_HELP, app, echo_json
+from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, option
 
 
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="One JSON list on stdout.")) -> None:
     """List the model zoo: params, GFLOPs, input size, grid and kernel."""
-    from ..models.zoo import list_models, model_summary
+    from lkca_deploy.models.zoo import list_models, model_summary
 
     rows = [model_summary(name) for name in list_models()]
     if as_json:
@@ -52,8 +47,8 @@ def train(
     workers: int = option(0, "Data loader worker processes.", NON_NEGATIVE_INT),
 ) -> None:
     """Train a zoo model on a data set and save a checkpoint (safetensors + config.json)."""
-    from ..train import TrainOptions, default_batch_size, default_epochs
-    from ..train import train as run_training
+    from lkca_deploy.train import TrainOptions, default_batch_size, default_epochs
+    from lkca_deploy.train import train as run_training
 
     out = out or Path("runs") / f"{model}-{Path(data).name}"
     # Resuming into the checkpoint itself replaces it: naming it twice is the consent --force gives.
@@ -84,8 +79,8 @@ def evaluate(
     scale: float | None = option(None, SCALE_HELP, POSITIVE),
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5 (classification) or mIoU/pixel accuracy (segmentation)."""
-    from ..masks import cli_slide
-    from ..train import evaluate as run_evaluation
+    from lkca_deploy.train import evaluate as run_evaluation
+    from lkca_runtime.masks import cli_slide
 
     metrics = run_evaluation(checkpoint, data, split, data_root, download, device,
                              slide=cli_slide(slide, stride, scale))

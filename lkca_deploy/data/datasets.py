@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .spec import PreprocessSpec, as_8bit
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec, as_8bit
 
 DIGITS_TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the test split must never move between runs, or calibration could read it

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .datasets import (
+from lkca_deploy.data.datasets import (
     DIGITS_TEST_FRACTION,
     IMAGE_SUFFIXES,
     IMAGENET_MEAN_STD,
@@ -30,7 +29,8 @@ from .datasets import (
     SourceInfo,
     seeded_subset,
 )
-from .spec import IGNORE_INDEX, PreprocessSpec, Split
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import IGNORE_INDEX, PreprocessSpec, Split
 
 PRELOAD_BYTES = 512 * 2**20  # splits whose preprocessed tensors fit are read once up front; larger ones per item
 
@@ -52,7 +52,7 @@ class SegmentationSource(SourceInfo):
 
 
 def _digit_scenes(split: str) -> SegmentationSource:
-    from .scenes import CLASS_NAMES, MEAN_STD, make_scenes
+    from lkca_deploy.data.scenes import CLASS_NAMES, MEAN_STD, make_scenes
 
     scenes = make_scenes("train" if split == "train" else "test")
     mean, std = MEAN_STD

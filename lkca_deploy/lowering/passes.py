@@ -31,10 +31,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.errors import UserError
 from lkca_deploy.lowering import spectral, token_spectral
-from lkca_deploy.onnx_io import constant_tensors, load_onnx, save_onnx_atomic, static_shapes
 from lkca_deploy.targets import DLA_KERNEL_LIMIT
+from lkca_runtime.errors import UserError
+from lkca_runtime.onnx_io import constant_tensors, load_onnx, save_onnx_atomic, static_shapes
 
 STRATEGIES = ("conv", "crop", "matmul", "tiled", "spectral", "token_spectral")
 DEFAULT_MIN_KERNEL = 7  # kernels up to 7x7 are "small": every backend runs them natively and fast

@@ -24,8 +24,8 @@ from lkca_deploy.lowering.passes import (
     matmul_nbytes,
     not_lowerable,
 )
-from lkca_deploy.onnx_io import graph_inputs
 from lkca_deploy.targets import get_target
+from lkca_runtime.onnx_io import graph_inputs
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lkca_deploy.lowering import spectral
-from lkca_deploy.onnx_io import constant_tensors, static_shapes
+from lkca_runtime.onnx_io import constant_tensors, static_shapes
 
 TOKEN_PERM = [0, 2, 1]
 

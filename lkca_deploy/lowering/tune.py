@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lkca_deploy.errors import UserError
 from lkca_deploy.lowering.passes import DEFAULT_MATMUL_BUDGET, STRATEGIES, lower_model, with_conv_names
-from lkca_deploy.onnx_io import graph_inputs, input_spec, save_onnx_atomic
 from lkca_deploy.targets import DLA_KERNEL_LIMIT
+from lkca_runtime.errors import UserError
+from lkca_runtime.onnx_io import graph_inputs, input_spec, save_onnx_atomic
 
 DEFAULT_TUNE_CANDIDATES = ("conv", "crop", "matmul", "spectral", "token_spectral", f"tiled:{DLA_KERNEL_LIMIT}")
 TUNE_REPEATS = 5
@@ -160,7 +160,7 @@ class _CandidateTimer:
         self.runners: dict[int, Any] = {}
 
     def __call__(self, model: onnx.ModelProto) -> float:
-        from lkca_deploy.reports.latency import measure_latency
+        from lkca_deploy.measure.latency import measure_latency
 
         runner = self.runners.get(id(model))
         if runner is None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.masks import bilinear_matrix
-from lkca_deploy.onnx_io import static_shapes
+from lkca_runtime.masks import bilinear_matrix
+from lkca_runtime.onnx_io import static_shapes
 
 _HALF_PIXEL = (b"half_pixel", b"pytorch_half_pixel")  # the same for any output length above 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .heads import ClassificationHead, SegmentationHead
-from .lkca import LKCA, MHSA
+from lkca_deploy.models.heads import ClassificationHead, SegmentationHead
+from lkca_deploy.models.lkca import LKCA, MHSA
 
 
 class Block(nn.Module):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..errors import UserError
-from .lkca import default_kernel_size, default_view
+from lkca_deploy.models.lkca import default_kernel_size, default_view
+from lkca_runtime.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def config_from_dict(d) -> ModelConfig:
     model, mixer and task the zoo's for it, sizes positive integers that split evenly (image into patches, width
     into heads), channels 1 or 3. Fields the dict lacks come from the zoo. ValueError (TypeError for no dict at
     all) says which field is wrong."""
-    from ..ranges import POSITIVE, POSITIVE_INT, Range
+    from lkca_deploy.ranges import POSITIVE, POSITIVE_INT, Range
 
     if not isinstance(d, dict):
         raise TypeError(f"'model' must be an object naming a zoo model, not {d!r}")
@@ -133,7 +133,7 @@ def get_config(name: str, **overrides) -> ModelConfig:
 
 def build_model(config: ModelConfig, view: str | None = None):
     """A ViT for this config; view None picks the faster training view for its grid."""
-    from .vit import ViT
+    from lkca_deploy.models.vit import ViT
 
     return ViT(
         mixer=config.mixer,

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lkca_deploy.errors import UserError
 from lkca_deploy.reports.contract import validate_report_dict
+from lkca_runtime.errors import UserError
 
 REPORT_FILE = "report.json"
 COMPARISON_SCHEMA = 1
@@ -96,7 +96,7 @@ def load_report(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any],
 def _report_in_dir(folder: Path) -> Path:
     if (folder / REPORT_FILE).is_file():
         return folder / REPORT_FILE
-    from lkca_deploy.bundle import MANIFEST, read_manifest, verify_artifacts
+    from lkca_runtime.bundle import MANIFEST, read_manifest, verify_artifacts
 
     if not (folder / MANIFEST).is_file():
         raise UserError(f"{folder} holds neither {REPORT_FILE} nor a bundle manifest")

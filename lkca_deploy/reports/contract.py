@@ -6,10 +6,16 @@ added, never renamed or removed.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from lkca_deploy.reports.e2e import STAGES, TOTAL
-from lkca_deploy.tasks.names import TASKS
+from lkca_deploy.measure.e2e import STAGES, TOTAL, EndToEnd
+from lkca_deploy.measure.latency import LatencyStats
+from lkca_deploy.reports.cost import EngineCost
+from lkca_runtime.machine import int8_hint, isa_summary, machine_facts
+from lkca_runtime.spec import TASKS
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "skipped")
@@ -132,3 +138,139 @@ def validate_report_dict(d: Any) -> list[str]:
     ):
         problems.append("comparison is not a comparison object (regressed, engines)")
     return problems
+
+
+@dataclass
+class EngineResult:
+    """One engine (backend x precision x lowering) in a report.
+
+    `parity` is parity.with_verdict(...)'s dict (metrics + passed + failures); `blocks` is
+    parity.first_divergent_block(...)[0]. A status of "ok" with failed parity becomes "failed".
+    """
+
+    backend: str
+    precision: str
+    lowering: str
+    path: str | None = None
+    size_bytes: int | None = None
+    parity: dict[str, Any] | None = None
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+    blocks: list[dict[str, Any]] | None = None
+    first_divergent: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. threads, flavour, build seconds
+    cost: EngineCost | None = None  # load time and peak memory (reports/cost.py)
+    e2e: EndToEnd | None = None  # Predictor latency per stage at batch 1 (reports/e2e.py)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"engine status {self.status!r} is not one of {STATUSES}")
+        if self.status == "skipped" and not self.reason:
+            raise ValueError(f"skipped engine {self.name} needs a reason")
+        if self.status == "ok" and self.parity is not None and self.parity.get("passed") is False:
+            self.status = "failed"
+        if self.path is not None:
+            self.path = str(self.path)
+
+    @classmethod
+    def skipped(cls, backend: str, precision: str, lowering: str, reason: str) -> EngineResult:
+        return cls(backend, precision, lowering, status="skipped", reason=reason)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.precision}/{self.lowering}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "lowering": self.lowering,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "status": self.status,
+            "reason": self.reason,
+            "parity": self.parity,
+            "latency": {batch: stats.to_dict() for batch, stats in self.latency.items()},
+            "cost": self.cost.to_dict() if self.cost else None,
+            "e2e": self.e2e.to_dict() if self.e2e else None,
+        }
+        if self.blocks is not None:
+            d["blocks"] = self.blocks
+            d["first_divergent"] = self.first_divergent
+        if self.extra:
+            d["extra"] = self.extra
+        return _jsonable(d)
+
+
+
+def _now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+
+@dataclass
+class Report:
+    """A parity + latency report for one model. `passed`: at least one engine ran, and none failed."""
+
+    model: str
+    task: str
+    engines: list[EngineResult]
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    reference: str = "pytorch fp32"
+    dataset: str | None = None
+    thresholds: dict[str, Any] | None = None
+    created_utc: str = field(default_factory=_now_utc)
+    extra: dict[str, Any] = field(default_factory=dict)
+    comparison: dict[str, Any] | None = None  # reports.compare against a baseline run
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"report task {self.task!r} is not one of {TASKS}")
+
+    @classmethod
+    def on_this_machine(cls, model: str, task: str, engines: list[EngineResult], **kwargs: Any) -> Report:
+        """A report whose machine facts and library versions are this machine's."""
+        facts = machine_facts()
+        versions = facts.pop("versions")
+        machine = {**facts, "summary": isa_summary(facts), "int8_hint": int8_hint(facts)}
+        return cls(model, task, engines, machine=machine, versions=versions, **kwargs)
+
+    @property
+    def passed(self) -> bool:
+        statuses = [e.status for e in self.engines]
+        return "ok" in statuses and "failed" not in statuses
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "model": self.model,
+                "task": self.task,
+                "passed": self.passed,
+                "reference": self.reference,
+                "dataset": self.dataset,
+                "created_utc": self.created_utc,
+                "machine": self.machine,
+                "versions": self.versions,
+                "thresholds": self.thresholds,
+                "engines": [e.to_dict() for e in self.engines],
+                **({"extra": self.extra} if self.extra else {}),
+                **({"comparison": self.comparison} if self.comparison is not None else {}),
+            }
+        )
+
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars and arrays unwrapped, tuples as lists, NaN/inf as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array, without importing numpy for the check
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

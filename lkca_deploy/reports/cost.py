@@ -94,7 +94,7 @@ def measure_cost(
     keyword arguments (warmup, iters, budget_s, min_iters)} to time the Predictor on those files in the same child.
     A UserError in the child (say, the backend is not installed) is raised here with its one line.
     """
-    from ..errors import UserError
+    from lkca_runtime.errors import UserError
 
     if runs < 1 or not batches or any(b < 1 for b in batches):
         raise ValueError(f"need runs >= 1 and positive batch sizes (got {runs}, {list(batches)})")
@@ -193,7 +193,7 @@ def _engine_input_shape(request: Mapping[str, Any]) -> tuple[int, ...]:
 
     Read before loading so the inputs are not counted in the engine's memory; read_sidecar's UserErrors name a
     missing artifact or one built for another backend."""
-    from ..backends.base import read_sidecar
+    from lkca_runtime.backends.base import read_sidecar
 
     facts = read_sidecar(Path(request["artifact"]), request["backend"])
     return tuple(int(d) for d in facts["input"]["shape"][1:])
@@ -202,14 +202,14 @@ def _engine_input_shape(request: Mapping[str, Any]) -> tuple[int, ...]:
 def _import_onnx_reader() -> None:
     """The onnx package, where installed: a module import is the process's one-off cost, not the engine's."""
     try:
-        from .. import onnx_io  # noqa: F401
+        from lkca_runtime import onnx_io  # noqa: F401
     except ImportError:  # a device without the onnx package: loads then trust the sidecar
         pass
 
 
 def child_main(request: Mapping[str, Any]) -> dict[str, Any]:
     """Steps 1-5 of the module docstring; returns {"cost": EngineCost dict, "e2e": dict | None, "torch_imported"}."""
-    from ..backends.registry import get_backend
+    from lkca_deploy.backends.registry import get_backend
 
     before_import = _rss_kb()
     backend = get_backend(request["backend"])  # UserError when not installed; imports the library
@@ -258,9 +258,9 @@ def child_main(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _child_e2e(runner, spec: Mapping[str, Any]) -> dict[str, Any]:
-    from ..data.spec import PreprocessSpec
-    from ..runtime import Predictor
-    from .e2e import measure_e2e
+    from lkca_deploy.measure.e2e import measure_e2e
+    from lkca_runtime.predictor import Predictor
+    from lkca_runtime.spec import PreprocessSpec
 
     predictor = Predictor.around(
         runner, PreprocessSpec.from_dict(spec["spec"]), spec["task"], class_names=spec.get("class_names")
@@ -270,7 +270,7 @@ def _child_e2e(runner, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _main(argv: Sequence[str]) -> int:
-    from ..errors import UserError
+    from lkca_runtime.errors import UserError
 
     try:
         result = child_main(json.loads(argv[0]))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lkca_deploy.reports.render import EngineResult, Report
+    from lkca_deploy.reports.contract import EngineResult, Report
 
 MARKERS = {"onnxruntime": "o", "openvino": "s", "tensorrt": "^"}
 _OTHER_MARKERS = ("D", "v", "P", "X")

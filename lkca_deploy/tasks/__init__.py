@@ -6,18 +6,18 @@ bundle, predictor) takes the task and never forks on it.
 
 from __future__ import annotations
 
-from .names import TASKS
+from lkca_runtime.spec import TASKS
 
 __all__ = ["TASKS", "get_task"]
 
 
 def get_task(name: str):
     if name == "classification":
-        from .classification import ClassificationTask
+        from lkca_deploy.tasks.classification import ClassificationTask
 
         return ClassificationTask()
     if name == "segmentation":
-        from .segmentation import SegmentationTask
+        from lkca_deploy.tasks.segmentation import SegmentationTask
 
         return SegmentationTask()
     raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..reports.parity import SegmentationMeter
+from lkca_runtime.metrics import SegmentationMeter
 
 IGNORE_INDEX = 255
 NATURAL_SCALES = (0.5, 2.0)  # photos (ADE20K): the usual range of the paper's segmentation recipes
@@ -100,7 +100,7 @@ def evaluate_sliding(net, source, spec, device, slide) -> dict:
     `source` is a data.segmentation.SegmentationSource (raw images and label maps), `spec` the model's
     PreprocessSpec; one image at a time, since images differ in size.
     """
-    from ..masks import slide_image_logits, upsampled_argmax
+    from lkca_runtime.masks import slide_image_logits, upsampled_argmax
 
     strides = slide.strides(tuple(spec.input_size))  # checked before the first image
 

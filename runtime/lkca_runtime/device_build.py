@@ -22,11 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .bundle import Manifest, inside, verify_artifacts
-from .device_cache import DeviceCache
-from .device_verify import EngineCheck, check_loaded, engine_name
-from .errors import UserError
-from .golden import GoldenSet
+from lkca_runtime.bundle import Manifest, inside, verify_artifacts
+from lkca_runtime.engine_check import EngineCheck, check_loaded, engine_name
+from lkca_runtime.errors import UserError
+from lkca_runtime.golden import GoldenSet
+from lkca_runtime.records import DeviceCache
 
 BACKEND = "tensorrt"
 # Without timings the most exact engine wins, as in the runtime's choice.
@@ -61,8 +61,8 @@ def choose_build(manifest: Manifest, precision: str | None = None) -> dict[str, 
 
 def gpu_driver(gpu_index: int = 0, *, gpus: list[dict[str, Any]] | None = None, root: str | Path = "/") -> str | None:
     """The GPU driver version from nvidia-smi; on a Jetson, where the driver ships with L4T, 'L4T <release>'."""
-    from .fingerprint import jetson_facts
-    from .reports.machine import machine_facts
+    from lkca_runtime.fingerprint import jetson_facts
+    from lkca_runtime.machine import machine_facts
 
     rows = machine_facts()["gpus"] if gpus is None else gpus
     if gpu_index < len(rows) and rows[gpu_index].get("driver") not in (None, "", "N/A", "[N/A]"):
@@ -86,7 +86,7 @@ def engine_key(build: dict[str, Any], here: dict[str, Any], onnx_sha256: str) ->
 def build_arguments(build: dict[str, Any], bundle_dir: Path, folder: Path) -> tuple[Path, str | None, dict[str, Any]]:
     """(ONNX, device, keyword options) for TensorRTBackend.build from the recipe's settings: the calibration
     cache read from the bundle, the timing cache kept beside the engine being built."""
-    from .backends.trtexec import BUILD_OPTIONS, TensorRTSettings
+    from lkca_runtime.backends.trtexec import BUILD_OPTIONS, TensorRTSettings
 
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     options = {k: getattr(settings, k) for k in BUILD_OPTIONS}
@@ -99,7 +99,7 @@ def build_arguments(build: dict[str, Any], bundle_dir: Path, folder: Path) -> tu
 def script_engine(bundle_dir: Path, manifest: Manifest, build: dict[str, Any]) -> Path | None:
     """The engine the bundle's trtexec script wrote on this device: at the recipe's engine path, and not the
     bundle's own listed file (that one was built elsewhere and is judged by its sidecar)."""
-    from .fsutil import sha256_file
+    from lkca_runtime.fsutil import sha256_file
 
     path = inside(bundle_dir, build["engine"])
     if not path.is_file():
@@ -112,8 +112,8 @@ def bundle_engine_here(bundle_dir: Path, manifest: Manifest, build: dict[str, An
                        here: dict[str, Any]) -> dict[str, Any] | None:
     """The bundle's own engine for this recipe when its sidecar says it was built on a GPU and TensorRT like
     these (a pipeline run on the device itself, or on an identical one)."""
-    from .backends.base import read_sidecar
-    from .backends.trtexec import engine_mismatches
+    from lkca_runtime.backends.base import read_sidecar
+    from lkca_runtime.backends.trtexec import engine_mismatches
 
     for engine in manifest.engines:
         if engine["backend"] != BACKEND or engine_name(engine) != engine_name(build):
@@ -132,7 +132,7 @@ def bundle_engine_here(bundle_dir: Path, manifest: Manifest, build: dict[str, An
 
 def here_facts(gpu_index: int = 0) -> dict[str, Any]:
     """This GPU's name and compute capability, the TensorRT version and the driver."""
-    from .backends.tensorrt import current_gpu_facts
+    from lkca_runtime.backends.tensorrt import current_gpu_facts
 
     return {**current_gpu_facts(gpu_index), "driver": gpu_driver(gpu_index)}
 
@@ -140,8 +140,8 @@ def here_facts(gpu_index: int = 0) -> dict[str, Any]:
 def _write_adopted_sidecar(engine: Path, onnx_path: Path, build: dict[str, Any], here: dict[str, Any],
                            device: str | None) -> None:
     """trtexec writes no sidecar: describe the engine it built from the recipe and this machine's facts."""
-    from .backends.base import input_facts, load_onnx, onnx_precision, write_sidecar
-    from .backends.trtexec import COMPAT_FACTS, TensorRTSettings, parse_device, precision_plan
+    from lkca_runtime.backends.base import input_facts, load_onnx, onnx_precision, write_sidecar
+    from lkca_runtime.backends.trtexec import COMPAT_FACTS, TensorRTSettings, parse_device, precision_plan
 
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     model = load_onnx(onnx_path)
@@ -181,8 +181,8 @@ def provide_engine(
     A new engine (built here, or written by the trtexec script) is checked on the golden samples and cached only
     when it passes; when it fails the file is None and the check says why. `adopt_only`: never build, only adopt
     a script-built engine (UserError when there is none)."""
-    from .backends.base import sidecar_path
-    from .backends.registry import get_backend
+    from lkca_runtime.backends.base import sidecar_path
+    from lkca_runtime.backends.registry import get_loader
 
     bundle_dir = Path(bundle_dir)
     cache = cache or DeviceCache(bundle_dir)
@@ -201,7 +201,7 @@ def provide_engine(
     if found is not None:
         engine = found / f"model.{build['precision']}.engine"
         return engine, {**entry, "artifact": str(engine)}, None
-    backend = get_backend(BACKEND)
+    backend = get_loader(BACKEND)
     with tempfile.TemporaryDirectory(prefix="lkca-trt-") as tmp:
         onnx_path, device, options = build_arguments(build, bundle_dir, Path(tmp))
         engine = Path(tmp) / f"model.{build['precision']}.engine"
@@ -242,6 +242,6 @@ def _remove_script_output(bundle_dir: Path, manifest: Manifest, engine: Path) ->
 
 
 def _key_name(key: dict[str, Any]) -> str:
-    from .fingerprint import fingerprint_key
+    from lkca_runtime.fingerprint import fingerprint_key
 
     return fingerprint_key(key)

@@ -17,8 +17,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .reports.jetson import jetson_facts
-from .reports.machine import library_versions, machine_facts, parse_cpuinfo
+from lkca_runtime.jetson import jetson_facts
+from lkca_runtime.machine import library_versions, machine_facts, parse_cpuinfo
 
 FINGERPRINT_FORMAT = 1
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from lkca_runtime.errors import UserError
 
 _UMASK_LOCK = threading.Lock()
 

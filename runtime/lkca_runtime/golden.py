@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .fsutil import atomic_output, sha256_file
-from .reports.parity import (
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_output, sha256_file
+from lkca_runtime.metrics import (
     IGNORE_INDEX,
     ClassificationParityMeter,
     SegmentationMeter,
@@ -28,11 +28,11 @@ from .reports.parity import (
     judge,
     miou_from_confusion,
 )
+from lkca_runtime.spec import TASKS
 
 GOLDEN_FORMAT = 1
 DEFAULT_SAMPLES = 64
 GOLDEN_REL = "golden/golden.npz"
-TASKS = ("classification", "segmentation")
 # Arrays each task's file holds (beside format, task, x and labels).
 _REFERENCE_KEYS = {
     "classification": ("ref_logits",),
@@ -96,7 +96,7 @@ def compact_segmentation_reference(logits: np.ndarray, mask_size: tuple[int, int
         "ref_margin": (top1 - second).astype(np.float16),
     }
     if mask_size is not None and tuple(mask_size) != logits.shape[2:]:
-        from .masks import upsampled_argmax
+        from lkca_runtime.masks import upsampled_argmax
 
         compact[_UPSAMPLED_KEY] = np.stack([upsampled_argmax(sample, mask_size) for sample in logits]).astype(ids)
     return compact
@@ -222,7 +222,7 @@ def _segmentation_metrics(golden: GoldenSet, outputs: np.ndarray) -> dict[str, A
         raise UserError(f"the golden masks name classes beyond the engine's {classes}: an engine of another model")
     scored, scored_ref = pred, ref
     if labels.shape[1:] != ref.shape[1:]:  # grid logits: scored after the one upsample to the masks, as parity does
-        from .masks import upsampled_argmax
+        from lkca_runtime.masks import upsampled_argmax
 
         if _UPSAMPLED_KEY not in golden.reference:
             raise UserError("the golden set has no upsampled reference for these grid logits: rebuild the bundle")

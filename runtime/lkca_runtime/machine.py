@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from lkca_deploy.reports.jetson import jetson_facts, jetson_summary
+from lkca_runtime.jetson import jetson_facts, jetson_summary
 
 ISA_FLAGS = (
     "avx2",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .data.spec import PreprocessSpec
-from .errors import UserError
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 DEFAULT_STRIDE_FRACTION = 2 / 3
 _UPSAMPLE_BYTES = 64 << 20  # scores upsampled per row block when only the mask is wanted

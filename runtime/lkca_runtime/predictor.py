@@ -19,18 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import PRECISIONS, run_batched, static_batch
-from .bundle import (
-    Manifest,
-    check_engine_precision,
-    inside,
-    read_manifest,
-    verify_whole,
-)
-from .data.spec import PreprocessSpec
-from .errors import UserError
-from .fsutil import atomic_output
-from .masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
+from lkca_runtime.backends.base import PRECISIONS, run_batched, static_batch
+from lkca_runtime.backends.registry import backend_status
+from lkca_runtime.bundle import Manifest, check_engine_precision, inside, read_manifest, verify_whole
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_output
+from lkca_runtime.masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
+from lkca_runtime.spec import PreprocessSpec
 
 AUTO = "auto"
 # "auto" takes the first of these that is installed here and present in the bundle: fastest where it exists.
@@ -47,12 +42,6 @@ ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
 # ---------------------------------------------------------------- engine choice (pure)
 
 
-def backend_status(name: str) -> tuple[bool, str]:
-    """(installed here, version or install hint) for a backend, without importing its library at module level."""
-    from .backends.registry import get_backend
-
-    return get_backend(name, require_available=False).available()
-
 
 def choose_engine(
     engines: Sequence[dict[str, Any]],
@@ -61,7 +50,7 @@ def choose_engine(
     status: Callable[[str], tuple[bool, str]] = backend_status,
 ) -> dict[str, Any]:
     """The engine to load: see Predictor. `status(name)` says whether a backend is installed (tests pass their own)."""
-    from .backends.registry import BACKENDS
+    from lkca_runtime.backends.registry import BACKENDS
 
     if not engines:
         raise UserError("the bundle has no engines: rebuild it with lkca-deploy pipeline")
@@ -267,8 +256,8 @@ class Predictor:
         top_k: int = 5,
         verify: str = "first-use",
     ):
-        from .backends.registry import get_backend
-        from .device_verify import VERIFY_MODES
+        from lkca_runtime.backends.registry import get_loader
+        from lkca_runtime.engine_check import VERIFY_MODES
 
         if verify not in VERIFY_MODES:
             raise UserError(f"unknown verify mode {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
@@ -285,7 +274,7 @@ class Predictor:
         else:
             self.engine = choose_engine(self.manifest.engines, backend, precision)  # hashed by verify_whole above
             artifact = inside(self.bundle_dir, self.engine["artifact"])
-        self.runner = get_backend(self.engine["backend"]).load(artifact, device=device, threads=threads)
+        self.runner = get_loader(self.engine["backend"]).load(artifact, device=device, threads=threads)
         try:
             check_engine_precision(self.engine, self.runner.info.get("precision"))
             self._check_input_shape()
@@ -323,14 +312,14 @@ class Predictor:
     def verify(self):
         """Check the loaded engine on the bundle's golden samples now, record it for this machine, and return
         the device_verify.EngineCheck (passed or not: this never refuses)."""
-        from .device_verify import check_loaded, load_golden
+        from lkca_runtime.engine_check import check_loaded, load_golden
 
         golden = load_golden(self.bundle_dir, self.manifest)
         self.verification = check_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden)
         return self.verification
 
     def _verify_on_load(self, mode: str) -> None:
-        from .device_verify import check_loaded, golden_info, load_golden
+        from lkca_runtime.engine_check import check_loaded, golden_info, load_golden
 
         if golden_info(self.manifest) is None and mode == "first-use":
             return  # a bundle built without golden samples has nothing to check with
@@ -348,9 +337,9 @@ class Predictor:
     def _device_engine(self, precision: str | None, device: str | None) -> Path:
         """A TensorRT engine for this device from the bundle's ONNX (device_build.py); UserError when TensorRT
         is missing or the engine fails its golden check."""
-        from .backends.trtexec import parse_device
-        from .device_build import choose_build, provide_engine
-        from .device_verify import load_golden
+        from lkca_runtime.backends.trtexec import parse_device
+        from lkca_runtime.device_build import choose_build, provide_engine
+        from lkca_runtime.engine_check import load_golden
 
         installed, reason = backend_status("tensorrt")
         if not installed:
@@ -469,7 +458,7 @@ class Predictor:
 
 
 def _device_builds(manifest: Manifest) -> list:
-    from .device_build import device_builds
+    from lkca_runtime.device_build import device_builds
 
     return device_builds(manifest)
 

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .fingerprint import fingerprint_key
-from .fsutil import atomic_copy, atomic_dir, atomic_write_text, sha256_file
+from lkca_runtime.fingerprint import fingerprint_key
+from lkca_runtime.fsutil import atomic_copy, atomic_dir, atomic_write_text, sha256_file
 
 CACHE_FORMAT = 1
 CACHE_SUFFIX = ".device-cache"  # BUNDLE.device-cache beside BUNDLE
@@ -91,7 +91,7 @@ class DeviceCache:
         if self._write_place is None:
             place = next((p for p in self.places if _writable(p)), None)
             if place is None:
-                from .errors import UserError
+                from lkca_runtime.errors import UserError
 
                 raise UserError(
                     f"cannot write a device cache beside {self.bundle_dir} nor in {self.places[-1]}: "

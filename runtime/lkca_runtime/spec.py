@@ -1,4 +1,4 @@
-"""The preprocessing spec: how raw images become model inputs.
+"""The preprocessing spec (how raw images become model inputs) and the task names.
 
 It is saved with every checkpoint and copied into every bundle, so the torch-free runtime reproduces training-time
 preprocessing with numpy and PIL alone. Keep this module free of torch.
@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+TASKS = ("classification", "segmentation")  # the one list: bundles, reports and golden sets check names against it
 
 IGNORE_INDEX = 255
 

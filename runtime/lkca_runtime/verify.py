@@ -1,185 +1,145 @@
-"""Prove a bundle's engines on this machine against the golden samples the bundle carries: numpy and one backend,
-no PyTorch and no data set. Used by `lkca-deploy verify` and by the Predictor before it serves.
+"""`verify` and `build-device`: prove a bundle's engines on this machine, torch-free.
 
-A check runs the engine on the golden inputs, compares with the stored PyTorch FP32 reference (golden.py) and
-judges against the tolerance the manifest recorded for that engine at build time. Results are recorded in the
-device cache (device_cache.py) under the engine's file hash and this machine's fingerprint (fingerprint.py), so
-a Predictor checks an engine once per machine.
+verify: the chosen engine (or every engine with --all) runs on the bundle's golden samples with numpy and one
+backend; engines of backends not installed here are listed as skipped with the reason. TensorRT engines are the
+ones valid on this device: the bundle's own when it was built on a machine like this, a cached device build, or
+one the bundle's trtexec script wrote, adopted into the cache only when it passes.
+build-device: build the TensorRT engines here from the bundle's ONNX with the script's settings, then prove them.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Manifest, engine_files, inside, verify_artifacts
-from .device_cache import DeviceCache
-from .errors import UserError
-from .fingerprint import machine_fingerprint
-from .golden import GoldenSet, compare, read_golden, tolerance_for
-
-VERIFY_MODES = ("first-use", "always", "off")
-GOLDEN_BATCH = 32  # golden samples run at once where the engine takes any batch
-
-
-def engine_name(engine: dict[str, Any]) -> str:
-    """'onnxruntime/int8-cpu': backend, precision and INT8 flavour, as the bundle's folders are named."""
-    quantizer = engine.get("quantizer")
-    return f"{engine['backend']}/{engine['precision']}{'-' + quantizer if quantizer else ''}"
-
-
-def engine_id(manifest: Manifest, engine: dict[str, Any]) -> str:
-    """The engine's name and the hash of its artifact: a changed engine file is a new engine to prove. A device-
-    built engine carries its own (name and build key)."""
-    if engine.get("cache_identity"):
-        return engine["cache_identity"]
-    entry = manifest.artifact(engine["artifact"]) or {}
-    return f"{engine_name(engine)}@{str(entry.get('sha256', 'unlisted'))[:16]}"
+from lkca_runtime.backends.registry import backend_status
+from lkca_runtime.bundle import Manifest, read_manifest
+from lkca_runtime.device_build import BACKEND as TENSORRT
+from lkca_runtime.device_build import device_builds, provide_engine
+from lkca_runtime.engine_check import EngineCheck, engine_name, golden_info, load_golden, verify_engine
+from lkca_runtime.errors import UserError
+from lkca_runtime.golden import GoldenSet
+from lkca_runtime.records import DeviceCache
 
 
 @dataclass
-class EngineCheck:
-    """One engine's golden check on this machine."""
+class BundleCheck:
+    """What `verify` found: one EngineCheck per engine, and what it was measured with."""
 
-    engine: str
-    backend: str
-    precision: str
-    status: str  # passed | failed | skipped
-    metrics: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    tolerance: dict[str, float] = field(default_factory=dict)
-    at_build: dict[str, Any] | None = None  # what it achieved on the same samples when the bundle was built
-    reason: str | None = None  # why it was skipped
-    cached: bool = False  # taken from the device cache, not run now
-    seconds: float = 0.0
+    bundle: str
+    golden: dict[str, Any]
+    machine: dict[str, Any]
+    checks: list[EngineCheck] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.status == "passed"
-
-    def refusal(self) -> str:
-        """One line: which engine, what it measured, what it needed."""
-        return (
-            f"engine {self.engine} failed its golden check on this machine: {'; '.join(self.failures)} "
-            f"(pass verify='off' to serve it anyway)"
-        )
+        """Every engine that ran passed (skipped ones are listed, not failed)."""
+        return all(c.status != "failed" for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"bundle": self.bundle, "passed": self.passed, "golden": self.golden, "machine": self.machine,
+                "engines": [c.to_dict() for c in self.checks]}
 
 
-# ---------------------------------------------------------------- the golden set and tolerances
 
 
-def golden_info(manifest: Manifest) -> dict[str, Any] | None:
-    """The manifest's golden entry {path, sha256, samples, seed}, or None for a bundle built without one."""
-    info = manifest.extra.get("golden")
-    return info if isinstance(info, dict) and info.get("path") else None
+def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str | None = None,
+                   engine: str | None = None, all_engines: bool = False) -> list[dict[str, Any]]:
+    """--engine NAME, or --all (narrowed by backend/precision), or the engine the Predictor would choose.
+    Device builds (TensorRT) count as engines of their own name."""
+    from lkca_runtime.predictor import choose_engine
+
+    listed = [e for e in manifest.engines if e["backend"] != TENSORRT or not device_builds(manifest)]
+    candidates = listed + device_builds(manifest)
+    if engine is not None:
+        found = [e for e in candidates if engine_name(e) == engine]
+        if not found:
+            names = ", ".join(engine_name(e) for e in candidates) or "none"
+            raise UserError(f"the bundle has no engine {engine!r}; it has: {names}")
+        return found
+    if all_engines:
+        return [e for e in candidates if backend in ("auto", e["backend"]) and precision in (None, e["precision"])]
+    if backend == TENSORRT and device_builds(manifest):
+        from lkca_runtime.device_build import choose_build
+
+        return [choose_build(manifest, precision)]
+    return [choose_engine(manifest.engines, backend, precision)]
 
 
-def load_golden(bundle_dir: str | Path, manifest: Manifest) -> GoldenSet:
-    """The bundle's golden set, its hash checked against the manifest; UserError when absent or altered."""
-    info = golden_info(manifest)
-    if info is None:
-        raise UserError(
-            f"bundle {bundle_dir} has no golden samples: rebuild it with lkca-deploy pipeline --golden N"
-        )
-    entry = manifest.artifact(info["path"])
-    if entry is None:
-        raise UserError(f"bundle {bundle_dir} does not list its golden file {info['path']}: rebuild the bundle")
-    golden = read_golden(inside(Path(bundle_dir), info["path"]), entry["sha256"])
-    if golden.task != manifest.task:
-        raise UserError(f"golden file {info['path']} is for {golden.task}, the bundle is {manifest.task}")
-    return golden
 
+def _tensorrt_check(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
+                    cache: DeviceCache) -> EngineCheck:
+    """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
+    from lkca_runtime.backends.registry import get_loader
+    from lkca_runtime.engine_check import check_loaded
 
-def engine_tolerance(manifest: Manifest, engine: dict[str, Any], golden: GoldenSet) -> dict[str, float]:
-    """The tolerance recorded with the engine; the default thresholds' where none was (device-built engines)."""
-    recorded = (engine.get("golden") or {}).get("tolerance")
-    if isinstance(recorded, dict) and recorded:
-        return {k: float(v) for k, v in recorded.items()}
-    return tolerance_for(manifest.task, engine["precision"], None, golden.samples)
-
-
-# ---------------------------------------------------------------- running a check
-
-
-def check_runner(runner, golden: GoldenSet, precision: str, tolerance: dict[str, float]) -> dict[str, Any]:
-    """Run a loaded engine on the golden inputs and judge it: golden.compare's dict."""
-    from .backends.base import run_batched, static_batch
-
-    static = static_batch(runner)
-    outputs = run_batched(runner, golden.x, step=static or runner.max_batch or GOLDEN_BATCH, static=static)
-    return compare(golden, outputs, precision, tolerance)
-
-
-def _check_from(engine: dict[str, Any], result: dict[str, Any], tolerance, seconds: float, cached: bool):
-    metrics = {k: v for k, v in result.items() if k not in ("passed", "failures")}
-    return EngineCheck(
-        engine=engine_name(engine),
-        backend=engine["backend"],
-        precision=engine["precision"],
-        status="passed" if result.get("passed") else "failed",
-        metrics=metrics,
-        failures=list(result.get("failures", [])),
-        tolerance=dict(tolerance),
-        at_build=(engine.get("golden") or {}).get("achieved"),
-        cached=cached,
-        seconds=seconds,
-    )
-
-
-def check_loaded(
-    bundle_dir: str | Path,
-    manifest: Manifest,
-    engine: dict[str, Any],
-    runner,
-    golden: GoldenSet,
-    *,
-    mode: str = "always",
-    cache: DeviceCache | None = None,
-    identity: str | None = None,
-) -> EngineCheck:
-    """Check an engine already loaded as `runner`. mode "first-use": a result recorded for this engine and
-    machine fingerprint is returned without running; "always": run and record. `identity`: the cache name of
-    the engine (default engine_id)."""
-    cache = cache or DeviceCache(bundle_dir)
-    identity = identity or engine_id(manifest, engine)
-    fingerprint = machine_fingerprint(engine["backend"])
-    tolerance = engine_tolerance(manifest, engine, golden)
-    if mode == "first-use":
-        recorded = cache.load_result(identity, fingerprint)
-        if recorded is not None:
-            return _check_from(engine, recorded["result"], tolerance, 0.0, cached=True)
-    started = time.perf_counter()
-    result = check_runner(runner, golden, engine["precision"], tolerance)
-    check = _check_from(engine, result, tolerance, time.perf_counter() - started, cached=False)
+    name = engine_name(build)
     try:
-        cache.record_result(identity, fingerprint, {**result, "seconds": check.seconds})
-    except UserError as e:  # an unwritable cache costs a re-check next time, never a refusal
-        import warnings
+        path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, adopt_only=True)
+    except UserError as why:
+        return EngineCheck(name, TENSORRT, build["precision"], "skipped",
+                           reason=f"{why} (or lkca-deploy build-device {bundle_dir})")
+    if check is not None:
+        return check
+    with get_loader(TENSORRT).load(path) as runner:
+        return check_loaded(bundle_dir, manifest, entry, runner, golden, mode="always", cache=cache)
 
-        warnings.warn(f"golden check not recorded: {e}", stacklevel=2)
-    return check
 
 
-def verify_engine(
-    bundle_dir: str | Path,
-    manifest: Manifest,
-    engine: dict[str, Any],
-    golden: GoldenSet,
-    *,
-    threads: int | None = None,
-    device: str | None = None,
-    cache: DeviceCache | None = None,
-) -> EngineCheck:
-    """Load one engine of the bundle (files checked against the manifest first) and check it now."""
-    from .backends.registry import get_backend
+def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: str | None = None,
+                  engine: str | None = None, all_engines: bool = False, threads: int | None = None) -> BundleCheck:
+    """Check engines of a bundle on this machine (see the module doc). UserError for a bundle without golden
+    samples, an altered golden or engine file, or an unknown engine name."""
+    from lkca_runtime.fingerprint import jetson_facts
+    from lkca_runtime.machine import isa_summary, machine_facts
 
     bundle_dir = Path(bundle_dir)
-    verify_artifacts(bundle_dir, manifest, engine_files(manifest, engine))
-    artifact = inside(bundle_dir, engine["artifact"])
-    with get_backend(engine["backend"]).load(artifact, device=device, threads=threads) as runner:
-        return check_loaded(bundle_dir, manifest, engine, runner, golden, mode="always", cache=cache)
+    manifest = read_manifest(bundle_dir)
+    golden = load_golden(bundle_dir, manifest)
+    cache = DeviceCache(bundle_dir)
+    facts = machine_facts()
+    result = BundleCheck(str(bundle_dir), golden_info(manifest),
+                         {"summary": isa_summary(facts), "jetson": jetson_facts(), "versions": facts["versions"]})
+    selected = select_engines(manifest, backend=backend, precision=precision, engine=engine,
+                              all_engines=all_engines)
+    for e in selected:
+        installed, reason = backend_status(e["backend"])
+        if not installed:
+            result.checks.append(EngineCheck(engine_name(e), e["backend"], e["precision"], "skipped", reason=reason))
+        elif e["backend"] == TENSORRT and "onnx" in e:
+            result.checks.append(_tensorrt_check(bundle_dir, manifest, e, golden, cache))
+        else:
+            result.checks.append(verify_engine(bundle_dir, manifest, e, golden, threads=threads, cache=cache))
+    if not any(c.status != "skipped" for c in result.checks):
+        reasons = "; ".join(dict.fromkeys(c.reason or "" for c in result.checks))
+        raise UserError(f"no engine of {bundle_dir} can run here: {reasons}")
+    return result
+
+
+
+def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None, all_engines: bool = False,
+                         gpu_index: int = 0, echo: Callable[[str], None] | None = None) -> list[EngineCheck]:
+    """Build (or adopt, or find cached) the TensorRT engines for this device and prove each on the golden set."""
+    from lkca_runtime.device_build import choose_build
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    installed, reason = backend_status(TENSORRT)
+    if not installed:
+        raise UserError(reason)
+    golden = load_golden(bundle_dir, manifest)
+    builds = [b for b in device_builds(manifest) if precision in (None, b["precision"])] if all_engines \
+        else [choose_build(manifest, precision)]
+    if not builds:
+        raise UserError(f"the bundle has no TensorRT ONNX at {precision}")
+    cache = DeviceCache(bundle_dir)
+    checks = []
+    for build in builds:
+        _, _, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, gpu_index=gpu_index, echo=echo)
+        if check is None:  # found proven in the cache, or the bundle's own engine fits: check it again now
+            checks.append(_tensorrt_check(bundle_dir, manifest, build, golden, cache))
+        else:
+            checks.append(check)
+    return checks

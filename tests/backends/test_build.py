@@ -10,11 +10,12 @@ import onnx
 import pytest
 from backend_models import onnxruntime_reference, sample_batch, write_tiny_lkca_onnx
 
-from lkca_deploy.backends.base import PRECISIONS, Backend, Runner, onnx_precision, sidecar_path
+from lkca_deploy.backends.base import Backend
 from lkca_deploy.backends.build import build_engine
-from lkca_deploy.backends.openvino import cpu_flags, cpu_has_bf16
 from lkca_deploy.backends.registry import BACKENDS, get_backend
-from lkca_deploy.errors import UserError
+from lkca_runtime.backends.base import PRECISIONS, Runner, onnx_precision, sidecar_path
+from lkca_runtime.backends.openvino import cpu_flags, cpu_has_bf16
+from lkca_runtime.errors import UserError
 
 pytest.importorskip("lkca_deploy.calibration.quantize", reason="the precision helper is not written yet")
 

@@ -9,10 +9,11 @@ import onnx
 import pytest
 from backend_models import onnxruntime_reference, sample_batch, tiny_lkca_model, write_tiny_lkca_onnx
 
-from lkca_deploy.backends.base import read_sidecar, sidecar_path
-from lkca_deploy.backends.onnxruntime import OnnxRuntimeBackend, providers_for
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_output, sha256_file
+from lkca_deploy.backends.onnxruntime import OnnxRuntimeBackend
+from lkca_runtime.backends.base import read_sidecar, sidecar_path
+from lkca_runtime.backends.onnxruntime import providers_for
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_output, sha256_file
 
 BACKEND = OnnxRuntimeBackend()
 

@@ -9,16 +9,16 @@ import onnx
 import pytest
 from backend_models import onnxruntime_reference, sample_batch, write_tiny_lkca_onnx
 
-from lkca_deploy.backends.base import sidecar_path
-from lkca_deploy.backends.openvino import (
-    OpenVinoBackend,
+from lkca_deploy.backends.openvino import OpenVinoBackend
+from lkca_runtime.backends.base import sidecar_path
+from lkca_runtime.backends.openvino import (
     check_device,
     cpu_flags,
     cpu_has_bf16,
     inference_precision_hint,
     require_bf16,
 )
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 ov = pytest.importorskip("openvino")
 BACKEND = OpenVinoBackend()
@@ -192,8 +192,8 @@ def test_qdq_engine_computes_what_onnxruntime_computes_on_a_trained_lkca(nano_ch
 
     from lkca_deploy.calibration.quantize import quantize_int8
     from lkca_deploy.data import load_arrays
-    from lkca_deploy.data.spec import PreprocessSpec
     from lkca_deploy.export import export_model
+    from lkca_runtime.spec import PreprocessSpec
 
     fp32 = export_model(nano_checkpoint, tmp_path / "fp32.onnx", lowering="matmul").path
     spec = PreprocessSpec.from_dict(json.loads((nano_checkpoint / "config.json").read_text())["preprocessing"])

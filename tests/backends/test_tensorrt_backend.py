@@ -15,8 +15,9 @@ import pytest
 from backend_models import onnxruntime_reference, sample_batch, tiny_lkca_model, write_tiny_lkca_onnx
 
 from lkca_deploy.backends.registry import BACKENDS, available_backends, get_backend
-from lkca_deploy.backends.tensorrt import TensorRTBackend, current_gpu_facts
-from lkca_deploy.backends.trtexec import (
+from lkca_deploy.backends.tensorrt import TensorRTBackend
+from lkca_runtime.backends.tensorrt import current_gpu_facts
+from lkca_runtime.backends.trtexec import (
     BatchProfile,
     TensorRTSettings,
     batch_profile,
@@ -31,7 +32,7 @@ from lkca_deploy.backends.trtexec import (
     trtexec_command,
     write_trtexec_script,
 )
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 TRT_MISSING = importlib.util.find_spec("tensorrt") is None
 TRT_REASON = "TensorRT is not installed in this workplace (vendor index unreachable)"

@@ -14,7 +14,7 @@ from lkca_deploy.calibration.accuracy_aware import (
 )
 from lkca_deploy.calibration.holdout import validation_subset
 from lkca_deploy.calibration.units import find_units
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 BOUND = 0.5
 OUTLIER_MIXER = f"blocks.{OUTLIER_BLOCK}.mixer"
@@ -59,8 +59,8 @@ def test_calibration_rows_from_any_source_are_left_out_by_content(clean_case):
 def test_plain_int8_of_the_outlier_model_loses_more_than_two_points(int8_outlier_case, tmp_path):
     from lkca_deploy.backends.build import build_engine
     from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.onnx_io import save_onnx_atomic
     from lkca_deploy.proof import engine_logits
+    from lkca_runtime.onnx_io import save_onnx_atomic
 
     case = int8_outlier_case
     reference = top1(case.model, case.test_x, case.test_y)
@@ -143,13 +143,13 @@ def test_every_int8_engine_built_from_the_metadata_keeps_the_same_units_float(in
     import copy
     import json
 
-    from lkca_deploy.backends.base import sidecar_path
     from lkca_deploy.backends.build import build_engine
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.calibration.accuracy_aware import metadata_for
-    from lkca_deploy.onnx_io import save_onnx_atomic
     from lkca_deploy.onnx_meta import set_metadata
     from lkca_deploy.proof import engine_logits
+    from lkca_runtime.backends.base import sidecar_path
+    from lkca_runtime.onnx_io import save_onnx_atomic
 
     case = int8_outlier_case
     model = copy.deepcopy(case.model)
@@ -176,9 +176,9 @@ def test_localisation_builds_its_block_export_with_the_same_units_float(int8_out
     from lkca_deploy.calibration.accuracy_aware import metadata_for, planned_float_nodes
     from lkca_deploy.calibration.plan import carry_plan
     from lkca_deploy.export import export_model
-    from lkca_deploy.onnx_io import save_onnx_atomic
     from lkca_deploy.onnx_meta import set_metadata
     from lkca_deploy.proof import EvalContext, localise_divergence
+    from lkca_runtime.onnx_io import save_onnx_atomic
 
     case = int8_outlier_case
     model = copy.deepcopy(case.model)

@@ -5,8 +5,8 @@ import sys
 
 from precision_cases import OUTLIER_BLOCK
 
-from lkca_deploy.onnx_io import load_onnx, save_onnx_atomic
 from lkca_deploy.onnx_meta import INT8_ACCURACY, read_metadata
+from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
 
 def cli(*args) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from lkca_deploy.calibration.quantize import (
     trt_cache_header,
     write_trt_calibration_cache,
 )
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 GRID, KERNEL, DIM = 8, 15, 32
 

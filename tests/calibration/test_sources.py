@@ -8,8 +8,8 @@ from PIL import Image
 
 from lkca_deploy.calibration.sources import MIN_RELIABLE_SAMPLES, load_calibration
 from lkca_deploy.data import load_arrays
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 RGB = PreprocessSpec(input_size=(16, 16), channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 DIGITS = PreprocessSpec(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from lkca_deploy.data import datasets, load_arrays, open_split
 from lkca_deploy.data.datasets import RELEASES, Release, open_source, spec_for
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100_NAMES = tuple(f"fine_{i}" for i in range(100))

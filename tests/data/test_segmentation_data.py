@@ -9,8 +9,8 @@ from PIL import Image
 from lkca_deploy.data import load_arrays, open_split
 from lkca_deploy.data import segmentation as seg
 from lkca_deploy.data.scenes import CLASS_NAMES, make_scenes
-from lkca_deploy.data.spec import PreprocessSpec
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 
 def write_pair(image_dir, mask_dir, stem, labels, suffix=".jpg", image_size=None):

@@ -92,11 +92,11 @@ def test_int8_builds_keep_the_upsample_float_as_the_resize_was(tmp_path, backend
 
     from test_token_spectral import zoo_checkpoint
 
-    from lkca_deploy.backends.base import sidecar_path
     from lkca_deploy.backends.build import build_engine
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.export import export_model
     from lkca_deploy.lowering.upsample import upsample_nodes
+    from lkca_runtime.backends.base import sidecar_path
 
     ckpt, _ = zoo_checkpoint(tmp_path, "lkca_seg_nano")
     path = export_model(ckpt, tmp_path / "seg.onnx", lowering="matmul", check_samples=1).path

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lkca_deploy
-from lkca_deploy.errors import UserError
 from lkca_deploy.models.zoo import get_config, model_summary
+from lkca_runtime.errors import UserError
 
 
 def n_params(model):

@@ -12,12 +12,13 @@ import pytest
 from cli_runner import assert_user_error, run_cli
 from onnx import numpy_helper
 
-from lkca_deploy.errors import UserError
+from lkca_deploy.measure.latency import sweep
 from lkca_deploy.pipeline import PipelineOptions, run_pipeline
 from lkca_deploy.reports.compare import CompareThresholds, compare, load_report
-from lkca_deploy.reports.latency import sweep
-from lkca_deploy.reports.parity import parity_meter, segmentation_parity, with_verdict
-from lkca_deploy.reports.render import EngineResult, Report, validate_report_dict, write_report
+from lkca_deploy.reports.contract import EngineResult, Report
+from lkca_deploy.reports.render import validate_report_dict, write_report
+from lkca_runtime.errors import UserError
+from lkca_runtime.metrics import parity_meter, segmentation_parity, with_verdict
 
 INT8_CPU = "onnxruntime/int8-cpu/"
 

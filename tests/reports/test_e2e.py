@@ -17,10 +17,10 @@ from backend_models import tiny_lkca_model
 
 from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.data.datasets import digits_images, digits_split_indices
-from lkca_deploy.data.spec import PreprocessSpec
+from lkca_deploy.measure.e2e import STAGES, TOTAL, EndToEnd, measure_e2e, write_sample_images
 from lkca_deploy.reports.cost import measure_cost
-from lkca_deploy.reports.e2e import STAGES, TOTAL, EndToEnd, measure_e2e, write_sample_images
-from lkca_deploy.runtime import Predictor
+from lkca_runtime.predictor import Predictor
+from lkca_runtime.spec import PreprocessSpec
 
 DIGITS = tuple(str(i) for i in range(10))
 CLS_SPEC = PreprocessSpec((8, 8), 3, (0.5,) * 3, (0.25,) * 3, class_names=DIGITS)  # the tiny model takes RGB 8x8

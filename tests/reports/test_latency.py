@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from lkca_deploy.reports.latency import (
+from lkca_deploy.measure.latency import (
     MAX_KEPT_SAMPLES,
     LatencyStats,
     fastest,

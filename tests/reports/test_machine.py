@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lkca_deploy.reports.machine import ISA_FLAGS, int8_hint, isa_summary, machine_facts, parse_cpuinfo
+from lkca_runtime.machine import ISA_FLAGS, int8_hint, isa_summary, machine_facts, parse_cpuinfo
 
 CPUINFO = Path("/proc/cpuinfo")
 needs_cpuinfo = pytest.mark.skipif(not CPUINFO.exists(), reason="no /proc/cpuinfo on this OS")
@@ -45,7 +45,7 @@ def test_reports_import_no_torch_backend_or_matplotlib():
     # torch may already be imported by another test in this process; check in a fresh interpreter.
     code = (
         "import sys\n"
-        "from lkca_deploy.reports import latency, parity, render\n"
+        "from lkca_deploy.measure import latency\nfrom lkca_deploy.reports import render\nfrom lkca_runtime import metrics\n"
         "render.machine_facts()\n"
         "heavy = ('torch', 'onnx', 'onnxruntime', 'openvino', 'nncf', 'tensorrt', 'matplotlib')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.reports.parity import (
+from lkca_runtime.errors import UserError
+from lkca_runtime.metrics import (
     BlockParityMeter,
     ClassificationParityMeter,
     SegmentationMeter,
@@ -288,7 +288,7 @@ def test_block_meter_streams():
 
 def test_grid_logits_are_upsampled_like_the_predictor_before_the_argmax():
     """Errors at the graph's output (the grid); agreement and mIoU per label pixel after the same upsample."""
-    from lkca_deploy.masks import resize_bilinear, upsampled_argmax
+    from lkca_runtime.masks import resize_bilinear, upsampled_argmax
 
     rng = np.random.default_rng(3)
     reference = rng.standard_normal((2, 5, 8, 8)).astype(np.float32)

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from lkca_deploy.errors import UserError
+from lkca_deploy.measure.e2e import EndToEnd
+from lkca_deploy.measure.latency import stats_from_samples
 from lkca_deploy.reports.contract import (
     COST_KEYS,
     E2E_STAGES,
@@ -14,23 +15,17 @@ from lkca_deploy.reports.contract import (
     LATENCY_KEYS,
     PARITY_KEYS,
     TOP_LEVEL_KEYS,
+    EngineResult,
+    Report,
 )
 from lkca_deploy.reports.cost import EngineCost
-from lkca_deploy.reports.e2e import EndToEnd
-from lkca_deploy.reports.latency import stats_from_samples
-from lkca_deploy.reports.parity import (
+from lkca_deploy.reports.render import render_markdown, summary_table, validate_report_dict, write_report
+from lkca_runtime.errors import UserError
+from lkca_runtime.metrics import (
     classification_parity,
     first_divergent_block,
     segmentation_parity,
     with_verdict,
-)
-from lkca_deploy.reports.render import (
-    EngineResult,
-    Report,
-    render_markdown,
-    summary_table,
-    validate_report_dict,
-    write_report,
 )
 
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from lkca_deploy.reports.parity import classification_parity, with_verdict
-from lkca_deploy.reports.render import EngineResult, Report, render_html, render_markdown
+from lkca_deploy.reports.contract import EngineResult, Report
+from lkca_deploy.reports.render import render_html, render_markdown
+from lkca_runtime.metrics import classification_parity, with_verdict
 
 SEARCH = {"max_drop": 0.5, "metric": "top-1", "drop": 0.0, "met": True, "float_units": ["blocks.1.mixer"],
           "validation_samples": 925, "steps": [

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lkca_deploy.data import scenes
-from lkca_deploy.errors import UserError
-from lkca_deploy.masks import Slide
 from lkca_deploy.tasks import get_task
 from lkca_deploy.tasks.segmentation import SegmentationTask, joint_scale_crop
+from lkca_runtime.errors import UserError
+from lkca_runtime.masks import Slide
 
 
 def test_task_is_found_by_name():

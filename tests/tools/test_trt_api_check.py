@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # scripts, not a package
 import trt_api_check as check

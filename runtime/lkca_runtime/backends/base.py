@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_write_text, sha256_file
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_write_text, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SIDECAR_FORMAT = 1
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 @runtime_checkable
@@ -58,108 +56,11 @@ class RunnerBase:
         self.close()
 
 
-@dataclass
-class BuildStep:
-    """One engine build in the making: what build_engine hands a backend's prepare_build, then its build."""
-
-    model_path: Path  # the ONNX the backend builds from (precision already baked in)
-    out: Path  # the artifact to build
-    precision: str
-    source: Any  # the fp32 ModelProto it was baked from
-    ranges: dict | None  # calibrated tensor ranges of a Q/DQ bake, else None
-    device: str | None
-    options: dict[str, Any]  # the backend's own build options
-    provenance: dict[str, Any]
-    cache_version: str | None = None  # TensorRT: the version a calibration cache is written for
-    files: list[Path] = field(default_factory=list)  # written beside the artifact for the device
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What build_engine made: the artifact, or None with the reason when it is built on the device instead."""
-
-    artifact: Path | None
-    files: tuple[Path, ...] = ()  # other files written beside it (baked ONNX, calibration cache, scripts)
-    deferred: str | None = None
-
-
-@runtime_checkable
-class Backend(Protocol):
-    name: str
-    precisions: tuple[str, ...]
-    int8_flavors: tuple[str, ...]  # how INT8 is baked for this backend; the first is the default
-    artifact_suffix: str
-    interleaved_load_options: dict[str, Any]  # load options for engines timed in turn with others
-    built_on_device: bool  # True: the baked ONNX and device files are written even where the library is missing
-
-    def available(self) -> tuple[bool, str]: ...
-
-    def prepare_build(self, step: BuildStep) -> BuildStep: ...
-
-    def build(
-        self,
-        onnx_path: Path,
-        out: Path,
-        *,
-        precision: str,
-        calib: np.ndarray | None = None,
-        device: str | None = None,
-        provenance: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> Path: ...
-
-    def load(
-        self, artifact: Path, *, device: str | None = None, threads: int | None = None, **options: Any
-    ) -> Runner: ...
-
-
-class BackendBase:
-    """Defaults a backend module overrides where it differs."""
-
-    interleaved_load_options: ClassVar[dict[str, Any]] = {}
-    built_on_device = False
-
-    def prepare_build(self, step: BuildStep) -> BuildStep:
-        return step
-
-
 # ---------------------------------------------------------------- sidecars
 
 
 def sidecar_path(artifact: Path) -> Path:
     return Path(f"{artifact}.json")
-
-
-def write_sidecar(
-    artifact: Path,
-    *,
-    backend: str,
-    precision: str,
-    source_onnx: Path,
-    library_version: str,
-    device: str,
-    options: dict[str, Any],
-    provenance: dict[str, Any] | None = None,
-    **extra: Any,
-) -> Path:
-    """Write `<artifact>.json` after the artifact itself, so a sidecar always describes a complete artifact."""
-    artifact = Path(artifact)
-    facts = {
-        "format": SIDECAR_FORMAT,
-        "backend": backend,
-        "precision": precision,
-        "artifact": artifact.name,
-        "artifact_sha256": sha256_file(artifact),
-        "source_onnx": _portable_path(Path(source_onnx), artifact.parent),
-        "source_onnx_sha256": sha256_file(source_onnx),
-        "library_version": library_version,
-        "device": device,
-        "options": options,
-        "provenance": provenance or {},
-        **extra,
-    }
-    atomic_write_text(sidecar_path(artifact), json.dumps(facts, indent=2, sort_keys=True) + "\n")
-    return sidecar_path(artifact)
 
 
 def read_sidecar(artifact: Path, backend: str) -> dict[str, Any]:
@@ -188,12 +89,6 @@ def read_sidecar(artifact: Path, backend: str) -> dict[str, Any]:
     return facts
 
 
-def _portable_path(path: Path, base: Path) -> str:
-    """Relative to the artifact's folder when it lies beside it (bundles move), else absolute."""
-    path, base = path.resolve(), base.resolve()
-    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-
-
 # ---------------------------------------------------------------- argument checks
 
 
@@ -218,60 +113,6 @@ def check_threads(threads: int | None) -> None:
 
 
 # ---------------------------------------------------------------- ONNX facts
-
-
-def load_onnx(path: Path):
-    """The ModelProto at `path`, or a UserError that says why it cannot be one (one loader: onnx_io's)."""
-    from lkca_deploy.onnx_io import (
-        load_onnx as load_checked,  # here, not at the top: the runtime needs no onnx
-    )
-
-    return load_checked(path)
-
-
-def input_facts(model) -> dict[str, Any]:
-    """The model input as the sidecar records it."""
-    from lkca_deploy.onnx_io import input_spec
-
-    return input_spec(model).as_dict()
-
-
-def onnx_precision(model) -> str:
-    """What the graph computes in: 'int8' when it holds Q/DQ nodes, 'fp16' when float16 tensors, else 'fp32'."""
-    from onnx import TensorProto
-
-    nodes = list(_all_nodes(model.graph))
-    if any(node.op_type in QDQ_OPS for node in nodes):
-        return "int8"
-    fp16 = TensorProto.FLOAT16
-    if any(init.data_type == fp16 for init in model.graph.initializer):
-        return "fp16"
-    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
-    if any(v.type.tensor_type.elem_type == fp16 for v in values):
-        return "fp16"
-    for node in nodes:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
-            return "fp16"
-    return "fp32"
-
-
-def _all_nodes(graph) -> Iterator:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
-                yield from _all_nodes(sub)
-
-
-def require_onnx_precision(model, path: Path, precision: str, accepted: tuple[str, ...]) -> str:
-    """Refuse an ONNX whose content does not carry `precision` (precision lives in the ONNX, not in a flag)."""
-    found = onnx_precision(model)
-    if found not in accepted:
-        raise UserError(
-            f"{path} computes in {found}, not {precision}: bake the precision first "
-            f"(build_engine / lkca-deploy build --precision {precision})"
-        )
-    return found
 
 
 # ---------------------------------------------------------------- runner helpers
@@ -317,3 +158,103 @@ def run_batched(
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+
+def write_sidecar(
+    artifact: Path,
+    *,
+    backend: str,
+    precision: str,
+    source_onnx: Path,
+    library_version: str,
+    device: str,
+    options: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write `<artifact>.json` after the artifact itself, so a sidecar always describes a complete artifact."""
+    artifact = Path(artifact)
+    facts = {
+        "format": SIDECAR_FORMAT,
+        "backend": backend,
+        "precision": precision,
+        "artifact": artifact.name,
+        "artifact_sha256": sha256_file(artifact),
+        "source_onnx": _portable_path(Path(source_onnx), artifact.parent),
+        "source_onnx_sha256": sha256_file(source_onnx),
+        "library_version": library_version,
+        "device": device,
+        "options": options,
+        "provenance": provenance or {},
+        **extra,
+    }
+    atomic_write_text(sidecar_path(artifact), json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    return sidecar_path(artifact)
+
+
+
+def _portable_path(path: Path, base: Path) -> str:
+    """Relative to the artifact's folder when it lies beside it (bundles move), else absolute."""
+    path, base = path.resolve(), base.resolve()
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+
+def load_onnx(path: Path):
+    """The ModelProto at `path`, or a UserError that says why it cannot be one (one loader: onnx_io's)."""
+    from lkca_runtime.onnx_io import load_onnx as load_checked
+
+    return load_checked(path)
+
+
+
+def input_facts(model) -> dict[str, Any]:
+    """The model input as the sidecar records it."""
+    from lkca_runtime.onnx_io import input_spec
+
+    return input_spec(model).as_dict()
+
+
+
+def onnx_precision(model) -> str:
+    """What the graph computes in: 'int8' when it holds Q/DQ nodes, 'fp16' when float16 tensors, else 'fp32'."""
+    from onnx import TensorProto
+
+    nodes = list(_all_nodes(model.graph))
+    if any(node.op_type in QDQ_OPS for node in nodes):
+        return "int8"
+    fp16 = TensorProto.FLOAT16
+    if any(init.data_type == fp16 for init in model.graph.initializer):
+        return "fp16"
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    if any(v.type.tensor_type.elem_type == fp16 for v in values):
+        return "fp16"
+    for node in nodes:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute):
+            return "fp16"
+    return "fp32"
+
+
+
+def _all_nodes(graph) -> Iterator:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                yield from _all_nodes(sub)
+
+
+
+def require_onnx_precision(model, path: Path, precision: str, accepted: tuple[str, ...]) -> str:
+    """Refuse an ONNX whose content does not carry `precision` (precision lives in the ONNX, not in a flag)."""
+    found = onnx_precision(model)
+    if found not in accepted:
+        raise UserError(
+            f"{path} computes in {found}, not {precision}: bake the precision first "
+            f"(build_engine / lkca-deploy build --precision {precision})"
+        )
+    return found

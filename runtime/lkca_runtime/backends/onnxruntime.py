@@ -10,21 +10,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lkca_deploy.backends.base import (
-    BackendBase,
+from lkca_runtime.backends.base import (
     RunnerBase,
     as_model_input,
     check_options,
-    check_precision,
     check_threads,
-    input_facts,
-    load_onnx,
     read_sidecar,
-    require_onnx_precision,
-    write_sidecar,
 )
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_output
+from lkca_runtime.errors import UserError
 
 NAME = "onnxruntime"
 INSTALL_HINT = "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA/TensorRT)"
@@ -43,7 +36,6 @@ OPTIMIZATION_LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-BUILD_OPTIONS = ("optimization",)
 LOAD_OPTIONS = ("optimization", "allow_spinning")
 
 
@@ -118,10 +110,9 @@ class OnnxRuntimeRunner(RunnerBase):
         self.session = None
 
 
-class OnnxRuntimeBackend(BackendBase):
+class OnnxRuntimeLoader:
     name = NAME
     precisions = ("fp32", "fp16", "int8")
-    int8_flavors = ("cpu", "tensorrt")  # "tensorrt" shows on CPU what a TensorRT INT8 engine will compute
     artifact_suffix = ".onnx"
     # Sessions timed in turn on few cores slow each other down when ORT threads spin after each run
     # (docs/backend-limits.md): benchmarks and `tune` that interleave load with these.
@@ -133,54 +124,6 @@ class OnnxRuntimeBackend(BackendBase):
         except ImportError:
             return False, INSTALL_HINT
         return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
-
-    def build(
-        self,
-        onnx_path: Path,
-        out: Path,
-        *,
-        precision: str,
-        calib: np.ndarray | None = None,
-        device: str | None = None,
-        provenance: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> Path:
-        """Copy the ONNX to `out` (unless it is already there), check that it opens, write the sidecar.
-
-        `calib` is unused: an INT8 ONNX for onnxruntime already holds its Q/DQ nodes.
-        """
-        check_options(options, BUILD_OPTIONS, "onnxruntime build")
-        check_precision(precision, self.precisions, NAME)
-        device = device or "cpu"
-        optimization = check_optimization(options.get("optimization", "all"))
-        providers = providers_for(device, _ort().get_available_providers())
-        onnx_path, out = Path(onnx_path), Path(out)
-        model = load_onnx(onnx_path)
-        require_onnx_precision(model, onnx_path, precision, (precision,))
-        external = _external_data(onnx_path)
-        if external or onnx_path.resolve() != out.resolve():
-            # The artifact is one file: external data (read from onnx_path's folder) is written inline, so the
-            # artifact runs wherever it is copied and its sidecar's hash covers every byte the session reads.
-            with atomic_output(out, size_hint=model.ByteSize()) as tmp:
-                if external:
-                    _save_inline(model, tmp, onnx_path)
-                else:
-                    tmp.write_bytes(onnx_path.read_bytes())
-                _session(tmp, providers, optimization=optimization)  # a model that cannot open is no artifact
-        else:
-            _session(out, providers, optimization=optimization)
-        write_sidecar(
-            out,
-            backend=NAME,
-            precision=precision,
-            source_onnx=onnx_path,
-            library_version=_ort().__version__,
-            device=device,
-            options={"optimization": optimization},
-            provenance=provenance,
-            input=input_facts(model),
-        )
-        return out
 
     def load(
         self, artifact: Path, *, device: str | None = None, threads: int | None = None, **options: Any
@@ -210,28 +153,13 @@ class OnnxRuntimeBackend(BackendBase):
         return OnnxRuntimeRunner(session, info)
 
 
-def _external_data(path: Path) -> list[str]:
-    from lkca_deploy.onnx_io import external_data_locations, load_onnx
-
-    return external_data_locations(load_onnx(path, load_external_data=False))
-
-
-def _save_inline(model, tmp: Path, source: Path) -> None:
-    import onnx
-
-    if model.ByteSize() >= 2**31:  # protobuf's limit for one file
-        raise UserError(f"{source} holds {model.ByteSize() / 2**30:.1f} GiB of weights in external data: an "
-                        "onnxruntime artifact is one file, which protobuf caps at 2 GiB")
-    onnx.save_model(model, str(tmp))
-
-
 def _computed_precision(artifact: Path, facts: dict[str, Any]) -> str:
     """What the artifact computes in, read off its graph, refusing an artifact that reads files its sidecar does
     not hash or whose sidecar names another precision. Without the onnx package (a minimal device) the sidecar,
     whose hash binds it to this very artifact, speaks for it."""
     try:
-        from lkca_deploy.backends.base import onnx_precision
-        from lkca_deploy.onnx_io import external_data_locations, load_onnx
+        from lkca_runtime.backends.base import onnx_precision
+        from lkca_runtime.onnx_io import external_data_locations, load_onnx
     except ImportError:
         return facts["precision"]
     model = load_onnx(artifact, load_external_data=False)

@@ -1,4 +1,5 @@
-"""Backends by name: the only place that knows which module serves which backend.
+"""Backends by name, device side: which module loads (and, for TensorRT, builds on the device) each backend's
+engines. The toolkit's registry (lkca_deploy.backends.registry) adds the build side on top of these.
 
 Backend modules import their library inside functions, so listing and checking them never fails on a machine
 that lacks one.
@@ -8,30 +9,33 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from lkca_deploy.backends.base import Backend
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-_CLASSES = {
-    "onnxruntime": ("lkca_deploy.backends.onnxruntime", "OnnxRuntimeBackend"),
-    "openvino": ("lkca_deploy.backends.openvino", "OpenVinoBackend"),
-    "tensorrt": ("lkca_deploy.backends.tensorrt", "TensorRTBackend"),
+_LOADERS = {
+    "onnxruntime": ("lkca_runtime.backends.onnxruntime", "OnnxRuntimeLoader"),
+    "openvino": ("lkca_runtime.backends.openvino", "OpenVinoLoader"),
+    "tensorrt": ("lkca_runtime.backends.tensorrt", "TensorRTLoader"),
 }
 
 
-def get_backend(name: str, *, require_available: bool = True) -> Backend:
-    """The backend called `name`; UserError for an unknown name, or (by default) for one not installed here."""
-    if name not in _CLASSES:
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    module, cls = _CLASSES[name]
-    backend = getattr(import_module(module), cls)()
+    return name
+
+
+def get_loader(name: str, *, require_available: bool = True):
+    """The loader of backend `name`; UserError for an unknown name, or (by default) for one not installed here."""
+    module, cls = _LOADERS[check_backend(name)]
+    loader = getattr(import_module(module), cls)()
     if require_available:
-        ok, reason = backend.available()
+        ok, reason = loader.available()
         if not ok:
             raise UserError(reason)
-    return backend
+    return loader
 
 
-def available_backends() -> dict[str, tuple[bool, str]]:
-    """name -> (usable here, version and devices or the install hint)."""
-    return {name: get_backend(name, require_available=False).available() for name in BACKENDS}
+def backend_status(name: str) -> tuple[bool, str]:
+    """(usable here, version and devices or the install hint) for backend `name`."""
+    return get_loader(name, require_available=False).available()

@@ -13,15 +13,12 @@ machine before it deserializes anything, and says how to rebuild on the device.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lkca_deploy.backends.base import (
-    BackendBase,
-    BuildStep,
+from lkca_runtime.backends.base import (
     RunnerBase,
     as_model_input,
     check_options,
@@ -31,7 +28,7 @@ from lkca_deploy.backends.base import (
     require_onnx_precision,
     write_sidecar,
 )
-from lkca_deploy.backends.trtexec import (
+from lkca_runtime.backends.trtexec import (
     NAME,
     PRECISIONS,
     BatchProfile,
@@ -41,14 +38,12 @@ from lkca_deploy.backends.trtexec import (
     parse_device,
     precision_plan,
     profile_shapes,
-    strongly_typed_only,
-    write_trtexec_script,
 )
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_write_bytes
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from lkca_deploy.onnx_io import InputSpec
+    from lkca_runtime.onnx_io import InputSpec
 
 INSTALL_HINT = (
     "TensorRT is not installed: pip install lkca-deploy[tensorrt] (x86) or use JetPack's TensorRT on a Jetson"
@@ -252,10 +247,9 @@ class TensorRTRunner(RunnerBase):
 # ---------------------------------------------------------------- backend
 
 
-class TensorRTBackend(BackendBase):
+class TensorRTLoader:
     name = NAME
     precisions = PRECISIONS
-    int8_flavors = ("tensorrt",)
     artifact_suffix = ".engine"
     built_on_device = True  # engines run only where they were built: the device builds it from our files
 
@@ -300,7 +294,7 @@ class TensorRTBackend(BackendBase):
             calib_cache=calib_cache is not None,
             dla=dla_core is not None,
         )
-        from lkca_deploy.onnx_io import input_spec
+        from lkca_runtime.onnx_io import input_spec
 
         spec = input_spec(model)
         here = current_gpu_facts(gpu_index)
@@ -335,32 +329,6 @@ class TensorRTBackend(BackendBase):
             input=input_facts(model),
         )
         return out
-
-    def prepare_build(self, step: BuildStep) -> BuildStep:
-        """Write what the device needs to build the engine itself: the calibration cache (INT8) and a trtexec
-        script per route. DLA on TensorRT 10 takes INT8 only implicitly (fp32 ONNX + calibration cache): that
-        route gets its own script, and this machine's TensorRT 10 builds from it too."""
-        from lkca_deploy.calibration.quantize import trt_cache_header, write_trt_calibration_cache
-        from lkca_deploy.onnx_io import save_onnx_atomic
-
-        out, options = step.out, dict(step.options)
-        settings = TensorRTSettings.from_options(step.precision, step.device, **options)
-        if step.ranges is not None:
-            header = trt_cache_header(step.cache_version or installed_version() or DEFAULT_CACHE_TENSORRT)
-            cache = write_trt_calibration_cache(
-                step.ranges, out.with_name(f"{out.stem}.calib.cache"), version_header=header
-            )
-            step.provenance["calib_cache"] = cache.name
-            step.files.append(cache)
-        step.files.append(write_trtexec_script(step.model_path, settings, engine_path=out))
-        if step.ranges is not None and settings.dla_core is not None:
-            fp32_path = save_onnx_atomic(step.source, out.with_name(f"{out.stem}.fp32.onnx"))
-            implicit = replace(settings, calib_cache=f"{out.stem}.calib.cache")
-            step.files += [fp32_path, write_trtexec_script(fp32_path, implicit, engine_path=out)]
-            installed = installed_version()
-            if installed and not strongly_typed_only(installed):
-                step.model_path, options["calib_cache"] = fp32_path, out.with_name(implicit.calib_cache)
-        return replace(step, options=options)
 
     def load(
         self, artifact: Path, *, device: str | None = None, threads: int | None = None, **options: Any

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lkca_deploy.backends.base import check_options, check_precision, load_onnx, onnx_precision
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_write_text
+from lkca_runtime.backends.base import check_options, check_precision, load_onnx, onnx_precision
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_write_text
 
 NAME = "tensorrt"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -223,7 +223,7 @@ def trtexec_command(
     unless told --noTF32). Paths are written relative to `relative_to` when given (a script that cd's to its
     own folder); cache names in the settings are resolved against the engine's folder.
     """
-    from lkca_deploy.onnx_io import input_spec
+    from lkca_runtime.onnx_io import input_spec
 
     model = load_onnx(onnx_path)
     spec = input_spec(model)

@@ -18,8 +18,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, helper
 
-from lkca_deploy.errors import UserError
-from lkca_deploy.fsutil import atomic_output
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_output
 
 
 def load_onnx(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:

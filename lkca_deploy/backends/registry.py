@@ -1,0 +1,32 @@
+"""Backends by name, build side: the only place that knows which toolkit module builds each backend's engines
+(each extends the device-side loader of lkca_runtime.backends with `build`)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from lkca_deploy.backends.base import Backend
+from lkca_runtime.backends.registry import BACKENDS, check_backend
+from lkca_runtime.errors import UserError
+
+_CLASSES = {
+    "onnxruntime": ("lkca_deploy.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "openvino": ("lkca_deploy.backends.openvino", "OpenVinoBackend"),
+    "tensorrt": ("lkca_deploy.backends.tensorrt", "TensorRTBackend"),
+}
+
+
+def get_backend(name: str, *, require_available: bool = True) -> Backend:
+    """The backend called `name`; UserError for an unknown name, or (by default) for one not installed here."""
+    module, cls = _CLASSES[check_backend(name)]
+    backend = getattr(import_module(module), cls)()
+    if require_available:
+        ok, reason = backend.available()
+        if not ok:
+            raise UserError(reason)
+    return backend
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """name -> (usable here, version and devices or the install hint)."""
+    return {name: get_backend(name, require_available=False).available() for name in BACKENDS}
