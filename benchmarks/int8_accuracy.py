@@ -27,7 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 
-CALIB_SAMPLES, SEED = 512, 0
+from lkca_deploy.calibration import CALIB_SAMPLES
+
+SEED = 0
 ENGINES = (("ORT int8 cpu", "onnxruntime", "cpu"), ("ORT int8 tensorrt", "onnxruntime", "tensorrt"),
            ("OV int8 NNCF", "openvino", "nncf"))
 TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}

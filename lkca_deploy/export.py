@@ -39,7 +39,7 @@ from lkca_deploy.lowering.planner import lower_auto
 from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.lowering.upsample import upsample_as_matmuls
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
-from lkca_deploy.targets import get_target
+from lkca_deploy.targets import DEFAULT_TARGET, get_target
 from lkca_runtime.backends.base import PRECISIONS, run_batched
 from lkca_runtime.errors import UserError
 from lkca_runtime.onnx_io import save_onnx_atomic
@@ -112,7 +112,7 @@ def export_model(
     out: Path,
     *,
     lowering: str = "auto",
-    target: str = "onnxruntime-cpu",
+    target: str = DEFAULT_TARGET,
     max_kernel: int | None = None,
     batch: int | None = None,
     opset: int | None = None,
@@ -393,7 +393,7 @@ def apply_lowering(
     model: onnx.ModelProto,
     lowering: str,
     *,
-    target: str = "onnxruntime-cpu",
+    target: str = DEFAULT_TARGET,
     max_kernel: int | None = None,
     budget_bytes: int = 64 * 2**20,
     tune_backend: str = "onnxruntime",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
 from lkca_deploy.interrupts import raise_if_interrupted
 from lkca_deploy.proof import (
     DEFAULT_DATA,
@@ -24,7 +25,7 @@ from lkca_deploy.proof import (
     engine_parity,
     localise_divergence,
 )
-from lkca_deploy.targets import BACKEND_TARGETS
+from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET
 from lkca_runtime.backends.registry import BACKENDS
 from lkca_runtime.errors import UserError
 
@@ -39,7 +40,7 @@ class PipelineOptions:
     precisions: Sequence[str] = DEFAULT_PRECISIONS
     lowering: str = "auto"
     batches: Sequence[int] = (1, 32)
-    calib_samples: int = 512
+    calib_samples: int = CALIB_SAMPLES
     epochs: int | None = None
     data_root: str | None = None
     download: bool = False
@@ -56,7 +57,7 @@ class PipelineOptions:
     golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
     # INT8 engines: units go back to float until the top-1/mIoU drop on a validation subset of the training split
     # is at most this many points (calibration/accuracy_aware.py); None: plain INT8, every unit quantized.
-    max_drop: float | None = 0.5
+    max_drop: float | None = DEFAULT_MAX_DROP
     max_float_units: int | None = None  # None: a quarter of the units
     # Segmentation engines end at the grid logits: the Predictor upsamples once, to each image's own size
     # (export.py's `logits`); "input" keeps the model's input-size output.
@@ -187,7 +188,7 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
     if ctx.logits:  # segmentation: how parity (bundle_parity) must read the engines
         bundle.set_extra(logits=ctx.logits)
 
-    exports = {"plain": export("conv", "conv", "onnxruntime-cpu")}
+    exports = {"plain": export("conv", "conv", DEFAULT_TARGET)}
     for backend in opts.backends:
         target = BACKEND_TARGETS[backend]
         exports[backend] = exports["plain"] if opts.lowering == "conv" else export(target, opts.lowering, target)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lkca_deploy.targets import BACKEND_TARGETS
 from lkca_runtime.backends.base import run_batched, static_batch
 
 EVAL_BATCH = 32
 LOCALISE_SAMPLES = 64
-BACKEND_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
 DEFAULT_DATA = {"classification": "digits", "segmentation": "digit-scenes"}
 E2E_BUDGET_S = 0.5  # seconds of timed Predictor calls per engine: enough for a p99 of ~100+ calls on small models
 

@@ -91,6 +91,7 @@ TARGET_NAMES = tuple(TARGETS)
 
 # The target each backend's engines are exported for when the caller names only a backend.
 BACKEND_TARGETS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu", "tensorrt": "tensorrt"}
+DEFAULT_TARGET = BACKEND_TARGETS["onnxruntime"]  # what `export` and the pipeline's plain export plan for
 
 
 def get_target(name: str) -> Target:

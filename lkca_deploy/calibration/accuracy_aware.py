@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from lkca_deploy.calibration import DEFAULT_MAX_DROP
 from lkca_deploy.calibration import quantize as q
 from lkca_deploy.calibration.units import Unit, find_units, nodes_of
 from lkca_runtime.errors import UserError
 
-DEFAULT_MAX_DROP = 0.5  # points: half the INT8 parity threshold, so engines pass the report with margin
 SENSITIVITY_SAMPLES = 256  # enough to rank units by KL; the metric itself uses the whole subset
 RUN_BATCH = 64
 METRIC_NAMES = {"classification": "top-1", "segmentation": "mIoU"}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lkca_deploy.calibration import headroom
-from lkca_deploy.calibration.accuracy_aware import metadata_for, quantize_accuracy_aware
+from lkca_deploy.calibration import DEFAULT_METHOD, headroom
+from lkca_deploy.calibration.accuracy_aware import AccuracyAwareResult, metadata_for, quantize_accuracy_aware
 from lkca_deploy.calibration.holdout import validation_subset
 
 
@@ -54,6 +54,32 @@ class PrecisionPlan:
         return {"int8_accuracy": self.int8, "fp16_headroom": self.fp16}
 
 
+def search_int8(
+    model,
+    calib: np.ndarray,
+    data: str,
+    *,
+    spec,
+    task: str,
+    max_drop: float,
+    max_float_units: int | None = None,
+    method: str = DEFAULT_METHOD,
+    calib_samples: int = 0,
+    calib_seed: int = 0,
+    data_root=None,
+    download: bool = False,
+    fail: bool = True,
+) -> AccuracyAwareResult:
+    """The accuracy-aware INT8 search of `model` (`pipeline` and `quantize --max-drop` both run this one): judged on
+    a validation subset of `data`'s training split that holds none of the calibration draw (calib_samples /
+    calib_seed: the draw `calib` came from; 0 when it came from elsewhere)."""
+    holdout = validation_subset(data, spec, calib=calib, calib_samples=calib_samples, calib_seed=calib_seed,
+                                data_root=data_root, download=download)
+    return quantize_accuracy_aware(model, calib, holdout.x, holdout.labels, task=task, max_drop=max_drop,
+                                   max_float_units=max_float_units, validation_source=holdout.source, fail=fail,
+                                   method=method)
+
+
 def plan_precision(
     exports: Mapping[str, Path],
     *,
@@ -82,11 +108,9 @@ def plan_precision(
 
     plan = PrecisionPlan()
     if int8 and max_drop is not None:
-        holdout = validation_subset(data, spec, calib=calib, calib_samples=calib_samples, calib_seed=calib_seed,
-                                    data_root=data_root, download=download)
-        result = quantize_accuracy_aware(load_onnx(exports[search_on]), calib, holdout.x, holdout.labels, task=task,
-                                         max_drop=max_drop, max_float_units=max_float_units,
-                                         validation_source=holdout.source, fail=False)
+        result = search_int8(load_onnx(exports[search_on]), calib, data, spec=spec, task=task, max_drop=max_drop,
+                             max_float_units=max_float_units, calib_samples=calib_samples, calib_seed=calib_seed,
+                             data_root=data_root, download=download, fail=False)
         plan.int8 = result.summary()
         if not result.met:  # parity then judges the engines; the report shows the search
             warnings.warn(f"accuracy-aware INT8 did not meet the bound of {max_drop} points: {result.drop:.2f} with "

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from lkca_deploy.calibration import DEFAULT_METHOD
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_write_text
 from lkca_runtime.onnx_io import InputSpec, graph_inputs
@@ -51,7 +52,6 @@ FLOAT_ONLY_READERS: tuple[str, ...] = ("LayerNormalization", "Softmax")
 
 # minmax: the methods differ by about one test image on a trained nano, and it is 10x faster than entropy
 # (table and source: docs/backend-limits.md, "Calibration methods").
-DEFAULT_METHOD: Method = "minmax"
 
 # Histogram calibrators keep every calibrated tensor of a collect call in memory: feed them in chunks.
 _SAMPLES_PER_COLLECT = 128

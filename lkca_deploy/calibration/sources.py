@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_runtime.errors import UserError
 from lkca_runtime.spec import PreprocessSpec
 
@@ -41,7 +42,7 @@ def load_calibration(
     source: str | Path,
     spec: PreprocessSpec,
     *,
-    samples: int = 512,
+    samples: int = CALIB_SAMPLES,
     seed: int = 0,
     data_root: str | Path | None = None,
     download: bool = False,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_METHOD
 from lkca_deploy.cli.common import app, calibration_samples
 from lkca_deploy.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, PERCENTILE, POSITIVE_INT, option
 from lkca_runtime.errors import UserError
@@ -18,9 +19,9 @@ def quantize(
                                         "folder, or a .npy/.npz of preprocessed tensors."),
     out: Path = typer.Option(..., help="Output INT8 QDQ ONNX file."),
     flavor: str = typer.Option("cpu", help="cpu (uint8 activations, ORT x86) | tensorrt (int8, zero-point 0)."),
-    method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
+    method: str = typer.Option(DEFAULT_METHOD, help="minmax | entropy | percentile."),
     percentile: float = option(99.99, "Percentile for --method percentile.", PERCENTILE),
-    calib_samples: int = option(512, "Calibration samples (warns below 300).", POSITIVE_INT),
+    calib_samples: int = option(CALIB_SAMPLES, "Calibration samples (warns below 300).", POSITIVE_INT),
     keep_fp: list[str] = typer.Option([], help="Node names or op types to keep in float (repeatable)."),
     max_drop: float | None = option(None, "Accuracy-aware INT8: return units (a block's mixer or MLP, the patch "
                                     "embedding, the head) to float until top-1/mIoU is at most this many points "
@@ -67,21 +68,18 @@ def _accuracy_aware_int8(model, array, calib: str, calib_samples: int, flavor: s
                          max_float_units, val_data, data_root, download: bool):
     """quantize_accuracy_aware for `quantize --max-drop`: the search runs on both flavours (one split for every
     target), the table of tries goes to stderr, the result carries the plan in its metadata."""
-    from lkca_deploy.calibration.accuracy_aware import metadata_for, quantize_accuracy_aware
-    from lkca_deploy.calibration.holdout import validation_subset
+    from lkca_deploy.calibration.accuracy_aware import metadata_for
+    from lkca_deploy.calibration.plan import search_int8
     from lkca_deploy.onnx_meta import read_metadata, set_metadata, spec_from_model
 
     data = val_data or (calib if not Path(calib).exists() else None)
     if data is None:
         raise UserError("--max-drop measures top-1/mIoU on labelled images: give --val-data DATASET (its training "
                         "split is read)")
-    holdout = validation_subset(data, spec_from_model(model), calib=array, samples=1000,
-                                calib_samples=calib_samples if data == calib else 0, data_root=data_root,
-                                download=download)
-    task = read_metadata(model).get("task") or "classification"
-    searched = quantize_accuracy_aware(model, array, holdout.x, holdout.labels, task=task, max_drop=max_drop,
-                                       max_float_units=max_float_units, method=method,
-                                       validation_source=holdout.source)
+    searched = search_int8(model, array, data, spec=spec_from_model(model),
+                           task=read_metadata(model).get("task") or "classification", max_drop=max_drop,
+                           max_float_units=max_float_units, method=method,
+                           calib_samples=calib_samples if data == calib else 0, data_root=data_root, download=download)
     typer.echo(searched.table(), err=True)
     result = searched.results[flavor]
     set_metadata(result.model, metadata_for(result.model, searched.summary()))
@@ -95,7 +93,7 @@ def build(
     precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | int8."),
     out: Path = typer.Option(..., help="Artifact path (.onnx, .xml, .engine)."),
     calib: str | None = typer.Option(None, help="Calibration source for int8."),
-    calib_samples: int = option(512, "Calibration samples (warns below 300).", POSITIVE_INT),
+    calib_samples: int = option(CALIB_SAMPLES, "Calibration samples (warns below 300).", POSITIVE_INT),
     flavor: str | None = typer.Option(None, help="INT8 flavour: cpu | tensorrt (ORT), nncf | qdq (OpenVINO)."),
     device: str | None = typer.Option(None, help="cpu | cuda | tensorrt (ORT); CPU | GPU | NPU (OpenVINO); "
                                                     "cuda:N | dla:N (TensorRT)."),

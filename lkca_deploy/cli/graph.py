@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
+from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_deploy.cli.common import MiB, app, calibration_samples, echo_json
 from lkca_deploy.ranges import NON_NEGATIVE_INT, OPSET, POSITIVE, POSITIVE_INT, option
+from lkca_deploy.targets import DEFAULT_TARGET, TARGET_NAMES
 from lkca_runtime.errors import UserError
 
 
@@ -19,7 +21,7 @@ def export(
         "auto", help="auto | conv | crop | matmul | tiled | spectral | token_spectral | tune."
     ),
     max_kernel: int | None = option(None, "Largest kernel side a tile may have (tiled).", POSITIVE_INT),
-    target: str = typer.Option("onnxruntime-cpu", help="Target the auto lowering plans for."),
+    target: str = typer.Option(DEFAULT_TARGET, help="Target the auto lowering plans for."),
     batch: str = typer.Option("dynamic", help="Batch size N for a static shape, or 'dynamic'."),
     opset: int | None = option(None, "ONNX opset (default 20: GELU as one op; >= 17: LayerNormalization as one op).",
                                OPSET),
@@ -83,15 +85,14 @@ def lower(
 @app.command()
 def check(
     file: Path = typer.Argument(..., help="ONNX file."),
-    target: str = typer.Option(..., help="tensorrt | jetson-dla | openvino-cpu | openvino-gpu | openvino-npu | "
-                                         "onnxruntime-cpu."),
+    target: str = typer.Option(..., help=" | ".join(TARGET_NAMES) + "."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
     allow_gpu_fallback: bool = typer.Option(False, help="jetson-dla: GPU fallbacks are listed, not failures."),
     precision: str | None = typer.Option(None, help="fp16: also list the tensors FP16 cannot hold with a margin "
                                                     "and the ops kept FP32 for them (FP16 headroom)."),
     calib: str | None = typer.Option(None, help="With --precision fp16: calibration source whose ranges are "
                                                 "measured (default: the check the pipeline stored in the model)."),
-    calib_samples: int = option(512, "Calibration samples for --calib.", POSITIVE_INT),
+    calib_samples: int = option(CALIB_SAMPLES, "Calibration samples for --calib.", POSITIVE_INT),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
 ) -> None:
     """Lint a model against a target's documented limits; exit 1 when the target cannot run it as it stands."""

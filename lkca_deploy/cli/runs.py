@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
 from lkca_deploy.cli.common import app, echo_json
 from lkca_deploy.ranges import FRACTION, NON_NEGATIVE, POINTS, POSITIVE, POSITIVE_INT, int_list_option, option
 from lkca_runtime.errors import UserError
@@ -36,7 +37,7 @@ def pipeline(
     logits: str = typer.Option("grid", help="Segmentation: where the engines' logits end: grid (the Predictor "
                                "upsamples once, to each image) | input (the model's input size) | HxW."),
     epochs: int | None = option(None, "Training epochs when training (default: per data set).", POSITIVE_INT),
-    calib_samples: int = option(512, "Calibration samples for INT8.", POSITIVE_INT),
+    calib_samples: int = option(CALIB_SAMPLES, "Calibration samples for INT8.", POSITIVE_INT),
     batches: str = int_list_option("1,32", "Batch sizes to time."),
     threads: int | None = option(None, "Inference threads (default: the backend's).", POSITIVE_INT),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
@@ -53,7 +54,7 @@ def pipeline(
                                                              "latency per engine (a child process each)."),
     golden: int = typer.Option(64, help="Golden samples stored in the bundle, with which the device re-proves "
                                         "every engine (lkca-deploy verify); 0 for none."),
-    max_drop: float = option(0.5, "INT8: top-1/mIoU points the engines may lose on a validation subset of the "
+    max_drop: float = option(DEFAULT_MAX_DROP, "INT8: top-1/mIoU points the engines may lose on a validation subset of the "
                                   "training split before units (mixers, MLPs, ...) return to float.", NON_NEGATIVE),
     plain_int8: bool = typer.Option(False, "--plain-int8", help="INT8 with every unit quantized: no accuracy "
                                                                 "search (--max-drop is then unused)."),

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lkca_runtime.backends.base import PRECISIONS
 from lkca_runtime.bundle import Manifest, inside, verify_artifacts
 from lkca_runtime.engine_check import EngineCheck, check_loaded, engine_name
 from lkca_runtime.errors import UserError
@@ -30,7 +31,6 @@ from lkca_runtime.records import DeviceCache
 
 BACKEND = "tensorrt"
 # Without timings the most exact engine wins, as in the runtime's choice.
-_EXACTNESS = ("fp32", "fp16", "int8")
 
 
 def device_builds(manifest: Manifest, backend: str = BACKEND) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def choose_build(manifest: Manifest, precision: str | None = None) -> dict[str, 
             "lkca-deploy pipeline --backends ...,tensorrt"
         )
     if precision is None:
-        return min(builds, key=lambda b: _EXACTNESS.index(b["precision"]) if b["precision"] in _EXACTNESS else 9)
+        return min(builds, key=lambda b: PRECISIONS.index(b["precision"]) if b["precision"] in PRECISIONS else len(PRECISIONS))
     found = [b for b in builds if b["precision"] == precision]
     if not found:
         offered = ", ".join(b["precision"] for b in builds)

@@ -46,7 +46,7 @@ def test_reports_import_no_torch_backend_or_matplotlib():
     code = (
         "import sys\n"
         "from lkca_deploy.measure import latency\nfrom lkca_deploy.reports import render\nfrom lkca_runtime import metrics\n"
-        "render.machine_facts()\n"
+        "from lkca_runtime.machine import machine_facts\nmachine_facts()\n"
         "heavy = ('torch', 'onnx', 'onnxruntime', 'openvino', 'nncf', 'tensorrt', 'matplotlib')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
