@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Libraries whose versions matter to the numbers (reports.machine reads them from package metadata).
+# Libraries whose versions matter to the numbers (lkca_runtime.machine reads them from package metadata).
 VERSION_KEYS = ("onnxruntime", "openvino", "nncf", "torch", "onnx", "numpy")
 ACCURACY_MODEL, ACCURACY_DATA = "lkca_vit_nano", "digits"
 

@@ -29,7 +29,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from lkca_deploy.runtime import Predictor
-from lkca_deploy.reports.parity import confusion_matrix, miou_from_confusion
+from lkca_runtime.metrics import confusion_matrix, miou_from_confusion
 
 bundle, backend, folder, precision = sys.argv[1:5]
 truth = json.loads((Path(folder) / "truth.json").read_text())

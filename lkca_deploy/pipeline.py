@@ -48,7 +48,7 @@ class PipelineOptions:
     threads: int | None = None
     force: bool = False
     seed: int = 0
-    thresholds: object = None  # reports.parity.Thresholds; None: the defaults
+    thresholds: object = None  # lkca_runtime.metrics.Thresholds; None: the defaults
     extra_precisions: dict = field(default_factory=dict)  # backend -> precisions offered only there (bf16)
     cost: bool = True  # load time, peak memory and end-to-end Predictor latency per engine (proof.engine_cost)
     e2e_budget_s: float = 0.5  # seconds of timed Predictor calls per engine

@@ -163,10 +163,10 @@ def engine_cost(backend: str, artifact: str | Path, sample: np.ndarray | None, b
                 threads: int | None = None, images: Sequence[str | Path] = (), spec=None, task: str | None = None,
                 class_names: Sequence[str] | None = None, e2e_budget_s: float = E2E_BUDGET_S):
     """(EngineCost, EndToEnd | None) of one engine: load time and peak memory in a torch-free child process of its
-    own (reports/cost.py) and, given image files and the PreprocessSpec, the Predictor's latency per stage on them
-    at batch 1 in the same child (reports/e2e.py). The engine loads as the Predictor loads it (default options)."""
+    own (measure/cost.py) and, given image files and the PreprocessSpec, the Predictor's latency per stage on them
+    at batch 1 in the same child (measure/e2e.py). The engine loads as the Predictor loads it (default options)."""
+    from lkca_deploy.measure.cost import measure_cost
     from lkca_deploy.measure.e2e import EndToEnd
-    from lkca_deploy.reports.cost import measure_cost
 
     request = None
     if images:

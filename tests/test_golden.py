@@ -95,7 +95,7 @@ def test_tolerance_comes_from_the_thresholds_relaxed_to_one_sample():
     tol = {p: tolerance_for("classification", p, None, 64) for p in ("fp32", "fp16", "int8")}
     assert tol["fp32"] == {"agreement": 1.0, "max_abs_err": 1e-3}  # exactness is never relaxed
     assert tol["fp16"] == {"agreement": pytest.approx(63 / 64)}  # 0.995 of 64 would allow no miss
-    assert tol["int8"] == {"top1_drop": pytest.approx(100 / 64), "agreement": 0.9}  # reports/parity.py
+    assert tol["int8"] == {"top1_drop": pytest.approx(100 / 64), "agreement": 0.9}  # lkca_runtime/metrics.py
     assert tolerance_for("classification", "fp16", None, 1000) == {"agreement": 0.995}
     stricter = Thresholds().with_limit("classification", "fp32", "max_abs_err", 1e-5)
     assert tolerance_for("classification", "fp32", stricter, 64)["max_abs_err"] == 1e-5

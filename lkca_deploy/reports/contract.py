@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from lkca_deploy.measure.cost import EngineCost
 from lkca_deploy.measure.e2e import STAGES, TOTAL, EndToEnd
 from lkca_deploy.measure.latency import LatencyStats
-from lkca_deploy.reports.cost import EngineCost
 from lkca_runtime.machine import int8_hint, isa_summary, machine_facts
 from lkca_runtime.spec import TASKS
 
@@ -160,8 +160,8 @@ class EngineResult:
     blocks: list[dict[str, Any]] | None = None
     first_divergent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. threads, flavour, build seconds
-    cost: EngineCost | None = None  # load time and peak memory (reports/cost.py)
-    e2e: EndToEnd | None = None  # Predictor latency per stage at batch 1 (reports/e2e.py)
+    cost: EngineCost | None = None  # load time and peak memory (measure/cost.py)
+    e2e: EndToEnd | None = None  # Predictor latency per stage at batch 1 (measure/e2e.py)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

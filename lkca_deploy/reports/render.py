@@ -12,7 +12,7 @@ report.json contract (keys are only ever added, never renamed or removed; `valid
   comparison (only after `pipeline --baseline`): reports.compare.Comparison.to_dict(), {regressed, regressions,
      engines: [{engine, figures: {figure: {base, new, change, unit, limit, regressed}}}], machine, thresholds, ...}
 Fractions are in [0, 1], drops in percentage points, times in ms, memory in MiB, throughput in images/s at p50.
-cost and e2e (reports/cost.py, reports/e2e.py) are checked where present: reports written before them lack them.
+cost and e2e (measure/cost.py, measure/e2e.py) are checked where present: reports written before them lack them.
 Non-finite numbers are written as null (strict JSON). Raw latency samples stay out of report.json; the HTML plots them.
 """
 
@@ -263,7 +263,7 @@ def summary_table(report: Report) -> str:
 _E2E_TITLE = "End to end through the Predictor (batch 1, one image file per call)"
 _COST_NOTE = (
     "load ms: from the artifact on disk to the first result, in a fresh process; peak MiB: the resident-set "
-    "high-water mark the engine adds while loaded and running (a child process per engine, reports/cost.py)."
+    "high-water mark the engine adds while loaded and running (a child process per engine, measure/cost.py)."
 )
 
 

@@ -74,7 +74,7 @@ def _random_grid(b: int, shape: torch.Size, scales: tuple[float, float], flip: b
 
 
 class MIoUMeter:
-    """Streams predicted ids into reports.parity.SegmentationMeter; result: miou, pixel_acc, per_class_iou, samples."""
+    """Streams predicted ids into lkca_runtime.metrics.SegmentationMeter; result: miou, pixel_acc, per_class_iou, samples."""
 
     def __init__(self, class_names=(), ignore_index: int = IGNORE_INDEX):
         self.class_names = tuple(class_names)

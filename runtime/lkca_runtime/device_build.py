@@ -7,10 +7,10 @@ what the device needs instead: the baked TensorRT ONNX, its calibration cache an
 
 1. uses the bundle's own engine when the machine that built it is this one (same GPU and TensorRT);
 2. else a cached engine whose key (GPU, compute capability, TensorRT version, driver, the ONNX's hash and the
-   settings) is exactly this machine's (device_cache.py; any other key is never loaded);
+   settings) is exactly this machine's (records.py; any other key is never loaded);
 3. else adopts the engine the trtexec script wrote at the bundle's engine path (moving it out of the bundle, which
    is served only as its manifest lists it), or builds one from the ONNX with the same settings, and keeps it
-   only when it passes the golden check (device_verify.py).
+   only when it passes the golden check (engine_check.py).
 
 Needs TensorRT (and CUDA) only when it loads or builds; the decisions are plain functions, tested without a GPU.
 """

@@ -3,7 +3,7 @@ no PyTorch and no data set. Used by `lkca-deploy verify` and by the Predictor be
 
 A check runs the engine on the golden inputs, compares with the stored PyTorch FP32 reference (golden.py) and
 judges against the tolerance the manifest recorded for that engine at build time. Results are recorded in the
-device cache (device_cache.py) under the engine's file hash and this machine's fingerprint (fingerprint.py), so
+device cache (records.py) under the engine's file hash and this machine's fingerprint (fingerprint.py), so
 a Predictor checks an engine once per machine.
 
 """

@@ -1,12 +1,12 @@
 """A machine fingerprint: the facts that decide whether an engine computes here what it computed where it was proven.
 
 Two machines with the same fingerprint run an engine the same way, so a golden-sample check that passed on one
-holds on the other (device_cache.py keys its results by it). It holds the CPU model and the ISA flags that pick
-kernels (reports/machine.py), the GPUs (name, compute capability, driver), the backend library's version, and on
+holds on the other (records.py keys its results by it). It holds the CPU model and the ISA flags that pick
+kernels (lkca_runtime/machine.py), the GPUs (name, compute capability, driver), the backend library's version, and on
 a Jetson the L4T/JetPack release, power mode, whether clocks are locked and the DLA core count.
 
 Everything is read from files under `root` ("/" on a real machine; tests write a tree of fixture files in the
-same layout; the Jetson files: reports/jetson.py) and from nvidia-smi. Nothing here imports torch or a backend.
+same layout; the Jetson files: lkca_runtime/jetson.py) and from nvidia-smi. Nothing here imports torch or a backend.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ data set and without PyTorch.
 The set holds N real evaluation samples, preprocessed exactly as the runtime preprocesses, their labels (class ids,
 or masks at the model's input size), and what PyTorch FP32 computed on them (at the logits' size: an export that
 ends at the grid logits is scored after the one upsample to the masks, as parity scores it). `compare` measures an engine's
-outputs against it with the parity metrics of reports/parity.py and judges them against a tolerance per
+outputs against it with the parity metrics of lkca_runtime/metrics.py and judges them against a tolerance per
 precision (`tolerance_for`). The file is a plain .npz read with allow_pickle=False, after its sha256 is checked
 against the manifest. Torch-free: numpy only.
 """
@@ -184,7 +184,7 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> GoldenSet:
 
 
 def golden_metrics(golden: GoldenSet, outputs: np.ndarray) -> dict[str, Any]:
-    """The parity metrics of an engine's outputs on the golden inputs, in reports/parity.py's vocabulary.
+    """The parity metrics of an engine's outputs on the golden inputs, in lkca_runtime/metrics.py's vocabulary.
 
     Classification: top1, top1_reference, top1_drop (points), agreement, max_abs_err, mean_abs_err, cosine, kl.
     Segmentation: pixel_agreement, miou, miou_reference, miou_drop (points), pixel_acc, max_abs_err and

@@ -240,7 +240,7 @@ class Predictor:
     the ONNX with the trtexec script's settings (device_build.py), proven before it is kept.
 
     verify: "first-use" (default) checks the engine on the bundle's golden samples the first time it is loaded
-    on a machine (keyed by engine and machine fingerprint, device_cache.py) and refuses to serve, with one line
+    on a machine (keyed by engine and machine fingerprint, records.py) and refuses to serve, with one line
     naming the engine and its numbers, when it misses its tolerance; later loads reuse the result. "always"
     checks on every load; "off" never. A bundle without golden samples is not checked (first-use) or refused
     (always). `self.verification` holds the check (None when none was made).
@@ -294,7 +294,7 @@ class Predictor:
         top_k: int = 5,
     ) -> Predictor:
         """A Predictor on an engine already loaded, without a bundle: the pipeline times engines through these
-        very stages before their bundle is written (reports/e2e.py)."""
+        very stages before their bundle is written (measure/e2e.py)."""
         self = cls.__new__(cls)
         self.bundle_dir, self.manifest = None, None
         self.spec, self.task = spec, task or spec.task
@@ -380,7 +380,7 @@ class Predictor:
         results = self.postprocess(logits, pils, top_k=top_k, return_scores=return_scores)
         return results[0] if single else results
 
-    # The four stages of a call, public so reports/e2e.py can time each one.
+    # The four stages of a call, public so measure/e2e.py can time each one.
 
     def decode(self, images: Sequence[ImageLike]) -> list:
         """Paths, PIL images or arrays -> PIL images in the spec's mode (UserError naming what is not an image)."""

@@ -132,7 +132,7 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(fp32_onnx, tmp_path):
 
 def test_bf16_rules_given_cpu_flags():
     avx2_only = cpu_flags("processor : 0\nflags : fpu sse avx avx2 fma\n")
-    assert avx2_only == frozenset({"avx2", "fma"})  # the ISA flags of interest (reports.machine.ISA_FLAGS)
+    assert avx2_only == frozenset({"avx2", "fma"})  # the ISA flags of interest (lkca_runtime.machine.ISA_FLAGS)
     with pytest.raises(UserError, match="bf16 needs a CPU with avx512_bf16 or amx_bf16.*use fp32 or int8"):
         require_bf16("CPU", avx2_only)
     require_bf16("CPU", frozenset({"avx2", "avx512_bf16"}))

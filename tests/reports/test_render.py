@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from lkca_deploy.measure.cost import EngineCost
 from lkca_deploy.measure.e2e import EndToEnd
 from lkca_deploy.measure.latency import stats_from_samples
 from lkca_deploy.reports.contract import (
@@ -18,7 +19,6 @@ from lkca_deploy.reports.contract import (
     EngineResult,
     Report,
 )
-from lkca_deploy.reports.cost import EngineCost
 from lkca_deploy.reports.render import render_markdown, summary_table, validate_report_dict, write_report
 from lkca_runtime.errors import UserError
 from lkca_runtime.metrics import (

@@ -42,7 +42,7 @@ def _ov():
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
-    """The CPU's ISA flags of interest (reports.machine reads them); None where there is no /proc/cpuinfo."""
+    """The CPU's ISA flags of interest (lkca_runtime.machine reads them); None where there is no /proc/cpuinfo."""
     from lkca_runtime.machine import parse_cpuinfo
 
     if cpuinfo is None:

@@ -17,8 +17,8 @@ from backend_models import tiny_lkca_model
 
 from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.data.datasets import digits_images, digits_split_indices
+from lkca_deploy.measure.cost import measure_cost
 from lkca_deploy.measure.e2e import STAGES, TOTAL, EndToEnd, measure_e2e, write_sample_images
-from lkca_deploy.reports.cost import measure_cost
 from lkca_runtime.predictor import Predictor
 from lkca_runtime.spec import PreprocessSpec
 

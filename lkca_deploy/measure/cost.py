@@ -3,7 +3,7 @@
 Why a child process per engine: a Python process's resident set does not shrink back after an engine is closed
 (allocators keep freed pages, libraries keep thread pools and plugin state), so engines measured one after another
 in one process would carry the earlier ones' memory into the later ones' figures. Each engine is instead measured by
-`python -m lkca_deploy.reports.cost` in a subprocess (not multiprocessing's spawn, which would re-import the
+`python -m lkca_deploy.measure.cost` in a subprocess (not multiprocessing's spawn, which would re-import the
 caller's __main__, torch included). The child imports numpy, the backend module and its library, nothing else of
 the caller's, as a deployed app would; it reports whether torch was imported (it never is).
 
@@ -113,7 +113,7 @@ def measure_cost(
             request["sample"] = str(Path(tmp) / "sample.npy")
             np.save(request["sample"], np.ascontiguousarray(sample, dtype=np.float32), allow_pickle=False)
         proc = subprocess.run(
-            [sys.executable, "-m", "lkca_deploy.reports.cost", json.dumps(request)],
+            [sys.executable, "-m", "lkca_deploy.measure.cost", json.dumps(request)],
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 from backend_models import sample_batch, tiny_lkca_model
 
 from lkca_deploy.backends.registry import get_backend
-from lkca_deploy.reports.cost import EngineCost, measure_cost
+from lkca_deploy.measure.cost import EngineCost, measure_cost
 from lkca_runtime.errors import UserError
 
 WIDE = 40_000  # columns of the wide model's weight: 192 x 40,000 float32 = 29.3 MiB
