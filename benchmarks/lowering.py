@@ -44,10 +44,11 @@ def export_variants(
     name: str, folder: Path, max_kernel: int, budget_mib: float, samples: int
 ) -> list[Variant]:
     from lkca_deploy.export import export_model
+    from lkca_deploy.lowering.registry import RULES
     from lkca_runtime.errors import UserError
 
-    jobs = [("conv", {}), ("crop", {}), ("matmul", {}), ("spectral", {}), ("token_spectral", {}),
-            (f"tiled:{max_kernel}", {"max_kernel": max_kernel})]
+    jobs = [(rule(max_kernel).label, {"max_kernel": max_kernel} if rule.takes_max_kernel else {})
+            for rule in RULES.values()]
     jobs += [(f"auto@{backend}", {"target": target}) for backend, target in BACKENDS.items()]
     variants = []
     for label, extra in jobs:
@@ -92,7 +93,7 @@ def mixer_free(conv_path: Path, out: Path) -> Path:
     import onnx
     from onnx import helper
 
-    from lkca_deploy.lowering.passes import find_conv_sites
+    from lkca_deploy.lowering.sites import find_conv_sites
 
     model = onnx.load(str(conv_path))
     for site in find_conv_sites(model):

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lkca_deploy.lowering.registry import SPECTRAL, TOKEN_SPECTRAL
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 import peers
@@ -45,7 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as peers.py: torch's idle
 MODEL = "lkca_seg_tiny"
 IMAGE_SIZE = (512, 683)  # (H, W): ADE20K's typical landscape photo
 BACKENDS = ("onnxruntime", "openvino")
-TODAY, NEW = "spectral", "token_spectral"
+TODAY, NEW = SPECTRAL, TOKEN_SPECTRAL
 AUTO = f"{NEW} = auto"
 GOALS = {"predictor": 2.0, "engine": 1.3}  # issue 17: Predictor >= 2x today's code; engine >= 1.3x today's auto
 SGEMM_SIZE = 1024

@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.passes import ConvSite, find_conv_sites
-from lkca_deploy.lowering.planner import Plan, choose_lowering
+from lkca_deploy.lowering.planner import choose_lowering
+from lkca_deploy.lowering.registry import CONV, CROP, MATMUL, TILED, rule_for
+from lkca_deploy.lowering.sites import ConvSite, find_conv_sites
 from lkca_deploy.targets import DLA_LIMITS, DLA_SUBGRAPHS_PER_CORE, get_target
 from lkca_runtime.backends.trtexec import DLA_RELEASES
 from lkca_runtime.onnx_io import constant_tensors, graph_inputs, static_shapes
@@ -63,9 +64,9 @@ _DLA_ANY_SHAPE = {
 _NEUTRAL = {"Constant", "Identity"}  # no layer of their own: folded or aliased by the builder
 
 _OP_FIXES = {
-    "DFT": "export with the conv view (lower --strategy conv); the FFT view is for training only",
-    "STFT": "export with the conv view (lower --strategy conv)",
-    "Einsum": "lower --strategy matmul (plain MatMul) or re-export without einsum",
+    "DFT": f"export with the conv view ({rule_for(CONV).command()}); the FFT view is for training only",
+    "STFT": f"export with the conv view ({rule_for(CONV).command()})",
+    "Einsum": f"{rule_for(MATMUL).command()} (plain MatMul) or re-export without einsum",
 }
 
 
@@ -263,7 +264,7 @@ def _int8_grouped_convs(ctx: _Context, target: str, multiple: int) -> Iterable[F
             "keep this conv in fp16 on the DLA, or run on the GPU (target tensorrt) with a MatMul mixer"
             if target == "jetson-dla"
             else "make the mixer a MatMul before quantizing: export --lowering auto --target tensorrt "
-            "--precision int8, or lower --strategy matmul"
+            f"--precision int8, or {rule_for(MATMUL).command()}"
         )
         yield Finding(
             "warning",
@@ -432,7 +433,7 @@ def _dla_conv_problem(site: ConvSite) -> tuple[str, str] | None:
     ]  # pads are (top, left, bottom, right), kernel (kh, kw) repeated to match
     if pad_problem:
         return f"padding {site.pads} outside [0, {limits['pad']}] or not smaller than the kernel", (
-            "pad explicitly before the conv (a Pad node) or lower --strategy tiled"
+            f"pad explicitly before the conv (a Pad node) or {rule_for(TILED).command()}"
         )
     if any(not 1 <= s <= limits["stride"] for s in site.strides):
         return f"stride {site.strides} outside [1, {limits['stride']}]", ""
@@ -447,13 +448,7 @@ def _dla_conv_problem(site: ConvSite) -> tuple[str, str] | None:
 
 def _kernel_fix(site: ConvSite, target: str) -> str:
     plan = choose_lowering(target, site.grid, site.kernel, 1, pads=site.pads, dilations=site.dilations)
-    return _plan_fix(plan)
-
-
-def _plan_fix(plan: Plan) -> str:
-    if plan.strategy == "tiled":
-        return f"lower --strategy tiled --max-kernel {plan.max_kernel}"
-    return f"lower --strategy {plan.strategy}"
+    return rule_for(plan.strategy, plan.max_kernel).command()
 
 
 # ---------------------------------------------------------------- OpenVINO and ONNX Runtime
@@ -481,7 +476,7 @@ def _huge_filters(ctx: _Context) -> Iterable[Finding]:
                 f"{site.kernel[0]}x{site.kernel[1]} = {site.kernel[0] * site.kernel[1]} taps: "
                 "some OpenVINO GPU "
                 "releases send filters over 1024 taps to a slow reference kernel",
-                f"lower --strategy crop (static grid) or lower --strategy tiled --max-kernel {DLA_LIMITS['kernel']}",
+                f"{rule_for(CROP).command()} (static grid) or {rule_for(TILED, DLA_LIMITS['kernel']).command()}",
             )
 
 

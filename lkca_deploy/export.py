@@ -6,7 +6,7 @@ Steps of `export_model`, each one place:
 2. trace with the dynamo exporter (torch.export + onnxscript), then fold constants so every LKCA conv weight,
    built in torch by repeat_interleave from the (heads, 1, K, K) kernel, is one initializer the lowering passes
    can read; then onnx-simplifier (optional; a failure only warns);
-3. lower (lowering/: passes.lower_model, planner.lower_auto or tune.tune_model: one implementation per rewrite);
+3. lower (lowering/: apply.lower_model, planner.lower_auto or tune.tune_model: one implementation per rewrite);
 4. self-check the result in ONNX Runtime against PyTorch FP32 on real samples where there are any;
 5. metadata (name, task, preprocessing, class names, lowering per layer and why, versions, self-check error),
    checker + shape inference, atomic write. Anything that fails before the write leaves nothing at `out`.
@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lkca_deploy.lowering.passes import STRATEGIES, LoweringReport, lower_model
+from lkca_deploy.lowering.apply import lower_model
 from lkca_deploy.lowering.planner import lower_auto
+from lkca_deploy.lowering.registry import STRATEGIES, TILED
+from lkca_deploy.lowering.report import LoweringReport
 from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.lowering.upsample import upsample_as_matmuls
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
@@ -519,7 +521,7 @@ def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, 
     if lowering not in LOWERINGS:
         raise UserError(f"unknown lowering {lowering!r}: choose one of {', '.join(LOWERINGS)}")
     get_target(target)
-    if max_kernel is not None and lowering != "tiled":
+    if max_kernel is not None and lowering != TILED:
         raise UserError(f"--max-kernel applies to the tiled lowering only, not {lowering}")
     if batch is not None and batch < 1:
         raise UserError(f"batch must be at least 1 (or dynamic), got {batch}")

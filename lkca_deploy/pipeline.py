@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
 from lkca_deploy.interrupts import raise_if_interrupted
+from lkca_deploy.lowering.registry import CONV
 from lkca_deploy.proof import (
     DEFAULT_DATA,
     EVAL_BATCH,
@@ -188,10 +189,10 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
     if ctx.logits:  # segmentation: how parity (bundle_parity) must read the engines
         bundle.set_extra(logits=ctx.logits)
 
-    exports = {"plain": export("conv", "conv", DEFAULT_TARGET)}
+    exports = {"plain": export(CONV, CONV, DEFAULT_TARGET)}
     for backend in opts.backends:
         target = BACKEND_TARGETS[backend]
-        exports[backend] = exports["plain"] if opts.lowering == "conv" else export(target, opts.lowering, target)
+        exports[backend] = exports["plain"] if opts.lowering == CONV else export(target, opts.lowering, target)
         if opts.lowering == "auto" and "int8" in opts.precisions and get_target(target).int8_group_multiple:
             exports[f"{backend}:int8"] = export(f"{target}-int8", "auto", target, precision="int8")
     return exports
@@ -228,7 +229,7 @@ def _lowering_label(result) -> str:
     """The lowering a file holds, e.g. "matmul", "conv", or "tiled+crop" when the plan mixes them."""
     report = result.lowering
     used = sorted({c.strategy for c in report.lowered}) if report is not None else []
-    return "+".join(used) or "conv"
+    return "+".join(used) or CONV
 
 
 @dataclass

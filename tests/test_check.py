@@ -9,7 +9,7 @@ from conv_graphs import conv_model
 from onnx import TensorProto, helper, numpy_helper
 
 from lkca_deploy.check import check_model, count_dla_subgraphs
-from lkca_deploy.lowering.passes import lower_model
+from lkca_deploy.lowering.apply import lower_model
 from lkca_runtime.errors import UserError
 
 

@@ -8,6 +8,7 @@ import typer
 
 from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_deploy.cli.common import MiB, app, calibration_samples, echo_json
+from lkca_deploy.lowering.registry import STRATEGIES
 from lkca_deploy.ranges import NON_NEGATIVE_INT, OPSET, POSITIVE, POSITIVE_INT, option
 from lkca_deploy.targets import DEFAULT_TARGET, TARGET_NAMES
 from lkca_runtime.errors import UserError
@@ -18,7 +19,7 @@ def export(
     source: str = typer.Argument(..., help="Checkpoint directory, or a zoo name (deterministic random weights)."),
     out: Path = typer.Option(..., help="Output .onnx file."),
     lowering: str = typer.Option(
-        "auto", help="auto | conv | crop | matmul | tiled | spectral | token_spectral | tune."
+        "auto", help=f"auto | {' | '.join(STRATEGIES)} | tune."
     ),
     max_kernel: int | None = option(None, "Largest kernel side a tile may have (tiled).", POSITIVE_INT),
     target: str = typer.Option(DEFAULT_TARGET, help="Target the auto lowering plans for."),
@@ -61,13 +62,13 @@ def _parse_batch(batch: str) -> int | None:
 def lower(
     src: Path = typer.Argument(..., help="Input ONNX file (any model)."),
     out: Path = typer.Option(..., help="Output ONNX file."),
-    strategy: str = typer.Option(..., help="crop | matmul | tiled | spectral | token_spectral."),
+    strategy: str = typer.Option(..., help=f"{' | '.join(STRATEGIES)}."),
     max_kernel: int | None = option(None, "Largest kernel side after tiling.", POSITIVE_INT),
     min_kernel: int | None = option(None, "Only convs with a larger kernel side are rewritten.", POSITIVE_INT),
     matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
-    from lkca_deploy.lowering.passes import STRATEGIES, lower_file
+    from lkca_deploy.lowering.apply import lower_file
     from lkca_runtime.fsutil import check_output
 
     check_output(out)

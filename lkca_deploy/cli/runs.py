@@ -9,6 +9,7 @@ import typer
 
 from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
 from lkca_deploy.cli.common import app, echo_json
+from lkca_deploy.lowering.registry import STRATEGIES
 from lkca_deploy.ranges import FRACTION, NON_NEGATIVE, POINTS, POSITIVE, POSITIVE_INT, int_list_option, option
 from lkca_runtime.errors import UserError
 
@@ -32,7 +33,7 @@ def pipeline(
     out: Path = typer.Option(Path("lkca-bundle"), help="Bundle directory."),
     force: bool = typer.Option(False, help="Replace an existing bundle."),
     lowering: str = typer.Option(
-        "auto", help="auto (planned per target) | conv | crop | matmul | tiled | spectral | token_spectral."
+        "auto", help=f"auto (planned per target) | {' | '.join(STRATEGIES)}."
     ),
     logits: str = typer.Option("grid", help="Segmentation: where the engines' logits end: grid (the Predictor "
                                "upsamples once, to each image) | input (the model's input size) | HxW."),

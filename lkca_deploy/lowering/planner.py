@@ -11,19 +11,12 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
-from lkca_deploy.lowering.passes import (
-    DEFAULT_MATMUL_BUDGET,
-    DEFAULT_MIN_KERNEL,
-    LoweringReport,
-    NodeChange,
-    Rule,
-    apply_rules,
-    cropped_kernel,
-    find_conv_sites,
-    format_bytes,
-    matmul_nbytes,
-    not_lowerable,
-)
+from lkca_deploy.lowering.apply import apply_rules
+from lkca_deploy.lowering.registry import CONV, CROP, MATMUL, SPECTRAL, TILED, TOKEN_SPECTRAL, rule_for
+from lkca_deploy.lowering.report import LoweringReport, NodeChange, format_bytes
+from lkca_deploy.lowering.rule import DEFAULT_MIN_KERNEL
+from lkca_deploy.lowering.rules.matmul import DEFAULT_MATMUL_BUDGET
+from lkca_deploy.lowering.sites import cropped_kernel, find_conv_sites, matmul_nbytes, not_lowerable
 from lkca_deploy.targets import get_target
 from lkca_runtime.onnx_io import graph_inputs
 
@@ -64,7 +57,7 @@ def choose_lowering(
     """
     caps = get_target(target)
     if max(kernel) <= min(DEFAULT_MIN_KERNEL, caps.kernel_limit or DEFAULT_MIN_KERNEL):
-        return Plan("conv", None, f"{kernel[0]}x{kernel[1]} is a small kernel: every target runs it natively")
+        return Plan(CONV, None, f"{kernel[0]}x{kernel[1]} is a small kernel: every target runs it natively")
     if caps.kernel_limit is not None:
         return _fit_kernel_limit(target, caps.kernel_limit, grid, kernel, pads, dilations, batch_static)
 
@@ -78,9 +71,9 @@ def choose_lowering(
         need = toeplitz_need()
         where = f"at {grid[0]}x{grid[1]} the Toeplitz matmul beats the conv on {target}"
         if need <= budget_bytes:
-            return Plan("matmul", None, f"{where} ({format_bytes(need)} of Toeplitz weights)")
+            return Plan(MATMUL, None, f"{where} ({format_bytes(need)} of Toeplitz weights)")
         return Plan(
-            "conv",
+            CONV,
             None,
             f"{where}, but it needs {format_bytes(need)}, over the {format_bytes(budget_bytes)} budget",
         )
@@ -88,10 +81,10 @@ def choose_lowering(
         if depthwise:
             # token_spectral: the mixer's layout Transposes go too (1.5-1.6x spectral on ORT, 1.1-1.2x on OpenVINO
             # at 32x32, benchmarks/segmentation_speed.py); at 16x16 and below the Toeplitz matmul wins at batch 1.
-            return Plan("token_spectral", None,
+            return Plan(TOKEN_SPECTRAL, None,
                         f"at {grid[0]}x{grid[1]} DFT and Toeplitz matmuls on the token layout beat the conv on {target}")
-        return Plan("conv", None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
-    return Plan("conv", None, caps.conv_note)
+        return Plan(CONV, None, f"at {grid[0]}x{grid[1]} spectral would win, but it lowers depthwise convs only")
+    return Plan(CONV, None, caps.conv_note)
 
 
 def _int8_matmul_mixer(target, multiple, grid, toeplitz_need, budget_bytes) -> Plan:
@@ -102,12 +95,12 @@ def _int8_matmul_mixer(target, multiple, grid, toeplitz_need, budget_bytes) -> P
         "a depthwise conv has 1"
     )
     if grid is None:
-        return Plan("conv", None, f"{why}, but the grid is dynamic: export a fixed image size for a MatMul mixer")
+        return Plan(CONV, None, f"{why}, but the grid is dynamic: export a fixed image size for a MatMul mixer")
     need = toeplitz_need()
     if need <= budget_bytes:
-        return Plan("matmul", None, f"{why}: the Toeplitz MatMul runs in INT8 ({format_bytes(need)} of weights)")
+        return Plan(MATMUL, None, f"{why}: the Toeplitz MatMul runs in INT8 ({format_bytes(need)} of weights)")
     return Plan(
-        "spectral",
+        SPECTRAL,
         None,
         f"{why}: the Toeplitz needs {format_bytes(need)}, over the {format_bytes(budget_bytes)} budget, "
         "so DFT MatMuls instead",
@@ -119,18 +112,18 @@ def _fit_kernel_limit(target, limit, grid, kernel, pads, dilations, batch_static
         "" if batch_static or target != "jetson-dla" else "; the DLA needs static shapes: fix the batch"
     )
     if max(kernel) <= limit:
-        return Plan("conv", None, f"{kernel[0]}x{kernel[1]}: {get_target(target).conv_note}{static_note}")
+        return Plan(CONV, None, f"{kernel[0]}x{kernel[1]}: {get_target(target).conv_note}{static_note}")
     if grid is not None:
         cropped = cropped_kernel(kernel, grid, pads, dilations)
         if max(cropped) <= limit:
             return Plan(
-                "crop",
+                CROP,
                 None,
                 f"cropped to the {grid[0]}x{grid[1]} grid the kernel is {cropped[0]}x{cropped[1]}, "
                 f"within {target}'s {limit}-tap limit{static_note}",
             )
     return Plan(
-        "tiled",
+        TILED,
         limit,
         f"{kernel[0]}x{kernel[1]} exceeds {target}'s {limit}-tap limit: "
         f"tiles of at most {limit}{static_note}",
@@ -151,7 +144,7 @@ def plan_model(
     for site in find_conv_sites(model):
         problem = not_lowerable(site)
         if problem is not None:
-            plans.append(Plan("conv", None, f"{problem}: kept", site.name))
+            plans.append(Plan(CONV, None, f"{problem}: kept", site.name))
             continue
         toeplitz = matmul_nbytes(site) if site.grid is not None else None
         plan = choose_lowering(
@@ -168,7 +161,7 @@ def plan_model(
             depthwise=site.depthwise,
             precision=precision,
         )
-        if plan.strategy == "matmul":
+        if plan.strategy == MATMUL:
             left -= toeplitz
         plans.append(Plan(plan.strategy, plan.max_kernel, plan.reason, site.name))
     return plans
@@ -178,10 +171,10 @@ def apply_plan(
     model: onnx.ModelProto, plans: Sequence[Plan], budget_bytes: int = DEFAULT_MATMUL_BUDGET
 ) -> tuple[onnx.ModelProto, LoweringReport]:
     """Lower each planned node with its planned rule, in one pass; planned convs are reported as kept."""
-    rules = {p.node: Rule(p.strategy, p.max_kernel) for p in plans if p.strategy != "conv"}
+    rules = {p.node: rule_for(p.strategy, p.max_kernel) for p in plans if p.strategy != CONV}
     model, report = apply_rules(model, rules, label="auto", min_kernel=0, budget_bytes=budget_bytes)
     changes = {change.node: change for change in report.changes}
-    changes.update((p.node, NodeChange(p.node, "skipped", "conv", p.reason)) for p in plans if p.strategy == "conv")
+    changes.update((p.node, NodeChange(p.node, "skipped", CONV, p.reason)) for p in plans if p.strategy == CONV)
     ordered = [changes[plan.node] for plan in plans if plan.node in changes]
     return model, LoweringReport("auto", ordered, report.extra_weight_bytes)
 

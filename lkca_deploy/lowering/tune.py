@@ -1,7 +1,7 @@
 """`tune`: time each candidate lowering on the machine at hand and keep the fastest exact one.
 
 Candidates are checked against the model itself with ONNX Runtime, then timed interleaved round-robin so drift on
-a noisy machine hits all alike. Every rewrite is lowering/passes.py's; nothing here rewrites a graph.
+a noisy machine hits all alike. Every rewrite is a rule's (lowering/rules/); nothing here rewrites a graph.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lkca_deploy.lowering.passes import DEFAULT_MATMUL_BUDGET, STRATEGIES, lower_model, with_conv_names
-from lkca_deploy.targets import DLA_KERNEL_LIMIT
+from lkca_deploy.lowering.apply import lower_model
+from lkca_deploy.lowering.registry import CONV, STRATEGIES, tune_candidates
+from lkca_deploy.lowering.rules.matmul import DEFAULT_MATMUL_BUDGET
+from lkca_deploy.lowering.sites import with_conv_names
 from lkca_runtime.errors import UserError
 from lkca_runtime.onnx_io import graph_inputs, input_spec, save_onnx_atomic
 
-DEFAULT_TUNE_CANDIDATES = ("conv", "crop", "matmul", "spectral", "token_spectral", f"tiled:{DLA_KERNEL_LIMIT}")
+DEFAULT_TUNE_CANDIDATES = tune_candidates()
 TUNE_REPEATS = 5
 
 
@@ -82,7 +84,7 @@ def tune_lowering(
         except UserError as err:
             row.status, row.reason = "refused", str(err)
             continue
-        if strategy != "conv" and report.nothing_lowered:
+        if strategy != CONV and report.nothing_lowered:
             row.status, row.reason = "same as conv", report.summary()
             continue
         row.reason = report.summary()
@@ -144,7 +146,7 @@ def tune_model(model, backend_name: str, *, budget_bytes: int = DEFAULT_MATMUL_B
         finally:
             timer.close()
     best = next((row for row in rows if row.best), None)
-    strategy, max_kernel = (best.strategy, best.max_kernel) if best else ("conv", None)
+    strategy, max_kernel = (best.strategy, best.max_kernel) if best else (CONV, None)
     lowered, report = lower_model(model, strategy, max_kernel=max_kernel, budget_bytes=budget_bytes)
     return lowered, report, [], rows
 

@@ -10,7 +10,9 @@ import pytest
 from conv_graphs import conv_kernels, conv_model, conv_weight, random_x, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
-from lkca_deploy.lowering.passes import STRATEGIES, cropped_kernel, even_split, lower_file, lower_model
+from lkca_deploy.lowering.apply import lower_file, lower_model
+from lkca_deploy.lowering.registry import STRATEGIES
+from lkca_deploy.lowering.sites import cropped_kernel, even_split
 from lkca_runtime.errors import UserError
 from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lkca_deploy.lowering import token_spectral
-from lkca_deploy.lowering.passes import lower_model
+from lkca_deploy.lowering.apply import lower_model
 from lkca_deploy.lowering.token_spectral import left_forward_h, left_inverse_h
 
 TOL = 1e-4

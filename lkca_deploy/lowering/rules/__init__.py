@@ -1,0 +1,1 @@
+"""The conv lowering rules, one module each; lowering/registry.py lists them."""
