@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lkca_deploy.lowering.apply import lower_model
+from lkca_deploy.lowering.apply import apply_forms, fp32_nodes, lower_model
+from lkca_deploy.lowering.graph import opset_of
 from lkca_deploy.lowering.planner import lower_auto
-from lkca_deploy.lowering.registry import STRATEGIES, TILED
+from lkca_deploy.lowering.registry import LAYERNORM_DECOMPOSED, STRATEGIES, TILED
 from lkca_deploy.lowering.report import LoweringReport
 from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.lowering.upsample import upsample_as_matmuls
@@ -53,6 +54,9 @@ BATCH_DIM = "batch"
 LOGITS_INPUT, LOGITS_GRID = "input", "grid"
 DEFAULT_LOGITS = LOGITS_INPUT  # what the PyTorch model returns; the pipeline's bundles choose "grid"
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT keeps it FP32 only as one op)
+# torch's dynamo exporter writes opset 18 at least; a lower opset is reached after folding (lowering/opsets.py),
+# once the Reduce axes are constants that the converter can read.
+TRACE_MIN_OPSET = 18
 # 20: GELU is one op, which ONNX Runtime fuses with its bias (BiasGelu); the split Erf form it does not fuse.
 # TensorRT 10 parses opsets 9-20 (Gelu included); OpenVINO and ONNX Runtime read it.
 DEFAULT_OPSET = 20
@@ -145,10 +149,15 @@ def export_model(
     """
     opset = opset or DEFAULT_OPSET
     _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend, precision)
+    caps = get_target(target)
+    file_opset = min(opset, caps.max_opset) if caps.max_opset is not None else opset
     src = load_source(source, seed)
     size = logits_size(src.model, src.config.task, logits)
-    base = traced_onnx(src, batch=batch, opset=opset, simplify=simplify, block_outputs=block_outputs,
-                       logits_size=size)
+    base = traced_onnx(src, batch=batch, opset=max(opset, TRACE_MIN_OPSET), simplify=simplify,
+                       block_outputs=block_outputs, logits_size=size)
+    # The target's op forms and the file's opset before lowering: the rules then write nodes of that opset, which
+    # onnx's converter could not always bring down afterwards (no Split or Pad adapter from 18 to 17, onnx 1.23).
+    base, forms = apply_forms(base, caps.graph_forms, file_opset)
     model, report, plans, tune_table = apply_lowering(
         base,
         lowering,
@@ -161,7 +170,7 @@ def export_model(
         precision=precision,
     )
     upsampled = []
-    if get_target(target).upsample_matmuls if upsample_matmuls is None else upsample_matmuls:
+    if caps.upsample_matmuls if upsample_matmuls is None else upsample_matmuls:
         model, upsampled = upsample_as_matmuls(model)
     x, check_inputs = check_inputs_for(src, check_data, check_samples, seed)
     max_abs_err = self_check(model, logits_module(src.model, size), x, batch=batch, tolerance=tolerance)
@@ -173,12 +182,13 @@ def export_model(
         "plans": [plan.to_dict() for plan in plans],
         "tune": [row.to_dict() for row in tune_table] if tune_table is not None else None,
         "upsample_matmuls": upsampled,  # Resize nodes written as two MatMuls
+        "graph_forms": {**forms.to_dict(), "fp32_nodes": fp32_nodes(model)},
     }
     metadata = _metadata(
         src,
         lowering_facts,
         target=target,
-        opset=opset,
+        opset=opset_of(model),  # the file's own, whatever was asked
         batch=batch,
         block_outputs=block_outputs,
         check_inputs=check_inputs,
@@ -520,13 +530,16 @@ def _set_metadata(model: onnx.ModelProto, metadata: dict) -> None:
 def _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend, precision=None) -> None:
     if lowering not in LOWERINGS:
         raise UserError(f"unknown lowering {lowering!r}: choose one of {', '.join(LOWERINGS)}")
-    get_target(target)
+    caps = get_target(target)
     if max_kernel is not None and lowering != TILED:
         raise UserError(f"--max-kernel applies to the tiled lowering only, not {lowering}")
     if batch is not None and batch < 1:
         raise UserError(f"batch must be at least 1 (or dynamic), got {batch}")
-    if opset < MIN_OPSET:
-        raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    if opset < MIN_OPSET and LAYERNORM_DECOMPOSED not in caps.graph_forms:
+        raise UserError(
+            f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET} "
+            f"(a target with the {LAYERNORM_DECOMPOSED} graph form writes it as older ops)"
+        )
     if check_samples < 1:
         raise UserError(f"the self-check needs at least 1 sample, got {check_samples}")
     if precision is not None and precision not in PRECISIONS:

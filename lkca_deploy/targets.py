@@ -44,6 +44,8 @@ class Target:
     # A segmentation head's bilinear Resize to the input size as two MatMuls (lowering/upsample.py): measured
     # faster on the CPU backends (ONNX Runtime 1.8x, OpenVINO 1.15x at 150 x 32 x 32 -> 512 x 512).
     upsample_matmuls: bool = False
+    max_opset: int | None = None
+    graph_forms: tuple[str, ...] = ()
 
 
 _TENSORRT_CHECKS = ("opset_range", "standard_ops", "tensorrt_parser", "qdq_zero_points", "int8_grouped_convs")
