@@ -3,7 +3,7 @@ a work folder, and the checkpoints they time (random weights for speed, lkca_vit
 
 Every script times its engines in ONE run with interleaved rounds (reports.latency.interleaved) and reports the
 median of the per-round medians; ONNX Runtime sessions run with intra-op spinning off (docs/backend-limits.md:
-spinning threads make interleaved sessions 3x slower on 2 cores).
+with spinning threads, sessions timed in turn on 2 cores ran 3x slower).
 """
 
 from __future__ import annotations
