@@ -1,6 +1,6 @@
 """Segmentation at ADE20K scale: lkca_seg_tiny (512 px, 32x32 grid, K63, 150 classes), batch 1, in ONE run.
 
-Engines, all FP32 from the same random-weight checkpoint, timed interleaved (reports.latency.interleaved, medians of
+Engines, all FP32 from the same random-weight checkpoint, timed interleaved (measure.latency.interleaved, medians of
 per-round medians), ONNX Runtime with intra-op spinning off, OpenVINO with the f32 hint:
   plain ONNX + ORT          torch.onnx.export of the conv view as a user calls it (peers.py), no lowering
   OpenVINO from PyTorch     openvino.convert_model(module) (peers.py)
