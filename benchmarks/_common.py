@@ -1,9 +1,9 @@
 """What the benchmark scripts share: their arguments, the machine lines printed beside every table, table printing,
 a work folder, and the checkpoints they time (random weights for speed, lkca_vit_nano trained on digits for accuracy).
 
-Every script times its engines in ONE run with interleaved rounds (reports.latency.interleaved) and reports the
+Every script times its engines in ONE run with interleaved rounds (measure.latency.interleaved) and reports the
 median of the per-round medians; ONNX Runtime sessions run with intra-op spinning off (docs/backend-limits.md:
-spinning threads make interleaved sessions 3x slower on 2 cores).
+with spinning threads, sessions timed in turn on 2 cores ran 3x slower).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def time_interleaved(
     budget_per_engine: float,
     cpu_time: bool = False,
 ) -> dict[str, Timing]:
-    """name -> Timing, all engines timed in the same interleaved rounds (reports.latency.interleaved)."""
+    """name -> Timing, all engines timed in the same interleaved rounds (measure.latency.interleaved)."""
     from lkca_deploy.measure.latency import interleaved
 
     timed = {name: _CpuTimed(run) for name, run in runs.items()} if cpu_time else dict(runs)

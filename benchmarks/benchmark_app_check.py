@@ -1,7 +1,7 @@
 """Check this project's OpenVINO latency against OpenVINO's own benchmark_app: same IR, threads and batch.
 
 Ours: the openvino backend's runner (registry load: LATENCY hint, f32 precision hint, INFERENCE_NUM_THREADS) timed by
-reports.latency.measure_latency, p50. Theirs: `benchmark_app` from the openvino pip package (the console script, or
+measure.latency.measure_latency, p50. Theirs: `benchmark_app` from the openvino pip package (the console script, or
 `python -m openvino.tools.benchmark.main`), its median latency read from -json_stats. benchmark_app refuses
 -nthreads/-nstreams together with a -hint ("fine tune options ... set -hint option to none"), so it runs with
   -d CPU -hint none -api sync -nireq 1 -nstreams 1 -nthreads N -infer_precision f32 -data_shape [B,C,H,W] -t T

@@ -2,7 +2,7 @@
 
 Every variant is an export_model file (self-checked against PyTorch), built and loaded through the product's own
 backends (ONNX Runtime CPU with intra-op spinning off, OpenVINO CPU with the f32 precision hint), and timed in
-ONE run with interleaved rounds (reports.latency.interleaved), so drift of a shared machine hits every variant
+ONE run with interleaved rounds (measure.latency.interleaved), so drift of a shared machine hits every variant
 alike. `auto` is exported per backend for that backend's target. Takes a few minutes:
     python benchmarks/lowering.py --markdown
     python benchmarks/lowering.py --models lkca_vit_tiny --batches 1 --repeats 3

@@ -9,7 +9,7 @@ Peers, each in both exact views of the LKCA mixer a PyTorch user has (conv, atte
                          (fair at FP32: CPUs with bf16 otherwise compute in bf16) and LATENCY
 This project: export_model(lowering auto for the backend's target) -> build_engine fp32 -> registry load
 (ORT spinning off). Printed: ms (median of interleaved rounds) and each engine's speed-up over the fastest peer at
-that batch. Issue 5's goal: the best FP32 engine >= 1.3x faster than the fastest peer at batch 1.
+that batch. Goal: the best FP32 engine >= 1.3x faster than the fastest peer at batch 1.
 --profile adds where the time goes: ONNX Runtime per-op-type times (SessionOptions.enable_profiling, on the graph
 after ORT's own fusions) and OpenVINO per-layer-type times (PERF_COUNT), for this project's engine and a peer.
 

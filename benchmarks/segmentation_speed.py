@@ -1,11 +1,11 @@
-"""Segmentation at ADE20K scale (issue 17): lkca_seg_tiny (512 px, 32x32 grid, K63, 150 classes), batch 1, in ONE run.
+"""Segmentation at ADE20K scale: lkca_seg_tiny (512 px, 32x32 grid, K63, 150 classes), batch 1, in ONE run.
 
-Engines, all FP32 from the same random-weight checkpoint, timed interleaved (reports.latency.interleaved, medians of
+Engines, all FP32 from the same random-weight checkpoint, timed interleaved (measure.latency.interleaved, medians of
 per-round medians), ONNX Runtime with intra-op spinning off, OpenVINO with the f32 hint:
   plain ONNX + ORT          torch.onnx.export of the conv view as a user calls it (peers.py), no lowering
   OpenVINO from PyTorch     openvino.convert_model(module) (peers.py)
-  spectral                  `auto` before issue 17: DFT matmuls around each conv, four Transposes per mixer; the
-                            head's Resize to 512 x 512
+  spectral                  `auto` above 16x16 before token_spectral: DFT matmuls around each conv, four
+                            Transposes per mixer; the head's Resize to 512 x 512
   token_spectral            the mixer alone changed: the whole mixer on the token layout, no Transpose (a real
                             DFT along H, a Toeplitz product along W per head); the head's Resize as before
   token_spectral = auto     what `export` writes now: also the head's upsample as two MatMuls (lowering/upsample.py)
@@ -15,8 +15,8 @@ SGEMM peak measured here with 2 threads (ONNX Runtime's MatMul and numpy's, the 
 arithmetic alone would take, and measured / that.
 
 Then the Predictor end to end on a 683 x 512 PNG (ADE20K's typical size; decode, preprocess, engine, upsample to the
-image and argmax), torch-free, interleaved: today's code (the spectral engine with input-size logits and the mask
-made with dense bilinear matrices, as masks.upsampled_argmax did before issue 17) against the new one (the
+image and argmax), torch-free, interleaved: the old path (the spectral engine with input-size logits and the mask
+made with dense bilinear matrices, as masks.upsampled_argmax did before its two-tap upsample) against the new one (the
 token_spectral engine ending at the grid logits, one two-tap upsample from 32 x 32 straight to 512 x 683).
 
     python benchmarks/segmentation_speed.py --markdown
@@ -47,9 +47,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as peers.py: torch's idle
 MODEL = "lkca_seg_tiny"
 IMAGE_SIZE = (512, 683)  # (H, W): ADE20K's typical landscape photo
 BACKENDS = ("onnxruntime", "openvino")
-TODAY, NEW = SPECTRAL, TOKEN_SPECTRAL
+OLD, NEW = SPECTRAL, TOKEN_SPECTRAL
 AUTO = f"{NEW} = auto"
-GOALS = {"predictor": 2.0, "engine": 1.3}  # issue 17: Predictor >= 2x today's code; engine >= 1.3x today's auto
+GOALS = {"predictor": 2.0, "engine": 1.3}  # Predictor >= 2x the old path; engine >= 1.3x the spectral lowering
 SGEMM_SIZE = 1024
 PLAIN_ONNX = "plain-conv.onnx"
 
@@ -119,11 +119,11 @@ def sgemm_peak_gflops(threads: int, repeats: int = 15) -> dict[str, float]:
 
 
 def export_variants(source: Path, folder: Path) -> dict[str, Path]:
-    """label -> ONNX: today's auto, the new one, the new one ending at the grid logits (all batch 1, self-checked)."""
+    """label -> ONNX: spectral, the new one, the new one ending at the grid logits (all batch 1, self-checked)."""
     from lkca_deploy.export import export_model
 
-    # (lowering, logits, the head's upsample as MatMuls): False keeps the Resize that exports had before issue 17
-    jobs = {TODAY: (TODAY, None, False), NEW: (NEW, None, False), AUTO: (NEW, None, True),
+    # (lowering, logits, the head's upsample as MatMuls): False keeps the head's Resize (exports before upsample.py)
+    jobs = {OLD: (OLD, None, False), NEW: (NEW, None, False), AUTO: (NEW, None, True),
             f"{NEW}, grid": (NEW, "grid", None)}
     out = {}
     for label, (lowering, logits, upsample) in jobs.items():
@@ -152,7 +152,7 @@ def load_engines(onnx_files: dict[str, Path], backends, threads: int, folder: Pa
 
 
 def peer_engines(source: Path, backends, threads: int, folder: Path) -> dict[tuple[str, str], Callable]:
-    """The two peers the issue names: plain ONNX of the conv view on ORT, OpenVINO converting the module."""
+    """The two peers a user would try first: plain ONNX of the conv view on ORT, OpenVINO converting the module."""
     import openvino as ov
 
     from lkca_deploy.checkpoint import load_checkpoint
@@ -178,7 +178,7 @@ def peer_engines(source: Path, backends, threads: int, folder: Path) -> dict[tup
 
 
 def dense_upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """masks.upsampled_argmax before issue 17: dense (out, in) bilinear matrices, row blocks of 64 MiB."""
+    """masks.upsampled_argmax before its two-tap upsample: dense (out, in) bilinear matrices, row blocks of 64 MiB."""
     from lkca_runtime.masks import bilinear_matrix
 
     height, width = size
@@ -192,8 +192,8 @@ def dense_upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndar
 
 
 @contextlib.contextmanager
-def todays_masks():
-    """The runtime's mask step as it was before issue 17, for the baseline only."""
+def dense_masks():
+    """The runtime's mask step as it was before its two-tap upsample, for the baseline only."""
     from lkca_runtime import predictor as runtime
 
     current = runtime.upsampled_argmax
@@ -219,23 +219,23 @@ def sample_image(folder: Path) -> Path:
 
 
 def predictor_runs(runners, spec, image: Path, backends) -> tuple[dict[str, Callable], dict[str, np.ndarray]]:
-    """name -> one end-to-end call on `image` (today's code or the new one), and the mask each made."""
+    """name -> one end-to-end call on `image` (the old path or the new one), and the mask each made."""
     from lkca_runtime.predictor import Predictor
 
     runs, masks = {}, {}
     for name in backends:
-        today = Predictor.around(runners[(name, TODAY)], spec)
+        old = Predictor.around(runners[(name, OLD)], spec)
         new = Predictor.around(runners[(name, f"{NEW}, grid")], spec)
 
-        def run_today(_x, p=today):
-            with todays_masks():
+        def run_old(_x, p=old):
+            with dense_masks():
                 return p(image)
 
         def run_new(_x, p=new):
             return p(image)
 
-        runs[f"{name}: today"], runs[f"{name}: new"] = run_today, run_new
-        masks[f"{name}: today"], masks[f"{name}: new"] = run_today(None), run_new(None)
+        runs[f"{name}: old"], runs[f"{name}: new"] = run_old, run_new
+        masks[f"{name}: old"], masks[f"{name}: new"] = run_old(None), run_new(None)
     return runs, masks
 
 
@@ -244,7 +244,7 @@ def predictor_runs(runners, spec, image: Path, backends) -> tuple[dict[str, Call
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="threads per engine (default 2, the issue's)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--budget", type=float, default=2.0, help="timed seconds per engine, all rounds (default 2)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default both)")
@@ -288,34 +288,34 @@ def main(argv: list[str] | None = None) -> None:
         "SGEMM peak, " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + f" GFLOP/s ({SGEMM_SIZE}^3, "
         f"{args.threads} threads): the bound below uses {peak:.0f}",
     ]
-    common.print_header("Segmentation engines at ADE20K scale (issue 17)", args.threads, notes, markdown=args.markdown)
+    common.print_header("Segmentation engines at ADE20K scale", args.threads, notes, markdown=args.markdown)
     rows = []
     for key, ms in engine_ms.items():
         backend, label = key.split(": ", 1)
-        base = engine_ms.get(f"{backend}: {TODAY}")
+        base = engine_ms.get(f"{backend}: {OLD}")
         gflop = flops.get(label)
         bound = gflop / peak / 1e6 if gflop else None  # ms
-        cpu, cpu_base = engine_cpu[key], engine_cpu.get(f"{backend}: {TODAY}")
+        cpu, cpu_base = engine_cpu[key], engine_cpu.get(f"{backend}: {OLD}")
         rows.append([backend, label, ms, common.ratio(base, ms), cpu, common.ratio(cpu_base, cpu),
                      gflop / 1e9 if gflop else None, bound, f"{ms / bound:.1f}x" if bound else "-"])
-    common.print_table(["backend", "engine", "ms", f"x {TODAY}", "cpu ms", f"cpu x {TODAY}", "GFLOP",
+    common.print_table(["backend", "engine", "ms", f"x {OLD}", "cpu ms", f"cpu x {OLD}", "GFLOP",
                         "GEMM-bound ms", "ms / bound"], rows, markdown=args.markdown)
     e2e_rows = []
     for name in backends:
-        today, new = e2e_ms[f"{name}: today"], e2e_ms[f"{name}: new"]
-        same = float(np.mean(masks[f"{name}: today"] == masks[f"{name}: new"]))
-        e2e_rows.append([name, today, new, common.ratio(today, new), f"{same:.4f}"])
+        old, new = e2e_ms[f"{name}: old"], e2e_ms[f"{name}: new"]
+        same = float(np.mean(masks[f"{name}: old"] == masks[f"{name}: new"]))
+        e2e_rows.append([name, old, new, common.ratio(old, new), f"{same:.4f}"])
     print(f"Predictor, one {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]} PNG to its mask (decode, preprocess, engine, upsample, "
           "argmax):\n")
-    common.print_table(["backend", "today ms", "new ms", "speed-up", "same mask pixels"], e2e_rows,
+    common.print_table(["backend", "old path ms", "new ms", "speed-up", "same mask pixels"], e2e_rows,
                        markdown=args.markdown)
     for name in backends:
-        engine = engine_ms[f"{name}: {TODAY}"] / engine_ms[f"{name}: {NEW}"]
-        auto = engine_ms[f"{name}: {TODAY}"] / engine_ms[f"{name}: {AUTO}"]
-        e2e_gain = e2e_ms[f"{name}: today"] / e2e_ms[f"{name}: new"]
-        print(f"{name}: engine with input-size logits {engine:.2f}x today's auto from the mixer alone (goal "
+        engine = engine_ms[f"{name}: {OLD}"] / engine_ms[f"{name}: {NEW}"]
+        auto = engine_ms[f"{name}: {OLD}"] / engine_ms[f"{name}: {AUTO}"]
+        e2e_gain = e2e_ms[f"{name}: old"] / e2e_ms[f"{name}: new"]
+        print(f"{name}: engine with input-size logits {engine:.2f}x spectral from the mixer alone (goal "
               f"{GOALS['engine']}x on onnxruntime), {auto:.2f}x with the MatMul upsample; Predictor "
-              f"{e2e_gain:.2f}x today's code (goal {GOALS['predictor']}x)")
+              f"{e2e_gain:.2f}x the old path (goal {GOALS['predictor']}x)")
 
 
 if __name__ == "__main__":

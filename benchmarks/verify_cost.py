@@ -1,4 +1,4 @@
-"""What serving a bundle only whole costs (issue 13, docs/reliability.md): bundle.verify_whole (no unlisted file,
+"""What serving a bundle only whole costs (docs/reliability.md): bundle.verify_whole (no unlisted file,
 every size, every sha256) against checking the chosen engine's files only, and the Predictor's whole load.
 
 Interleaved rounds, medians; the machine's facts and load are printed beside the table.

@@ -1,4 +1,4 @@
-"""Bundle integrity (issue 13): a bundle is proven whole before it serves (every file the manifest lists, and no
+"""Bundle integrity: a bundle is proven whole before it serves (every file the manifest lists, and no
 file it does not list), parity's PyTorch reference is checked by hash, and the precision an engine reports is the
 one its artifact computes."""
 

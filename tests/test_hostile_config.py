@@ -1,4 +1,4 @@
-"""Config validation (issue 13): a checkpoint's config.json is validated against the zoo before any model is
+"""Config validation: a checkpoint's config.json is validated against the zoo before any model is
 built, and a damaged optimizer file met on --resume is one line."""
 
 from __future__ import annotations

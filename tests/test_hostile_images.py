@@ -1,4 +1,4 @@
-"""Input images and arrays (issue 13): 16-bit images are scaled, never clipped; non-finite or complex arrays are
+"""Input images and arrays: 16-bit images are scaled, never clipped; non-finite or complex arrays are
 refused; folder data is converted to the model's channels everywhere, as the Predictor converts."""
 
 from __future__ import annotations

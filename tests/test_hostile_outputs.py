@@ -1,4 +1,4 @@
-"""Output paths and data loss (issue 13): nothing of the user's is deleted, concurrent writers are refused at the
+"""Output paths and data loss: nothing of the user's is deleted, concurrent writers are refused at the
 rename, and every unwritable output (a file in the way, a directory, a read-only or full disk, an unwritable
 cache) ends in one line naming the user's path, with nothing half-written."""
 

@@ -1,4 +1,4 @@
-"""Signals (issue 13): SIGTERM (what `timeout` and CI runners send) cleans up as Ctrl-C does, and both say
+"""Signals: SIGTERM (what `timeout` and CI runners send) cleans up as Ctrl-C does, and both say
 "interrupted" in one line on stderr: no half-written bundle beside the target, no work folder in the temp dir."""
 
 from __future__ import annotations

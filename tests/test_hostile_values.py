@@ -1,4 +1,4 @@
-"""Value validation (issue 13): every numeric option refuses zero, negative, non-finite and out-of-range values
+"""Value validation: every numeric option refuses zero, negative, non-finite and out-of-range values
 with its valid range (zero is not "absent"); calibration data must be finite; `check` knows each target's opset
 range; the INT8 parity gate also needs agreement with the reference."""
 

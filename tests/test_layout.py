@@ -1,12 +1,17 @@
 """The house rules of the packages' layout, checked on their source: no import cycles (imports inside functions
 and under TYPE_CHECKING count too), the device runtime never reaches into the toolkit or torch, each target limit
-written once, and no comment pointing at a file this repository does not have."""
+written once, no comment pointing at a file this repository does not have, and a repository that speaks of itself
+alone (no issue or work-period numbers, no "today", no notes it does not hold)."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 import lkca_deploy
 import lkca_runtime
@@ -102,3 +107,19 @@ def test_comments_name_only_files_this_repository_has():
                 if not any((base / name).exists() for base in (REPO, PACKAGE, RUNTIME, RUNTIME.parent)):
                     missing.append(f"{path.relative_to(REPO)}:{number}: {name}")
     assert missing == []
+
+
+# The words of how the code was built rather than what it is. Written in pieces so this file does not match itself.
+HISTORY_WORDS = "session [0-9]|sessions [0-9]|issue [0-9]+|issue #[0-9]+|research" " note|today" "'s"
+
+
+def test_the_repository_speaks_of_itself_alone():
+    """`git grep -niE HISTORY_WORDS -- . | grep -v InferenceSession` prints nothing: a figure says its date or the
+    command that measures it, a goal says the goal, an upstream thread is cited as owner/repo#N."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    found = subprocess.run(["git", "grep", "-niE", HISTORY_WORDS, "--", "."], cwd=REPO, capture_output=True,
+                           text=True, check=False)
+    assert found.returncode in (0, 1), found.stderr  # 1: no match
+    lines = [line for line in found.stdout.splitlines() if "InferenceSession" not in line]
+    assert lines == []

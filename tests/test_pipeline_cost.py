@@ -1,4 +1,4 @@
-"""What the main job records beyond p50 (issue 16): load time, peak memory and end-to-end Predictor latency."""
+"""What the main job records beyond p50 : load time, peak memory and end-to-end Predictor latency."""
 
 import json
 

@@ -1,6 +1,6 @@
 """End-to-end latency through the torch-free Predictor at batch 1, stage by stage, on real image files.
 
-A device answers one image at a time, and the time around inference can outweigh it (issue 16). Each call here is
+A device answers one image at a time, and the time around inference can outweigh it. Each call here is
 one image file through the Predictor's own stages, each timed with `time.perf_counter_ns`:
 - decode: the file read and decoded by PIL, converted to the spec's mode (Predictor.decode);
 - preprocess: resize to the model input and normalise into float32 NCHW (Predictor.preprocess);

@@ -1,7 +1,8 @@
-"""Parity, latency, machine facts and report rendering (numpy only; no torch, no backend imported here).
+"""The run's report (numpy, and matplotlib for its figures; no torch, no backend imported here).
 
-- parity.py: task metrics of an engine against the reference outputs, thresholds per precision, per-block error.
-- latency.py: one timing protocol for every backend (warm-up, p50/p90/p99, CV, batch sweep, interleaved rounds).
-- machine.py: the facts printed beside every timing (CPU model, ISA flags, GPU, library versions).
+- contract.py: report.json's keys, `Report` and `EngineResult`, and `validate_report_dict`.
 - render.py: report.json (a contract other tools read), report.md, report.html and a terminal table.
+- figures.py: the HTML report's figures; compare.py: two runs, engine by engine, as a CI gate.
+The meters the report shows live in lkca_deploy.measure (latency, cost, end to end) and lkca_runtime (parity
+metrics, machine facts).
 """

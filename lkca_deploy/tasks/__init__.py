@@ -1,7 +1,9 @@
-"""Tasks: the small object that brings what differs between classification and segmentation.
+"""Tasks: the small object that brings what differs between classification and segmentation in training.
 
-A task gives the trainer its loss, augmentation and metric; everything else (trainer, export, backends, reports,
-bundle, predictor) takes the task and never forks on it.
+A task gives the trainer its loss, augmentation and metric; the trainer, lowering, backends and bundle writer take
+any task as it is. Other places still fork on the task's name: the model's head, which loader opens a data set,
+`--logits` (segmentation only), the INT8 search's metric, the reports' per-task keys, and in the runtime the parity
+meter, the golden sets and the Predictor's output. README.md ("Architecture") lists each of them.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def test_sliding_evaluation_scores_each_image_at_its_own_size(tmp_path, monkeypa
     slid = evaluate(out, data=str(pairs), slide=Slide(stride=64))
     assert (slid["inference"], slid["stride"], slid["samples"]) == ("slide", [64, 64], 4)
     assert slid["miou"] == pytest.approx(whole["miou"]) and slid["pixel_acc"] == pytest.approx(whole["pixel_acc"])
-    # Whole-image evaluation reads the folder in the model's channels too (it refused RGB before issue 13).
+    # Whole-image evaluation reads the folder in the model's channels too (an RGB folder was once refused).
     whole_pairs = evaluate(out, data=str(pairs))
     assert (whole_pairs["inference"], whole_pairs["samples"]) == ("whole", 4)
 

@@ -188,7 +188,7 @@ def _session(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     # Spinning threads keep a core busy after each run; sessions timed in turn on few cores then slow each
-    # other down 3x (research note), so benchmarks turn it off.
+    # other down 3x (docs/backend-limits.md), so benchmarks turn it off.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)

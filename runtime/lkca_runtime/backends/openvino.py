@@ -3,7 +3,7 @@
 `import openvino` below is absolute (Python 3), so this module's own name shadows nothing.
 
 Precision: fp32 and int8 compile with INFERENCE_PRECISION_HINT f32, because the CPU plugin otherwise computes in
-bf16 on CPUs with AVX512_BF16 or AMX and misses FP32 parity (research note); bf16 is a precision of its own, offered
+bf16 on CPUs with AVX512_BF16 or AMX and misses FP32 parity (docs/backend-limits.md); bf16 is a precision of its own, offered
 where the CPU has it; fp16 is the FP16 ONNX converted as is; int8 is NNCF post-training quantization of the
 converted model, or a Q/DQ ONNX read directly.
 """
