@@ -39,6 +39,7 @@ from lkca_deploy.lowering.graph import opset_of
 from lkca_deploy.lowering.planner import lower_auto
 from lkca_deploy.lowering.registry import LAYERNORM_DECOMPOSED, STRATEGIES, TILED
 from lkca_deploy.lowering.report import LoweringReport
+from lkca_deploy.lowering.rules.matmul import DEFAULT_MATMUL_BUDGET
 from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.lowering.upsample import upsample_as_matmuls
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
@@ -123,7 +124,7 @@ def export_model(
     batch: int | None = None,
     opset: int | None = None,
     simplify: bool = True,
-    budget_bytes: int = 64 * 2**20,
+    budget_bytes: int = DEFAULT_MATMUL_BUDGET,
     seed: int = 0,
     check_data: str | None = None,
     check_samples: int = 64,
@@ -407,7 +408,7 @@ def apply_lowering(
     *,
     target: str = DEFAULT_TARGET,
     max_kernel: int | None = None,
-    budget_bytes: int = 64 * 2**20,
+    budget_bytes: int = DEFAULT_MATMUL_BUDGET,
     tune_backend: str = "onnxruntime",
     batch: int | None = None,
     seed: int = 0,

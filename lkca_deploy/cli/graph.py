@@ -8,7 +8,7 @@ import typer
 
 from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_deploy.cli.common import MiB, app, calibration_samples, echo_json
-from lkca_deploy.lowering.registry import STRATEGIES
+from lkca_deploy.lowering.registry import MATMUL_BUDGET_MIB, STRATEGIES
 from lkca_deploy.ranges import NON_NEGATIVE_INT, OPSET, POSITIVE, POSITIVE_INT, option
 from lkca_deploy.targets import DEFAULT_TARGET, TARGET_NAMES
 from lkca_runtime.errors import UserError
@@ -28,7 +28,7 @@ def export(
                                OPSET),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim."),
     seed: int = option(0, "Seed of a zoo model's random weights.", NON_NEGATIVE_INT),
-    matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
+    matmul_budget: float = option(float(MATMUL_BUDGET_MIB), "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
     tune_backend: str = typer.Option("onnxruntime", help="Backend that times candidates for --lowering tune."),
     precision: str | None = typer.Option(None, help="Precision the engines will run (fp32 | fp16 | bf16 | int8), "
                                          "for --lowering auto: int8 on tensorrt gets a MatMul mixer."),
@@ -65,7 +65,7 @@ def lower(
     strategy: str = typer.Option(..., help=f"{' | '.join(STRATEGIES)}."),
     max_kernel: int | None = option(None, "Largest kernel side after tiling.", POSITIVE_INT),
     min_kernel: int | None = option(None, "Only convs with a larger kernel side are rewritten.", POSITIVE_INT),
-    matmul_budget: float = option(64.0, "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
+    matmul_budget: float = option(float(MATMUL_BUDGET_MIB), "Most MiB of Toeplitz weights the matmul lowering may add.", POSITIVE),
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
     from lkca_deploy.lowering.apply import lower_file

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from lkca_deploy.lowering.rule import ConvRule, FormRule
 
 CONV, CROP, MATMUL, TILED, SPECTRAL, TOKEN_SPECTRAL = "conv", "crop", "matmul", "tiled", "spectral", "token_spectral"
+MATMUL_BUDGET_MIB = 64  # most Toeplitz weights the matmul lowering may add to a model, by default
 
 # Conv lowerings, in the order lists and help show them: name -> "module:Class"
 RULES = {
