@@ -96,21 +96,64 @@ def mean_classifier(path: Path, size: int = 8, opset: int = 17) -> Path:
     return path
 
 
-def mean_classifier_bundle(out: Path, work: Path) -> Path:
-    """A bundle (onnxruntime fp32 engine of `mean_classifier`) written by the toolkit's own BundleWriter."""
-    from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.bundle import BundleWriter
+def mean_classifier_bundle(out: Path, work: Path, *, golden: int = 0) -> Path:
+    """A bundle (onnxruntime fp32 engine of `mean_classifier`) written by the toolkit's own BundleWriter; with
+    `golden` samples (the engine's own outputs on random inputs) for the first-use check."""
     from lkca_runtime.spec import PreprocessSpec
 
     spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("dark", "mid", "bright"))
-    source = mean_classifier(Path(work) / "mean.onnx")
+    return _one_engine_bundle(out, mean_classifier(Path(work) / "mean.onnx"), spec, golden)
+
+
+def _one_engine_bundle(out: Path, source: Path, spec, golden: int) -> Path:
+    from lkca_deploy.backends.registry import get_backend
+    from lkca_deploy.bundle import BundleWriter
+
     with BundleWriter(out) as b:
-        b.set_model("mean", "classification", {"name": "mean"}, spec)
-        get_backend("onnxruntime").build(source, b.path / "onnx" / "model.fp32.onnx", precision="fp32")
+        b.set_model(source.stem, spec.task, {"name": source.stem}, spec)
+        runner_path = b.path / "onnx" / "model.fp32.onnx"
+        get_backend("onnxruntime").build(source, runner_path, precision="fp32")
         b.register("onnx/model.fp32.onnx", "onnx")
         b.register("onnx/model.fp32.onnx.json", "sidecar")
         b.add_engine("onnxruntime", "fp32", "onnx/model.fp32.onnx", passed=True, p50_ms={"1": 0.1})
+        if golden:
+            from lkca_runtime.golden import GOLDEN_REL, make_golden, write_golden
+
+            x = np.random.default_rng(0).uniform(-1, 1, (golden, *spec.input_shape)).astype(np.float32)
+            with get_backend("onnxruntime").load(runner_path) as runner:
+                logits = runner(x)
+            labels = logits.argmax(1)
+            made = make_golden(x, labels, logits, spec.task, samples=golden)
+            digest = write_golden(made, b.path / GOLDEN_REL)
+            b.register(GOLDEN_REL, "golden")
+            b.set_extra(golden={"path": GOLDEN_REL, "sha256": digest, "samples": made.samples, "seed": 0})
     return out
+
+
+def brightness_segmenter(path: Path, size: int = 8) -> Path:
+    """1-channel SIZExSIZE input -> 3 classes per pixel (background, dark, bright) from each pixel's value: a 1x1
+    Conv, so every pixel of the mask is known from the image."""
+    weight = numpy_helper.from_array(np.array([0.0, -8.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w")
+    bias = numpy_helper.from_array(np.array([2.0, -4.0, -4.0], np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w", "b"], ["logits"])], "brightness_segmenter",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def segmenter_bundle(out: Path, work: Path) -> Path:
+    """A segmentation bundle (onnxruntime fp32 engine of `brightness_segmenter`)."""
+    from lkca_runtime.spec import PreprocessSpec
+
+    spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("background", "dark", "bright"),
+                          task="segmentation")
+    return _one_engine_bundle(out, brightness_segmenter(Path(work) / "seg.onnx"), spec, 0)
 
 
 # ---------------------------------------------------------------- file systems that fail

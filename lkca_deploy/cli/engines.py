@@ -38,13 +38,16 @@ def quantize(
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
     from lkca_deploy.calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
-    from lkca_runtime.fsutil import atomic_outputs, check_output
+    from lkca_runtime.fsutil import atomic_outputs, guard_output
     from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     # Every output is checked before the work and written only when all of them succeed.
     header = trt_cache_header(tensorrt_version) if cache is not None else None
+    inputs = [file, calib if Path(calib).exists() else None]
     for path in (out, *([cache] if cache is not None else [])):
-        check_output(path)
+        guard_output(path, inputs)
+    if cache is not None and Path(cache).resolve() == Path(out).resolve():
+        raise UserError(f"--cache and --out both name {out}: give each output its own path")
     if max_drop is None and (max_float_units is not None or val_data is not None):
         raise UserError("--max-float-units and --val-data shape the accuracy-aware search: add --max-drop PTS")
     if max_drop is not None and keep_fp:
@@ -101,9 +104,9 @@ def build(
 ) -> None:
     """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
     from lkca_deploy.backends.build import build_engine
-    from lkca_runtime.fsutil import check_output
+    from lkca_runtime.fsutil import guard_output
 
-    check_output(out)
+    guard_output(out, [file, calib if calib and Path(calib).exists() else None])
     array = calibration_samples(calib, file, calib_samples, data_root, False) if calib else None
     built = build_engine(file, backend, precision, out, calib=array, flavor=flavor, device=device)
     if built.artifact is None:

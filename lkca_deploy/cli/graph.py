@@ -37,9 +37,9 @@ def export(
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
     from lkca_deploy.export import export_model
-    from lkca_runtime.fsutil import check_output
+    from lkca_runtime.fsutil import guard_output
 
-    check_output(out)  # before tracing: a bad --out fails in a second, not after the export
+    guard_output(out, [source if Path(source).exists() else None])  # before tracing: fails in a second
 
     result = export_model(source, out, lowering=lowering, target=target, max_kernel=max_kernel,
                           batch=_parse_batch(batch), opset=opset, simplify=not no_simplify,
@@ -69,9 +69,9 @@ def lower(
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
     from lkca_deploy.lowering.apply import lower_file
-    from lkca_runtime.fsutil import check_output
+    from lkca_runtime.fsutil import guard_output
 
-    check_output(out)
+    guard_output(out, [src])
 
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")

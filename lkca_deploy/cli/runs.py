@@ -143,7 +143,11 @@ def parity(
     """Re-prove a bundle's engines against PyTorch FP32 on the evaluation split; exit 1 when one fails."""
     from lkca_deploy.proof import bundle_parity
     from lkca_deploy.reports.render import summary_table, write_report
+    from lkca_runtime.fsutil import guard_output
     from lkca_runtime.metrics import Thresholds
+
+    if out is not None:
+        guard_output(out, [bundle], folder=True)
 
     thresholds = Thresholds()
     for task, agreement in (("classification", "agreement"), ("segmentation", "pixel_agreement")):

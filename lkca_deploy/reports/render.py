@@ -37,7 +37,7 @@ from lkca_deploy.reports.contract import (
     validate_report_dict,
 )
 from lkca_runtime.errors import UserError
-from lkca_runtime.fsutil import atomic_write_text
+from lkca_runtime.fsutil import atomic_outputs
 from lkca_runtime.machine import isa_summary
 
 
@@ -447,9 +447,9 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> dict[str, P
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"report directory {out} is an existing file; pass a directory path")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, text in texts.items():
-        paths[name] = out / name
-        atomic_write_text(paths[name], text)
+    paths = {name: out / name for name in texts}
+    # The three appear together or not at all: a report.json whose report.html failed would say nothing of it.
+    with atomic_outputs(*paths.values(), size_hint=len(texts["report.json"])) as tmps:
+        for tmp, text in zip(tmps, texts.values()):
+            tmp.write_text(text, encoding="utf-8")
     return paths

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from lkca_runtime.errors import UserError
 
+BUNDLE_MANIFEST = "manifest.json"
+_BUNDLE_FORMAT = b'"lkca-deploy-bundle/'  # what tells a bundle's manifest.json from any other (a web app's)
+MAX_JSON_DEPTH = 64  # report.json, the deepest file the toolkit writes, nests 7 levels
 _UMASK_LOCK = threading.Lock()
 
 
@@ -161,6 +166,47 @@ def check_output(target: str | os.PathLike, *, folder: bool = False) -> Path:
     if not os.access(place, os.W_OK | os.X_OK):
         raise UserError(_cannot_write(target, errno.EROFS if _read_only(place) else errno.EACCES))
     return target
+
+
+def bundle_above(path: str | os.PathLike) -> Path | None:
+    """The bundle `path` lies in (or is): the nearest folder at or above it holding a bundle's manifest.json."""
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents):
+        manifest = folder / BUNDLE_MANIFEST
+        try:
+            with open(manifest, "rb") as f:
+                if _BUNDLE_FORMAT in f.read(1 << 16):
+                    return folder
+        except OSError:  # absent, a folder, unreadable: not a bundle's
+            continue
+    return None
+
+
+def guard_output(target: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (), *,
+                 folder: bool = False, writes_bundles: bool = False) -> Path:
+    """Refuse, before any work, an output that would destroy an input or a bundle; then check_output.
+
+    Refused: one of the command's `inputs` (the same file once symlinks are resolved, a hard link to it, or a
+    folder holding it), and any place inside a bundle (a folder with a bundle's manifest.json at or above it)
+    unless the command is the one that writes bundles: a bundle is proven whole by the hashes in its manifest,
+    so a file written into it makes it refuse to serve."""
+    target = Path(target)
+    resolved = target.resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source_path = Path(source)
+        src = source_path.resolve()
+        same = resolved == src or (target.exists() and source_path.exists() and os.path.samefile(target, src))
+        if same or resolved in src.parents:
+            what = "is" if same else "holds"
+            raise UserError(f"{target} {what} this command's input {source}: writing there would destroy it; "
+                            "choose another output path")
+    bundle = None if writes_bundles else bundle_above(target)
+    if bundle is not None:
+        raise UserError(f"{target} lies inside the bundle {bundle}: a bundle is written whole by lkca-deploy "
+                        "pipeline and a file written into it makes it refuse to serve; choose a path outside it")
+    return check_output(target, folder=folder)
 
 
 def _beside(target: Path, *, folder: bool = False) -> tuple[str, str, str]:
@@ -370,3 +416,60 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- JSON from users
+
+
+def _depth(doc: Any) -> int:
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def json_loads(text: str | bytes) -> Any:
+    """json.loads for files a user hands over (manifests, reports, sidecars, configs): a ValueError, as for any
+    bad JSON, when it nests deeper than MAX_JSON_DEPTH (the parser's own limit is a RecursionError, and code that
+    walks the result recursively would meet it later)."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+# ---------------------------------------------------------------- several files into one folder
+
+
+@contextmanager
+def atomic_files(folder: str | os.PathLike) -> Iterator[Path]:
+    """A temp folder beside `folder` to write a command's files into (masks, reports); when the block succeeds
+    they appear in `folder` (created if needed; files of the same names replaced, others left as they are), when
+    it fails none does. A new `folder` appears in one rename; into an existing one the files are renamed one by
+    one after all of them were written, so a failure during the work leaves nothing."""
+    folder = Path(folder)
+    existed = folder.is_dir()
+    if not existed:
+        with atomic_dir(folder) as tmp:
+            yield tmp
+        return
+    check_output(folder, folder=True)
+    with staging_dir(folder, folder=True) as tmp:
+        try:
+            yield tmp
+        except BaseException as error:
+            translated = _in_user_terms(error, folder, tmp, [(str(tmp), str(folder))], None)
+            if translated is error:
+                raise
+            raise translated from None
+        give_ordinary_modes(tmp)
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            destination = folder / file.relative_to(tmp)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            publish(file, destination)

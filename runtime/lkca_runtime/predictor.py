@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lkca_runtime.backends.base import PRECISIONS, run_batched, static_batch
 from lkca_runtime.backends.registry import backend_status
 from lkca_runtime.bundle import Manifest, check_engine_precision, inside, read_manifest, verify_whole
 from lkca_runtime.errors import UserError
-from lkca_runtime.fsutil import atomic_output
+from lkca_runtime.fsutil import atomic_files, atomic_output, guard_output
 from lkca_runtime.masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
 from lkca_runtime.spec import PreprocessSpec
 
@@ -494,12 +495,14 @@ def predict(
     images = list(images)
     if not images:
         raise UserError("no images given: pass at least one image")
+    stems = _unique_stems(images)
+    if save_mask_dir is not None:
+        _guard_mask_outputs(Path(save_mask_dir), bundle, images, stems)
     with Predictor(
         bundle, backend=backend, precision=precision, device=device, threads=threads, top_k=top_k, verify=verify
-    ) as p:
+    ) as p, (atomic_files(save_mask_dir) if save_mask_dir is not None else nullcontext()) as staging:
         if save_mask_dir is not None and p.task != "segmentation":
             raise UserError(f"--save-mask is for segmentation bundles; {bundle} is a {p.task} bundle")
-        stems = _unique_stems(images)
         engine = {"backend": p.engine["backend"], "precision": p.engine["precision"]}
         results = []
         for start in range(0, len(images), _PREDICT_CHUNK):
@@ -509,8 +512,9 @@ def predict(
                 entry = {"image": image_name(images[i], i), **engine}
                 if p.task == "segmentation":
                     entry.update(_mask_summary(outcome, p.class_names))
-                    if save_mask_dir is not None:
-                        mask_path, overlay_path = p.save_mask(outcome, images[i], save_mask_dir, stems[i])
+                    if save_mask_dir is not None:  # written to `staging`, all renamed into place at the end
+                        written = p.save_mask(outcome, images[i], staging, stems[i])
+                        mask_path, overlay_path = (Path(save_mask_dir) / w.name for w in written)
                         entry.update(mask=str(mask_path), overlay=str(overlay_path))
                 else:
                     entry.update(
@@ -520,6 +524,15 @@ def predict(
                     )
                 results.append(entry)
         return results
+
+
+def _guard_mask_outputs(folder: Path, bundle, images: Sequence[ImageLike], stems: Sequence[str]) -> None:
+    """Masks go neither into the bundle (nor onto it) nor over one of the images they come from."""
+    guard_output(folder, [bundle], folder=True)
+    sources = [image for image in images if isinstance(image, (str, Path))]
+    for stem in stems:
+        for name in (f"{stem}.mask.png", f"{stem}.overlay.png"):
+            guard_output(folder / name, sources)
 
 
 def _mask_summary(mask: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
