@@ -16,7 +16,7 @@ from typing import Any
 from lkca_runtime.backends.base import PRECISIONS, sidecar_path
 from lkca_runtime.backends.registry import BACKENDS
 from lkca_runtime.bundle import ARTIFACT_KINDS, MANIFEST, Manifest, safe_relpath, sidecar_rel
-from lkca_runtime.fsutil import atomic_dir, sha256_file
+from lkca_runtime.fsutil import atomic_dir, json_loads, sha256_file
 from lkca_runtime.spec import TASKS, PreprocessSpec
 
 # The kind of the weights file a sidecar names beside its artifact (OpenVINO: model.xml -> model.bin).
@@ -239,7 +239,7 @@ class BundleWriter:
 def _sidecar_weights(sidecar: Path) -> str | None:
     """The weights file a sidecar names beside its artifact (OpenVINO's .bin), if any."""
     try:
-        weights = json.loads(sidecar.read_text(encoding="utf-8")).get("weights")
+        weights = json_loads(sidecar.read_text(encoding="utf-8")).get("weights")
     except (OSError, ValueError, AttributeError):
         return None
     return weights.get("file") if isinstance(weights, dict) else None

@@ -175,3 +175,17 @@ def tmpfs(where: Path, size: str = "64k", read_only: bool = False):
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def untrained_checkpoint(out: Path, name: str = "lkca_vit_nano") -> Path:
+    """A checkpoint of a zoo model's seeded random weights, saved as `train` saves one (no training: a second)."""
+    import torch
+
+    from lkca_deploy.checkpoint import save_checkpoint
+    from lkca_deploy.data.datasets import open_source
+    from lkca_deploy.models.zoo import build_model, get_config
+
+    config = get_config(name)
+    torch.manual_seed(0)
+    spec = open_source("digits").spec(config.img_size, config.task)
+    return save_checkpoint(out, build_model(config).eval(), config, spec, {"data": "digits"})

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_common import assert_one_line, cli, leftovers, mean_classifier, mean_classifier_bundle, segmenter_bundle
+from hostile_common import (
+    assert_one_line,
+    cli,
+    leftovers,
+    mean_classifier,
+    mean_classifier_bundle,
+    segmenter_bundle,
+)
 from PIL import Image
 
 from lkca_runtime.errors import UserError
@@ -100,9 +107,9 @@ def test_masks_appear_whole_or_not_at_all(seg_bundle, tmp_path):
 
 
 def test_a_report_appears_whole_or_not_at_all(tmp_path):
-    from lkca_runtime.metrics import classification_parity, with_verdict
     from lkca_deploy.reports.contract import EngineResult, Report
     from lkca_deploy.reports.render import write_report
+    from lkca_runtime.metrics import classification_parity, with_verdict
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(20, 3)).astype(np.float32)

@@ -10,7 +10,10 @@ What gates (a regression makes `Comparison.regressed` true and the CLI exit 1):
 - p50 latency rising by more than `max_latency_increase` percent at EVERY batch size both reports timed, and only
   when both reports come from the same machine (CPU model, cores, ISA flags, GPUs, library versions), unless
   `same_machine_required`, which then also makes a machine difference itself a regression;
-- memory rising by more than `max_memory_increase` percent.
+- memory rising by more than `max_memory_increase` percent;
+- what cannot be judged: a figure that is NaN or infinite in either report, an engine of the new report without
+  parity figures, and an engine that ran in the baseline and not in the new report (a new report with no engines
+  would otherwise pass). A string where a number belongs breaks the report contract: refused (UserError).
 p99, throughput, maximum error, size and load time are shown with their change but never gate.
 
 Why the latency default is loose (+100 %, i.e. more than 2x at every batch size): on this project's shared 2-core
@@ -22,7 +25,6 @@ disturbed measurement from failing a build; a dedicated, quiet runner can pass -
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,7 @@ from typing import Any
 
 from lkca_deploy.reports.contract import validate_report_dict
 from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import json_loads
 
 REPORT_FILE = "report.json"
 COMPARISON_SCHEMA = 1
@@ -87,8 +90,8 @@ def load_report(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any],
     elif not path.is_file():
         raise UserError(f"{source} does not exist: pass a report.json or a bundle directory")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = json_loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path} is not a readable report.json ({e})") from None
     return _checked_report(doc, str(path)), str(source)
 
@@ -133,6 +136,18 @@ class Change:
     change: float | None
     limit: float | None = None  # the limit that gates this figure; None: shown only
     regressed: bool = False
+    not_finite: str | None = None  # "base" / "new" / "both": a NaN or infinite figure, which cannot be judged
+
+
+def _judged(change: Change) -> Change:
+    """A figure that is NaN or infinite in either report cannot be judged, so it fails (a NaN compares false with
+    every limit and would pass in silence); its values become None, so the comparison stays valid JSON."""
+    bad = [side for side, v in (("base", change.base), ("new", change.new)) if v is not None and not math.isfinite(v)]
+    if not bad:
+        return change
+    return Change(change.figure, change.label, change.shown_in, None if "base" in bad else change.base,
+                  None if "new" in bad else change.new, change.unit, None, change.limit, True,
+                  "both" if len(bad) == 2 else bad[0])
 
 
 def _points(figure: str, label: str, shown_in: str, base: float | None, new: float | None, worse_if_lower: bool,
@@ -140,21 +155,21 @@ def _points(figure: str, label: str, shown_in: str, base: float | None, new: flo
     """A figure kept as a fraction (or points) whose change is counted in percentage points."""
     change = None if base is None or new is None else new - base
     worse = None if change is None else (-change if worse_if_lower else change)
-    return Change(figure, label, shown_in, base, new, "pt", change, limit,
-                  limit is not None and worse is not None and worse > limit + 1e-9)
+    return _judged(Change(figure, label, shown_in, base, new, "pt", change, limit,
+                          limit is not None and worse is not None and worse > limit + 1e-9))
 
 
 def _percent(figure: str, label: str, shown_in: str, base: float | None, new: float | None,
              limit: float | None = None) -> Change:
     """A cost figure (lower is better) whose change is counted in percent of the baseline."""
     change = None if base is None or new is None or base <= 0 else (new / base - 1) * 100
-    return Change(figure, label, shown_in, base, new, "%", change, limit,
-                  limit is not None and change is not None and change > limit + 1e-9)
+    return _judged(Change(figure, label, shown_in, base, new, "%", change, limit,
+                          limit is not None and change is not None and change > limit + 1e-9))
 
 
 def _ratio(figure: str, label: str, base: float | None, new: float | None) -> Change:
     change = None if base is None or new is None or base <= 0 else new / base
-    return Change(figure, label, "", base, new, "x", change)
+    return _judged(Change(figure, label, "", base, new, "x", change))
 
 
 def _as_pct(fraction: Any) -> float | None:
@@ -292,6 +307,7 @@ class EngineComparison:
     status: tuple[str, str]  # base, new
     changes: list[Change]
     failures: list[str] = field(default_factory=list)  # the new report's parity failures, when it now fails
+    unjudged: str = ""  # why the new report's engine cannot be judged (no parity figures)
 
     @property
     def status_regressed(self) -> bool:
@@ -299,7 +315,7 @@ class EngineComparison:
 
     @property
     def regressed(self) -> bool:
-        return self.status_regressed or any(c.regressed for c in self.changes)
+        return self.status_regressed or bool(self.unjudged) or any(c.regressed for c in self.changes)
 
     def regression_lines(self) -> list[str]:
         lines = []
@@ -311,8 +327,13 @@ class EngineComparison:
             shown = ", ".join(_change_phrase(c) + ")" for c in p50)
             lines.append(f"{self.engine}: p50 latency up at every batch size: {shown}; limit +{p50[0].limit:g} %")
         for c in self.changes:
-            if c.regressed and c not in p50:
+            if c.not_finite:
+                side = "both reports" if c.not_finite == "both" else f"the {c.not_finite} report"
+                lines.append(f"{self.engine}: {c.label} is NaN or infinite in {side}: it cannot be judged")
+            elif c.regressed and c not in p50:
                 lines.append(f"{self.engine}: {_change_phrase(c)}; limit {_limit_phrase(c)})")
+        if self.unjudged:
+            lines.append(f"{self.engine}: {self.unjudged}")
         return lines
 
 
@@ -371,6 +392,7 @@ class Comparison:
     only_in_base: list[str]
     only_in_new: list[str]
     notes: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # engines that ran in the baseline and not in the new report
 
     @property
     def same_machine(self) -> bool:
@@ -387,7 +409,8 @@ class Comparison:
             lines.append("machines differ and --same-machine-required: " + "; ".join(self.machine_differences))
         for e in self.engines:
             lines += e.regression_lines()
-        return lines
+        # An engine the new run lost is a regression: a new report with no engines would otherwise pass.
+        return lines + [f"{engine}: ran in the baseline, not in the new report" for engine in self.lost]
 
     @property
     def regressed(self) -> bool:
@@ -425,6 +448,7 @@ class Comparison:
                 }
                 for e in self.engines
             ],
+            "lost": self.lost,
             "only_in_base": self.only_in_base,
             "only_in_new": self.only_in_new,
             "notes": self.notes,
@@ -463,6 +487,8 @@ def compare(
     differences = machine_differences(base_doc, new_doc)
     gated = not differences or t.same_machine_required
     base_engines, new_engines = _ran_engines(base_doc), _ran_engines(new_doc)
+    if not base_engines and not new_engines:
+        raise UserError(f"neither {base_label} nor {new_label} has an engine that ran: nothing to compare")
     compared = []
     for key, n in new_engines.items():
         b = base_engines.get(key)
@@ -470,7 +496,9 @@ def compare(
             continue
         changes = _accuracy_changes(b, n, task, t) + _latency_changes(b, n, t, gated) + _cost_changes(b, n, t)
         failures = list((n.get("parity") or {}).get("failures") or []) if n["status"] == "failed" else []
-        compared.append(EngineComparison(engine_label(key), key, (b["status"], n["status"]), changes, failures))
+        unjudged = "" if n.get("parity") else "the new report has no parity figures for it: it cannot be judged"
+        compared.append(EngineComparison(engine_label(key), key, (b["status"], n["status"]), changes, failures,
+                                         unjudged))
     return Comparison(
         task=task,
         base=_side(base_doc, base_label),
@@ -481,6 +509,7 @@ def compare(
         only_in_base=_unmatched(base_engines, new_engines, _skip_reasons(new_doc), "new"),
         only_in_new=_unmatched(new_engines, base_engines, _skip_reasons(base_doc), "base"),
         notes=_notes(base_doc, new_doc),
+        lost=[engine_label(key) for key in base_engines if key not in new_engines],
     )
 
 

@@ -48,12 +48,21 @@ COST_KEYS = ("load_ms", "first_result_ms", "peak_mb", "process_peak_mb", "librar
 E2E_STAGES = (*STAGES, TOTAL)
 
 
+def _not_numbers(where: str, values: dict, keys) -> list[str]:
+    """Figures that are neither a number nor null (a string where compare does arithmetic)."""
+    return [f"{where} {k!r} is {values[k]!r}, not a number" for k in keys
+            if k in values and values[k] is not None
+            and (isinstance(values[k], bool) or not isinstance(values[k], (int, float)))]
+
+
 def _parity_problems(where: str, parity: Any, task: str) -> list[str]:
     if parity is None:
         return []
     if not isinstance(parity, dict):
         return [f"{where} parity is not an object"]
-    return [f"{where} parity lacks {k!r}" for k in PARITY_KEYS.get(task, ()) if k not in parity]
+    keys = PARITY_KEYS.get(task, ())
+    return ([f"{where} parity lacks {k!r}" for k in keys if k not in parity]
+            + _not_numbers(f"{where} parity", parity, [k for k in keys if k != "passed"]))
 
 
 def _latency_problems(where: str, latency: Any) -> list[str]:
@@ -67,6 +76,8 @@ def _latency_problems(where: str, latency: Any) -> list[str]:
             problems.append(f"{where} latency key {batch!r} is not a batch size")
         missing = [k for k in LATENCY_KEYS if not isinstance(stats, dict) or k not in stats]
         problems += [f"{where} latency[{batch!r}] lacks {k!r}" for k in missing]
+        if isinstance(stats, dict):
+            problems += _not_numbers(f"{where} latency[{batch!r}]", stats, LATENCY_KEYS)
     return problems
 
 
@@ -75,7 +86,8 @@ def _cost_problems(where: str, cost: Any) -> list[str]:
         return []
     if not isinstance(cost, dict):
         return [f"{where} cost is not an object"]
-    return [f"{where} cost lacks {k!r}" for k in COST_KEYS if k not in cost]
+    return [f"{where} cost lacks {k!r}" for k in COST_KEYS if k not in cost] + _not_numbers(f"{where} cost", cost,
+                                                                                          COST_KEYS)
 
 
 def _e2e_problems(where: str, e2e: Any) -> list[str]:
@@ -96,6 +108,7 @@ def _engine_problems(i: int, engine: Any, task: str) -> list[str]:
         return [f"engines[{i}] is not an object"]
     where = f"engines[{i}] ({engine.get('backend')}/{engine.get('precision')}/{engine.get('lowering')})"
     problems = [f"{where} lacks {k!r}" for k in ENGINE_KEYS if k not in engine]
+    problems += _not_numbers(where, engine, ("size_bytes",))
     status = engine.get("status")
     if status not in STATUSES:
         problems.append(f"{where} status {status!r} is not one of {STATUSES}")

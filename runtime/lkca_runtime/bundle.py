@@ -7,7 +7,6 @@ failure or Ctrl-C leaves no half bundle, and the manifest is written last. Torch
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -16,7 +15,7 @@ from typing import Any
 from lkca_runtime.backends.base import PRECISIONS, sidecar_path
 from lkca_runtime.backends.registry import BACKENDS
 from lkca_runtime.errors import UserError
-from lkca_runtime.fsutil import sha256_file
+from lkca_runtime.fsutil import json_loads, sha256_file
 from lkca_runtime.spec import PreprocessSpec
 
 FORMAT = "lkca-deploy-bundle/1"
@@ -97,8 +96,8 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
             f"{bundle_dir} is not a bundle: it has no {MANIFEST} (build one with lkca-deploy pipeline)"
         )
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json_loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is corrupt ({e}): rebuild the bundle") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else None

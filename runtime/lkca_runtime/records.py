@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lkca_runtime.fingerprint import fingerprint_key
-from lkca_runtime.fsutil import atomic_copy, atomic_dir, atomic_write_text, sha256_file
+from lkca_runtime.fsutil import atomic_copy, atomic_dir, atomic_write_text, json_loads, sha256_file
 
 CACHE_FORMAT = 1
 CACHE_SUFFIX = ".device-cache"  # BUNDLE.device-cache beside BUNDLE
@@ -52,7 +52,7 @@ def _writable(folder: Path) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json_loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

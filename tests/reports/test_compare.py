@@ -200,6 +200,8 @@ def test_engines_in_one_report_only_are_listed_not_compared(base_bundle):
     assert result.only_in_new == ["onnxruntime/int8-cpu/conv"]
     assert [e.engine for e in result.engines] == ["onnxruntime/int8-tensorrt/matmul"]
     assert "only in base: onnxruntime/fp32/matmul" in result.text()
+    # An engine the new run lost is a regression; one it gained is not.
+    assert result.lost == ["onnxruntime/fp32/matmul", "onnxruntime/int8-cpu/matmul"] and result.regressed
 
 
 def test_memory_gates_when_both_reports_measured_it(base_bundle):

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from lkca_runtime.errors import UserError
-from lkca_runtime.fsutil import atomic_write_text, sha256_file
+from lkca_runtime.fsutil import atomic_write_text, json_loads, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SIDECAR_FORMAT = 1
@@ -72,10 +72,10 @@ def read_sidecar(artifact: Path, backend: str) -> dict[str, Any]:
         )
     path = sidecar_path(artifact)
     try:
-        facts = json.loads(path.read_text())
+        facts = json_loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{artifact} has no sidecar {path.name}: rebuild it with lkca-deploy build") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid JSON: rebuild {artifact.name} with lkca-deploy build") from None
     if not isinstance(facts, dict) or facts.get("backend") != backend:
         found = facts.get("backend") if isinstance(facts, dict) else None
