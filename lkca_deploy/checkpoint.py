@@ -10,9 +10,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lkca_deploy.models.bounds import check_bounds
 from lkca_deploy.models.zoo import ModelConfig, build_model, config_from_dict
 from lkca_runtime.errors import UserError
-from lkca_runtime.fsutil import atomic_dir
+from lkca_runtime.fsutil import atomic_dir, json_loads
 from lkca_runtime.spec import PreprocessSpec
 
 CONFIG_FILE = "config.json"
@@ -54,12 +55,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"{path} is not a checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        doc = json.loads(config_file.read_text())
+        doc = json_loads(config_file.read_text())
         spec = PreprocessSpec.from_dict(doc["preprocessing"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{config_file} is corrupt: {e}") from None
     try:
         config = config_from_dict(doc.get("model"))
+        check_bounds(config)  # before any tensor: absurd sizes end here, not in the allocator
         if spec.channels != config.in_chans:
             raise ValueError(f"in_chans {config.in_chans} differs from the preprocessing's {spec.channels} channels")
     except (ValueError, TypeError, UserError) as e:

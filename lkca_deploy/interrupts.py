@@ -49,7 +49,8 @@ def raise_if_interrupted() -> None:
 
 @contextmanager
 def interrupts_raise() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM raise Interrupted; the previous handlers come back after it."""
+    """Within the block SIGINT and SIGTERM raise Interrupted, and so does any error raised after one arrived;
+    the previous handlers come back after it."""
     global _pending
     _pending = None
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
@@ -57,6 +58,12 @@ def interrupts_raise() -> Iterator[None]:
         signal.signal(sig, _raise)
     try:
         yield
+    except Exception as error:
+        # A library that catches the Interrupted and raises its own error (torch.onnx.export wraps whatever its
+        # capture raised in a TorchExportError) still ends as the interrupt it was.
+        if _pending is not None:
+            raise Interrupted(_pending) from error
+        raise
     finally:
         _pending = None
         for sig, handler in previous.items():

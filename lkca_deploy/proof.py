@@ -196,12 +196,12 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
 
     With `cost`, each row also holds "cost" (load time, peak memory) and, for a bundle's engines, "e2e" (the
     Predictor per stage on its data set's test images, where that data set can be read here; else "e2e_note")."""
-    import json
-
     from lkca_deploy.backends.registry import get_backend
     from lkca_runtime.backends.base import sidecar_path
     from lkca_runtime.bundle import read_manifest, verify_whole
     from lkca_runtime.errors import UserError
+    from lkca_runtime.fsutil import json_loads
+    from lkca_runtime.limits import check_fits
 
     targets: list[tuple[str, Path, str, Path | None]] = []  # (backend, artifact, precision, bundle)
     for path in map(Path, paths):
@@ -211,7 +211,7 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
                         for e in read_manifest(path).engines]
             continue
         try:
-            facts = json.loads(sidecar_path(path).read_text())
+            facts = json_loads(sidecar_path(path).read_text())
         except (OSError, ValueError):
             raise UserError(f"{path} is neither a bundle nor an artifact with a sidecar (build it with "
                             "lkca-deploy build)") from None
@@ -224,6 +224,9 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
             be = get_backend(backend)
             with be.load(artifact, threads=threads, **be.interleaved_load_options) as runner:
                 shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
+                check_fits(max(batches) * 4 * float(np.prod(shape[1:])) * 2, f"--batches {max(batches)} on "
+                           f"{artifact.name} (inputs {'x'.join(map(str, shape[1:]))}, float32, and as many outputs)",
+                           "give smaller --batches")
                 sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
                 latency = engine_latency(runner, sample, batches, budget_s)
                 row = {"backend": backend, "precision": precision, "artifact": str(artifact),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lkca_runtime.errors import UserError
+from lkca_runtime.limits import check_fits
 from lkca_runtime.spec import PreprocessSpec
 
 DEFAULT_STRIDE_FRACTION = 2 / 3
@@ -168,6 +169,10 @@ def slide_image_logits(image, spec: PreprocessSpec, run: RunLogits, slide: Slide
     """A PIL image -> (K, H', W') window-averaged logits at the size `slide` resizes it to."""
     window = tuple(spec.input_size)
     size = slide.image_size((image.height, image.width), window)
+    # The resized image, its float copy, the summed logits and their counts: all at the slid size.
+    planes = spec.channels * 2 + max(len(spec.class_names), 1) + 1
+    check_fits(4.0 * size[0] * size[1] * planes, f"sliding over a {image.width}x{image.height} image resized to "
+               f"{size[1]}x{size[0]}", "give a smaller --scale")
     x = replace(spec, input_size=size).preprocess([image])[0]
     return slide_logits(x, run, window, slide.strides(window), batch)
 
