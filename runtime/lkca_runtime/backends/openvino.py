@@ -10,6 +10,8 @@ converted model, or a Q/DQ ONNX read directly.
 
 from __future__ import annotations
 
+import queue
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +105,19 @@ def check_device(device: str, available: list[str]) -> str:
 
 
 class OpenVinoRunner(RunnerBase):
-    """One compiled model and one infer request; returns a float32 copy (the request reuses its buffers)."""
+    """One compiled model and a pool of infer requests; returns a float32 copy (a request reuses its buffers).
+
+    Safe to call from many threads: an infer request runs one inference at a time ("Infer Request is busy"
+    otherwise) and its output buffer is overwritten by the next one, so each call borrows an idle request (a new
+    one when every request is busy), copies its output and returns it. Requests made stay in the pool: as many as
+    calls ever ran at once. The compiled model itself is thread-safe (OpenVINO's CompiledModel)."""
 
     def __init__(self, compiled, info: dict[str, Any]):
         ov = _ov()
         self.compiled = compiled
         self.request = compiled.create_infer_request()
+        self._idle = queue.SimpleQueue()
+        self._idle.put(self.request)
         first = compiled.inputs[0]
         self.input_name = first.any_name
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in first.get_partial_shape())
@@ -118,18 +127,32 @@ class OpenVinoRunner(RunnerBase):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = as_model_input(x, self.input_shape).astype(self._input_dtype, copy=False)
-        self.request.infer({0: x})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+        with self._borrowed() as request:
+            request.infer({0: x})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
     def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every output by name (parity localisation reads the block outputs)."""
         x = as_model_input(x, self.input_shape).astype(self._input_dtype, copy=False)
-        self.request.infer({0: x})
-        return {out.get_any_name(): np.array(self.request.get_output_tensor(i).data, dtype=np.float32)
-                for i, out in enumerate(self.compiled.outputs)}
+        with self._borrowed() as request:
+            request.infer({0: x})
+            return {out.get_any_name(): np.array(request.get_output_tensor(i).data, dtype=np.float32)
+                    for i, out in enumerate(self.compiled.outputs)}
+
+    @contextmanager
+    def _borrowed(self):
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            yield request
+        finally:
+            self._idle.put(request)
 
     def close(self) -> None:
         self.request = self.compiled = None
+        self._idle = queue.SimpleQueue()
 
 
 # ---------------------------------------------------------------- backend

@@ -13,6 +13,7 @@ machine before it deserializes anything, and says how to rebuild on the device.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +199,7 @@ class TensorRTRunner(RunnerBase):
     def __init__(self, engine, memory, info: dict[str, Any]):
         trt = _trt()
         self.engine, self.memory, self.info = engine, memory, info
+        self._lock = threading.Lock()
         self.context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -226,6 +228,11 @@ class TensorRTRunner(RunnerBase):
         return self._run(x, self._outputs)
 
     def _run(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        # One execution context and one set of device buffers: calls from several threads take turns.
+        with self._lock:
+            return self._run_locked(x, names)
+
+    def _run_locked(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         x = as_model_input(x, self.input_shape, self.max_batch)
         x = np.ascontiguousarray(x, dtype=self._dtypes[self.input_name])
         self.context.set_input_shape(self.input_name, x.shape)
