@@ -96,31 +96,37 @@ def mean_classifier(path: Path, size: int = 8, opset: int = 17) -> Path:
     return path
 
 
-def mean_classifier_bundle(out: Path, work: Path, *, golden: int = 0) -> Path:
-    """A bundle (onnxruntime fp32 engine of `mean_classifier`) written by the toolkit's own BundleWriter; with
-    `golden` samples (the engine's own outputs on random inputs) for the first-use check."""
+def mean_classifier_bundle(out: Path, work: Path, *, golden: int = 0, background: float | None = None,
+                           backend: str = "onnxruntime") -> Path:
+    """A bundle (an fp32 engine of `mean_classifier`) written by the toolkit's own BundleWriter; with `golden`
+    samples (the engine's own outputs on random inputs) for the first-use check."""
     from lkca_runtime.spec import PreprocessSpec
 
-    spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("dark", "mid", "bright"))
-    return _one_engine_bundle(out, mean_classifier(Path(work) / "mean.onnx"), spec, golden)
+    spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("dark", "mid", "bright"), background=background)
+    return one_engine_bundle(out, mean_classifier(Path(work) / "mean.onnx"), spec, golden, backend)
 
 
-def _one_engine_bundle(out: Path, source: Path, spec, golden: int) -> Path:
+def one_engine_bundle(out: Path, source: Path, spec, golden: int = 0, backend: str = "onnxruntime") -> Path:
+    """A bundle of `source` built for `backend` at fp32, as the pipeline lays one out."""
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.bundle import BundleWriter
 
+    folder, suffix = ("openvino", ".xml") if backend == "openvino" else ("onnx", ".onnx")
+    rel = f"{folder}/model.fp32{suffix}"
     with BundleWriter(out) as b:
         b.set_model(source.stem, spec.task, {"name": source.stem}, spec)
-        runner_path = b.path / "onnx" / "model.fp32.onnx"
-        get_backend("onnxruntime").build(source, runner_path, precision="fp32")
-        b.register("onnx/model.fp32.onnx", "onnx")
-        b.register("onnx/model.fp32.onnx.json", "sidecar")
-        b.add_engine("onnxruntime", "fp32", "onnx/model.fp32.onnx", passed=True, p50_ms={"1": 0.1})
+        runner_path = b.path / rel
+        get_backend(backend).build(source, runner_path, precision="fp32")
+        b.register(rel, "openvino-ir" if backend == "openvino" else "onnx")
+        b.register(f"{rel}.json", "sidecar")
+        if backend == "openvino":
+            b.register(f"{folder}/model.fp32.bin", "openvino-weights")
+        b.add_engine(backend, "fp32", rel, passed=True, p50_ms={"1": 0.1})
         if golden:
             from lkca_runtime.golden import GOLDEN_REL, make_golden, write_golden
 
             x = np.random.default_rng(0).uniform(-1, 1, (golden, *spec.input_shape)).astype(np.float32)
-            with get_backend("onnxruntime").load(runner_path) as runner:
+            with get_backend(backend).load(runner_path) as runner:
                 logits = runner(x)
             labels = logits.argmax(1)
             made = make_golden(x, labels, logits, spec.task, samples=golden)
@@ -153,7 +159,7 @@ def segmenter_bundle(out: Path, work: Path) -> Path:
 
     spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("background", "dark", "bright"),
                           task="segmentation")
-    return _one_engine_bundle(out, brightness_segmenter(Path(work) / "seg.onnx"), spec, 0)
+    return one_engine_bundle(out, brightness_segmenter(Path(work) / "seg.onnx"), spec)
 
 
 # ---------------------------------------------------------------- file systems that fail

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lkca_runtime.errors import UserError
-from lkca_runtime.spec import PreprocessSpec, as_8bit
+from lkca_runtime.spec import BACKGROUNDS, PreprocessSpec, as_8bit
 
 DIGITS_TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed: the test split must never move between runs, or calibration could read it
@@ -50,7 +50,8 @@ class SourceInfo:
 
     def spec(self, img_size: int, task: str) -> PreprocessSpec:
         return PreprocessSpec(input_size=(img_size, img_size), channels=self.channels, mean=self.mean,
-                              std=self.std, class_names=self.class_names, task=task)
+                              std=self.std, class_names=self.class_names, task=task,
+                              background=BACKGROUNDS.get(self.name))
 
 
 @dataclass
@@ -293,14 +294,15 @@ def _image_source(name: str, split: str, class_names: Sequence[str], files: Sequ
 
 
 def read_image(path: Path):
-    """An image file as RGB PIL (16-bit files scaled, not clipped: spec.as_8bit); the model's spec then converts
-    it to its channels, as the Predictor converts (gray -> RGB -> L is exact). An unreadable file is the user's to
-    fix, so it says which one."""
+    """An image file as PIL in its own mode (16-bit files scaled, not clipped: spec.as_8bit; transparency kept);
+    the model's spec then shows it as a person sees it (spec.as_seen) and converts it to its channels, as the
+    Predictor does. An unreadable file is the user's to fix, so it says which one."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return as_8bit(im).convert("RGB")
+            im.load()
+            return as_8bit(im.copy())
     except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError; ValueError: pixels as_8bit refuses
         raise UserError(f"cannot read image {path}: {e}") from None
 

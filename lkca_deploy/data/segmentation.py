@@ -82,7 +82,9 @@ def _open_image(path: Path, what: str):
 
 
 def _read_label_map(mask_path: Path, image_path: Path, lut: np.ndarray, num_classes: int) -> tuple[object, np.ndarray]:
-    image = _open_image(image_path, "image")
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(_open_image(image_path, "image"))  # as seen: the mask is drawn on that
     mask = _open_image(mask_path, "mask")
     if mask.size != image.size:
         raise UserError(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but its image {image_path.name} is "

@@ -112,15 +112,39 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
 
 def _checked(manifest: Manifest) -> Manifest:
     """Raise on fields the runtime relies on; normalise every path (and refuse those leaving the bundle)."""
-    manifest.spec  # noqa: B018  (a preprocessing spec the runtime can build)
+    try:
+        manifest.spec  # noqa: B018  (every preprocessing value checked: PreprocessSpec.__post_init__)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"preprocessing: {e}") from None
+    seen: set[str] = set()
     for entry in manifest.artifacts:
         entry["path"] = safe_relpath(entry["path"], UserError)
-        if not isinstance(entry["sha256"], str):
-            raise TypeError("sha256")
+        # A file listed twice would have only its first entry's hash checked (Manifest.artifact finds the first).
+        if entry["path"] in seen:
+            raise UserError(f"it lists {entry['path']} twice")
+        seen.add(entry["path"])
+        digest, size = entry["sha256"], entry.get("size_bytes")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise UserError(f"the sha256 of {entry['path']} is {digest!r}, not 64 hex digits")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise UserError(f"the size_bytes of {entry['path']} is {size!r}, not a byte count")
+        if entry.get("kind") not in ARTIFACT_KINDS:
+            raise UserError(f"the kind of {entry['path']} is {entry.get('kind')!r}, not a bundle file kind")
+    engines = set()
     for engine in manifest.engines:
         engine["artifact"] = safe_relpath(engine["artifact"], UserError)
         if engine["backend"] not in BACKENDS or engine["precision"] not in PRECISIONS:
             raise ValueError(f"engine {engine['backend']}/{engine['precision']}")
+        for rel in [engine["artifact"], *engine.get("files", [])]:
+            if safe_relpath(rel, UserError) not in seen:
+                raise UserError(f"engine {engine['backend']}/{engine['precision']} reads {rel}, which it does not "
+                                "list with a hash")
+        key = (engine["backend"], engine["precision"], engine.get("lowering"), engine.get("quantizer"),
+               engine["artifact"])
+        if key in engines:
+            raise UserError(f"it lists the engine {engine['backend']}/{engine['precision']} ({engine['artifact']}) "
+                            "twice")
+        engines.add(key)
     return manifest
 
 

@@ -414,7 +414,7 @@ class Predictor:
         untinted = [i for i, name in enumerate(self.class_names) if name.lower() in _UNTINTED]
         mask_path = _save_png(ids, out_dir / f"{stem}.mask.png")
         overlay_path = _save_png(
-            overlay(open_image(image, 0, replace(self.spec, channels=3)), mask, untinted),
+            overlay(open_image(image, 0, _rgb(self.spec)), mask, untinted),
             out_dir / f"{stem}.overlay.png",
         )
         return mask_path, overlay_path
@@ -456,6 +456,11 @@ class Predictor:
             return upsampled_argmax(logits, size)
         scores = softmax(resize_bilinear(logits, size), axis=0)
         return scores.argmax(axis=0).astype(np.int32), scores
+
+
+def _rgb(spec: PreprocessSpec) -> PreprocessSpec:
+    """The spec reading images in colour, for overlays (its mean and std, unused there, one per channel)."""
+    return spec if spec.channels == 3 else replace(spec, channels=3, mean=spec.mean * 3, std=spec.std * 3)
 
 
 def _device_builds(manifest: Manifest) -> list:
