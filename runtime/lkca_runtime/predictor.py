@@ -245,6 +245,16 @@ class Predictor:
     naming the engine and its numbers, when it misses its tolerance; later loads reuse the result. "always"
     checks on every load; "off" never. A bundle without golden samples is not checked (first-use) or refused
     (always). `self.verification` holds the check (None when none was made).
+
+    Threads: one Predictor may be called from many threads at once, and each call gets its own answer. Its
+    state after loading is read-only; decoding, preprocessing and postprocessing are per call; the engine runs
+    concurrently on ONNX Runtime (InferenceSession.run is thread-safe) and OpenVINO (one infer request borrowed per
+    call from a pool that grows to the calls in flight), and in turn on TensorRT (one execution context). Each
+    call's engine threads come on top: with N calling threads, `threads=1` per call avoids oversubscribing the cores
+    (benchmarks/predictor_threads.py measures 1, 2 and 8 threads).
+
+    Images are read as a person sees them (spec.as_seen): EXIF orientation applied, transparency composited
+    on the training data's background or refused when the model has none.
     """
 
     def __init__(
