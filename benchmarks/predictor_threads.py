@@ -56,10 +56,9 @@ def main() -> None:
                 wrong += sum(answer != serial[i] for i, answer in answers)
         engine = p.info
     title = f"One Predictor shared by threads: {engine['backend']} {engine['precision']} ({engine['artifact']})"
-    common.print_header(title, args.engine_threads or common.usable_cores(),
-                        [f"{args.calls} calls of one image per measurement, {args.rounds} interleaved rounds, "
-                         f"medians; answers that differ from the serial ones: {wrong}"],
-                        markdown=args.markdown)
+    note = (f"{args.calls} calls of one image per measurement, {args.rounds} interleaved rounds, medians; "
+            f"answers that differ from the serial ones: {wrong}")
+    common.print_header(title, args.engine_threads or common.usable_cores(), [note], markdown=args.markdown)
     base = statistics.median(per_second[args.threads[0]])
     common.print_table(["threads", "images/s (median)", "min", "max", f"x {args.threads[0]} thread(s)"],
                        [[t, f"{statistics.median(v):.0f}", f"{min(v):.0f}", f"{max(v):.0f}",

@@ -102,7 +102,8 @@ def mean_classifier_bundle(out: Path, work: Path, *, golden: int = 0, background
     samples (the engine's own outputs on random inputs) for the first-use check."""
     from lkca_runtime.spec import PreprocessSpec
 
-    spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("dark", "mid", "bright"), background=background)
+    given = {} if background is None else {"background": background}
+    spec = PreprocessSpec((8, 8), 1, (0.5,), (0.5,), class_names=("dark", "mid", "bright"), **given)
     return one_engine_bundle(out, mean_classifier(Path(work) / "mean.onnx"), spec, golden, backend)
 
 
