@@ -294,15 +294,17 @@ def _image_source(name: str, split: str, class_names: Sequence[str], files: Sequ
 
 
 def read_image(path: Path):
-    """An image file as PIL in its own mode (16-bit files scaled, not clipped: spec.as_8bit; transparency kept);
-    the model's spec then shows it as a person sees it (spec.as_seen) and converts it to its channels, as the
-    Predictor does. An unreadable file is the user's to fix, so it says which one."""
-    from PIL import Image
+    """An image file as RGB PIL, RGBA when it has transparency (16-bit files scaled, not clipped: spec.as_8bit),
+    upright (its EXIF orientation applied); the model's spec then composites the transparency as the Predictor does
+    (spec.as_seen) and converts it to its channels (gray -> RGB -> L is exact). An unreadable file is the user's to
+    fix, so it says which one."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
-            im.load()
-            return as_8bit(im.copy())
+            image = as_8bit(ImageOps.exif_transpose(im))
+            translucent = image.mode in ("LA", "RGBA", "PA", "La", "RGBa") or "transparency" in image.info
+            return image.convert("RGBA" if translucent else "RGB")
     except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError; ValueError: pixels as_8bit refuses
         raise UserError(f"cannot read image {path}: {e}") from None
 
