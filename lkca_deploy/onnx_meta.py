@@ -46,16 +46,19 @@ def read_metadata(model) -> dict:
 
 def spec_from_model(model) -> PreprocessSpec:
     """The model's preprocessing spec: from its metadata, or (a foreign model) guessed from its input shape."""
+    from lkca_runtime.errors import UserError
+
     meta = read_metadata(model)
     if isinstance(meta.get("preprocessing"), dict):
-        return PreprocessSpec.from_dict(meta["preprocessing"])
+        try:
+            return PreprocessSpec.from_dict(meta["preprocessing"])
+        except (ValueError, TypeError, KeyError) as e:  # every value is checked (PreprocessSpec.__post_init__)
+            raise UserError(f"the model's preprocessing metadata is not usable: {e}") from None
     from lkca_runtime.onnx_io import input_spec
 
     dims = list(input_spec(model).shape)
     channels, h, w = (dims[1:] + [None, None, None])[:3]
     if not (channels and h and w):
-        from lkca_runtime.errors import UserError
-
         raise UserError("the model has no lkca-deploy metadata and a dynamic input size: "
                         "calibrate it with a .npy/.npz of preprocessed tensors")
     # A foreign model: pixels scaled to [0, 1] and centred, the most common convention; say so in the docs.

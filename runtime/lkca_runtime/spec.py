@@ -41,8 +41,8 @@ class PreprocessSpec:
         size = self.input_size
         if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
             raise ValueError(f"input_size {size!r} is not two positive integers")
-        if self.channels not in (1, 3) or not _is_int(self.channels):
-            raise ValueError(f"channels {self.channels!r} is not 1 or 3")
+        if not _is_int(self.channels) or self.channels < 1:  # images fill 1 or 3; .npy tensors any number
+            raise ValueError(f"channels {self.channels!r} is not a positive integer")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != self.channels or not all(_is_real(v) and math.isfinite(v) for v in values):
