@@ -1,8 +1,9 @@
 """Static checks of an ONNX model against what a target can run, each finding with the fix to apply.
 
 No backend is imported: the rules are tables from the vendors' documents (sources in
-docs/backend-limits.md): onnx-tensorrt's operator support table (TensorRT 10 parser), TensorRT "DLA supported
-layers and restrictions", the OpenVINO NPU compiler's conv kernel limit, and what was measured on CPUs here.
+docs/backend-limits.md and docs/jetson.md): onnx-tensorrt's operator support table per TensorRT release (the
+releases a target means: targets.TENSORRT_RELEASES), TensorRT "DLA supported layers and restrictions", the
+OpenVINO NPU compiler's conv kernel limit, and what was measured on CPUs here.
 """
 
 from __future__ import annotations
@@ -18,28 +19,16 @@ from onnx import helper, numpy_helper
 from lkca_deploy.lowering.planner import choose_lowering
 from lkca_deploy.lowering.registry import CONV, CROP, MATMUL, TILED, rule_for
 from lkca_deploy.lowering.sites import ConvSite, find_conv_sites
-from lkca_deploy.targets import DLA_LIMITS, DLA_SUBGRAPHS_PER_CORE, get_target
+from lkca_deploy.targets import (
+    DLA_LIMITS,
+    DLA_SUBGRAPHS_PER_CORE,
+    TENSORRT_RELEASES,
+    TensorRTRelease,
+    get_target,
+    tensorrt_range,
+)
 from lkca_runtime.backends.trtexec import DLA_RELEASES
 from lkca_runtime.onnx_io import constant_tensors, graph_inputs, static_shapes
-
-# onnx-tensorrt's operator support table (TensorRT 10; docs/backend-limits.md): what is not listed fails the parse.
-_TENSORRT_OPS_TABLE = """
-    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
-    CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
-    DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten
-    Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
-    GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If
-    ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
-    LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization
-    Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
-    QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal
-    ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
-    ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter
-    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
-    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu
-    Unsqueeze Upsample Where Xor
-"""
-TENSORRT_OPS = frozenset(_TENSORRT_OPS_TABLE.split())
 
 # TensorRT "DLA supported layers and restrictions": ONNX ops whose TensorRT layer has a DLA implementation.
 # Shuffle (Reshape/Transpose), MatMul, normalization and reductions have none, so they run on the GPU.
@@ -67,6 +56,11 @@ _OP_FIXES = {
     "DFT": f"export with the conv view ({rule_for(CONV).command()}); the FFT view is for training only",
     "STFT": f"export with the conv view ({rule_for(CONV).command()})",
     "Einsum": f"{rule_for(MATMUL).command()} (plain MatMul) or re-export without einsum",
+}
+# Reduce ops whose `axes` became an input at opset 13 (ReduceSum, which TensorRT 8 reads) or 18 (the others).
+_REDUCE_AXES_ATTRIBUTE_OPS = {
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
+    "ReduceSumSquare",
 }
 
 
@@ -137,7 +131,9 @@ def check_model(model: onnx.ModelProto, target: str, allow_gpu_fallback: bool = 
         elif name == "int8_grouped_convs":
             findings = _int8_grouped_convs(context, target, spec.int8_group_multiple)
         elif name == "opset_range":
-            findings = _opset_range(context, target, spec.opsets)
+            findings = _opset_range(context, target, spec.opsets, spec.tensorrt)
+        elif name == "tensorrt_parser":
+            findings = _tensorrt_parser(context, target, spec.tensorrt)
         else:
             findings = _RULES[name](context)
         report.findings += findings
@@ -176,15 +172,27 @@ def _is_default_domain(node: onnx.NodeProto) -> bool:
 # ---------------------------------------------------------------- every target
 
 
-def _opset_range(ctx: _Context, target: str, opsets: tuple[int, int | None]) -> Iterable[Finding]:
+def _opset_range(ctx: _Context, target: str, opsets: tuple[int, int | None],
+                 releases: tuple[str, ...] = ()) -> Iterable[Finding]:
     """The model's opset must be one the target reads: an opset-99 model passed every other lint and failed
     only inside the backend's build."""
     low, high = opsets[0], opsets[1] or onnx.defs.onnx_opset_version()
     if not low <= ctx.opset <= high:
-        fix = f"re-export with --opset {min(max(20, low), high)} (lkca-deploy export), or convert the model " \
-              "with onnx.version_converter"
-        yield Finding("error", "model", "opset", f"opset {ctx.opset} is outside what {target} reads "
+        fix = (f"export --target {target} (it writes opset {high})" if releases else
+               f"re-export with --opset {min(max(20, low), high)} (lkca-deploy export), or convert the model "
+               "with onnx.version_converter")
+        reader = f"{_oldest_refusing(releases, ctx.opset)} ({target})" if releases else target
+        yield Finding("error", "model", "opset", f"opset {ctx.opset} is outside what {reader} reads "
                       f"(opsets {low}..{high})", fix)
+
+
+def _oldest_refusing(releases: tuple[str, ...], opset: int) -> str:
+    """'TensorRT 8.5.2': the oldest of `releases` whose parser does not read `opset`."""
+    for name in releases:
+        release = TENSORRT_RELEASES[name]
+        if not release.opsets[0] <= opset <= release.opsets[1]:
+            return release.label
+    return tensorrt_range(releases)
 
 
 def _standard_ops(ctx: _Context) -> Iterable[Finding]:
@@ -198,7 +206,9 @@ def _standard_ops(ctx: _Context) -> Iterable[Finding]:
 # ---------------------------------------------------------------- TensorRT and the DLA
 
 
-def _tensorrt_parser(ctx: _Context) -> Iterable[Finding]:
+def _tensorrt_parser(ctx: _Context, target: str, releases: tuple[str, ...]) -> Iterable[Finding]:
+    """What the ONNX parser of each TensorRT release the target means refuses or misreads, naming the oldest
+    release that does (its operator table, reduce-axes form and INT8 weight form: targets.TENSORRT_RELEASES)."""
     for index, node in enumerate(ctx.nodes):
         if not _is_default_domain(node):
             yield Finding(
@@ -208,14 +218,49 @@ def _tensorrt_parser(ctx: _Context) -> Iterable[Finding]:
                 f"custom-domain op ({node.domain}) needs a TensorRT plugin",
                 "export without runtime-specific fusions (save the ONNX before onnxruntime optimizes it)",
             )
-        elif node.op_type not in TENSORRT_OPS and onnx.defs.has(node.op_type):
-            yield Finding(
-                "error",
-                ctx.name(index),
-                node.op_type,
-                "not supported by TensorRT's ONNX parser",
-                _OP_FIXES.get(node.op_type, "replace it in the export, or write a TensorRT plugin"),
-            )
+            continue
+        for name in releases:
+            problem = _release_problem(ctx, node, TENSORRT_RELEASES[name])
+            if problem is not None:
+                text, fix = problem
+                yield Finding("error", ctx.name(index), node.op_type, f"{TENSORRT_RELEASES[name].label} "
+                              f"({target}) {text}", fix or f"export --target {target}")
+                break
+
+
+def _release_problem(ctx: _Context, node: onnx.NodeProto, release: TensorRTRelease) -> tuple[str, str] | None:
+    """(what `release`'s parser does with `node`, the fix) or None when it parses it as ONNX means it."""
+    if node.op_type not in release.ops and onnx.defs.has(node.op_type):
+        return (f"has no importer for it ({release.source} operator table)",
+                _OP_FIXES.get(node.op_type, ""))
+    if (not release.reduce_axes_input and node.op_type in _REDUCE_AXES_ATTRIBUTE_OPS and len(node.input) > 1
+            and node.input[1]):
+        return "ignores its axes input (opset 18 form) and reduces every axis: the axes must be an attribute", ""
+    if not release.int8_weight_initializers and node.op_type == "DequantizeLinear" and _int8_constant(ctx, node):
+        return ("refuses a DequantizeLinear reading an INT8 initializer (only activation types allowed as input)",
+                "quantize for this target: weights as float initializers behind a QuantizeLinear")
+    return None
+
+
+def _int8_constant(ctx: _Context, node: onnx.NodeProto) -> bool:
+    tensor = ctx.constants.get(node.input[0])
+    return tensor is not None and tensor.data_type == onnx.TensorProto.INT8
+
+
+def tensorrt_compatibility(model: onnx.ModelProto) -> dict:
+    """Which TensorRT releases parse `model` (every release of targets.TENSORRT_RELEASES whose opsets, operator
+    table and forms it fits), the oldest version among them and the JetPacks that ship them."""
+    from lkca_deploy.jetpack import compatibility
+
+    ctx = _Context(model)
+    parses = []
+    for name, release in TENSORRT_RELEASES.items():
+        fits_opset = release.opsets[0] <= ctx.opset <= release.opsets[1]
+        if fits_opset and not any(_release_problem(ctx, node, release) for node in ctx.nodes
+                                  if _is_default_domain(node)):
+            parses.append(name)
+    oldest = TENSORRT_RELEASES[parses[0]].version if parses else None
+    return {**compatibility(oldest, parses), "tensorrt": [TENSORRT_RELEASES[n].version for n in parses]}
 
 
 def _qdq_zero_points(ctx: _Context) -> Iterable[Finding]:
@@ -516,7 +561,6 @@ def _onnxruntime_cpu(ctx: _Context) -> Iterable[Finding]:
 # The lints a target's `checks` name (targets.py); those that take more than the model are called directly above.
 _RULES = {
     "standard_ops": _standard_ops,
-    "tensorrt_parser": _tensorrt_parser,
     "qdq_zero_points": _qdq_zero_points,
     "static_inputs": _static_inputs,
     "openvino_dft": _openvino_dft,

@@ -1,6 +1,7 @@
 """Everything the project knows about each target, in one table: its limits, which lowering suits it, which
 backend builds for it, and which static checks (check.py) apply. The planner, the checks, export and the pipeline
-read it; none keeps a list or a limit of its own. Sources of the numbers: docs/backend-limits.md.
+read it; none keeps a list or a limit of its own. Sources of the numbers: docs/backend-limits.md; of the TensorRT
+releases and the JetPacks that ship them: docs/jetson.md.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lkca_runtime.errors import UserError
+from lkca_runtime.jetpack import JETPACK_LINES, release_of
 
 # TensorRT "DLA supported layers and restrictions" (docs/backend-limits.md): per-side limits of a DLA convolution.
 DLA_KERNEL_LIMIT = 32
@@ -44,14 +46,105 @@ class Target:
     # A segmentation head's bilinear Resize to the input size as two MatMuls (lowering/upsample.py): measured
     # faster on the CPU backends (ONNX Runtime 1.8x, OpenVINO 1.15x at 150 x 32 x 32 -> 512 x 512).
     upsample_matmuls: bool = False
+    # The TensorRT releases it means (keys of TENSORRT_RELEASES, oldest first): check reads their parser tables.
+    tensorrt: tuple[str, ...] = ()
     max_opset: int | None = None
     graph_forms: tuple[str, ...] = ()
 
 
+# onnx-tensorrt's operator support table, docs/operators.md at release/10.0-GA and 10.1-GA (docs/jetson.md): what is
+# not listed fails the parse.
+_TENSORRT_10_OPS_TABLE = """
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
+    CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+    DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten
+    Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
+    GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If
+    ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
+    LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization
+    Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
+    QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal
+    ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+    ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter
+    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu
+    Unsqueeze Upsample Where Xor
+"""
+TENSORRT_10_OPS = frozenset(_TENSORRT_10_OPS_TABLE.split())
+# The same table at release/8.6-GA lists these five as N (or not at all), at release/8.5-GA three more.
+TENSORRT_8_6_OPS = TENSORRT_10_OPS - {"CastLike", "DeformConv", "Gelu", "Hardmax", "Mish"}
+TENSORRT_8_5_OPS = TENSORRT_8_6_OPS - {"GroupNormalization", "IsInf", "LayerNormalization"}
+
+
+@dataclass(frozen=True)
+class TensorRTRelease:
+    """What one TensorRT release's ONNX parser takes (docs/jetson.md, "What each TensorRT parses")."""
+
+    version: str  # the oldest version of the release that a JetPack ships (or the release itself)
+    opsets: tuple[int, int]  # default-domain opsets its parser reads
+    ops: frozenset[str]
+    # Reduce ops other than ReduceSum read `axes` as an input (opset 18 form); 8.x ignores it (reduces every axis).
+    reduce_axes_input: bool
+    # A DequantizeLinear may read an INT8 initializer; 8.x refuses ("only activation types allowed as input").
+    int8_weight_initializers: bool
+    dla: bool  # places layers on a Jetson's DLA
+    source: str  # the operator table it comes from
+
+    @property
+    def label(self) -> str:
+        return f"TensorRT {self.version}"
+
+
+TENSORRT_RELEASES: dict[str, TensorRTRelease] = {
+    "8.5": TensorRTRelease("8.5.2", (1, 17), TENSORRT_8_5_OPS, False, False, True, "onnx-tensorrt 8.5-GA"),
+    "8.6": TensorRTRelease("8.6.2", (1, 17), TENSORRT_8_6_OPS, False, False, True, "onnx-tensorrt 8.6-GA"),
+    "10.3": TensorRTRelease("10.3.0", (9, 20), TENSORRT_10_OPS, True, True, True, "onnx-tensorrt 10.x"),
+    "10.13": TensorRTRelease("10.13.3", (9, 24), TENSORRT_10_OPS, True, True, False, "onnx-tensorrt 10.x"),
+    "11.4": TensorRTRelease("11.4.1", (9, 25), TENSORRT_10_OPS, True, True, True, "onnx-tensorrt 10.x"),
+}
+TENSORRT_RELEASE_NAMES = tuple(TENSORRT_RELEASES)
+
+
+def tensorrt_ceiling(releases: tuple[str, ...]) -> int:
+    """The highest opset every one of `releases` reads."""
+    return min(TENSORRT_RELEASES[r].opsets[1] for r in releases)
+
+
+def tensorrt_range(releases: tuple[str, ...]) -> str:
+    """'TensorRT 10.13.3-11.4.1' / 'TensorRT 8.5.2'."""
+    versions = [TENSORRT_RELEASES[r].version for r in releases]
+    return "TensorRT " + (versions[0] if len(versions) == 1 else f"{versions[0]}-{versions[-1]}")
+
+
 _TENSORRT_CHECKS = ("opset_range", "standard_ops", "tensorrt_parser", "qdq_zero_points", "int8_grouped_convs")
-TENSORRT_OPSETS = (9, 25)  # the TensorRT 11.x ONNX parser
+# `tensorrt`: TensorRT 10.3 and later (x86 and JetPack 6.1 on); `jetson-dla`: the TensorRT releases with a DLA that
+# the trtexec script writes for (JetPack 6.1/6.2's 10.3, JetPack 7.2.2's 11.4.1).
+_TENSORRT_GPU = ("10.3", "10.13", "11.4")
+_TENSORRT_DLA = ("10.3", "11.4")
 ONNXRUNTIME_OPSETS = (7, 28)  # ONNX Runtime 1.32, as it says when loading a model outside them
 _TENSORRT_INT8_GROUP_MULTIPLE = 4
+# What each TensorRT 8 release cannot parse, rewritten in the export (lowering rules, by name).
+_TENSORRT_8_5_FORMS = ("gelu_erf", "reduce_axes_attribute", "layernorm_decomposed")
+_TENSORRT_8_6_FORMS = ("gelu_erf", "reduce_axes_attribute")
+
+
+def _tensorrt_target(name: str, releases: tuple[str, ...], conv_note: str, **kwargs) -> Target:
+    """A TensorRT target: its opsets and parser tables from `releases` (TENSORRT_RELEASES)."""
+    ceiling = tensorrt_ceiling(releases)
+    low = max(TENSORRT_RELEASES[r].opsets[0] for r in releases)
+    return Target(
+        name, "tensorrt", kwargs.pop("kernel_limit", None), 0, conv_note,
+        checks=kwargs.pop("checks", _TENSORRT_CHECKS), int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE,
+        opsets=(low, ceiling), tensorrt=releases, max_opset=ceiling, **kwargs,
+    )
+
+
+def _jetpack_target(name: str, releases: tuple[str, ...], forms: tuple[str, ...] = ()) -> Target:
+    lines = [line.label for line in JETPACK_LINES if line.target == name]
+    return _tensorrt_target(
+        name, releases, f"JetPack {' / '.join(lines)}'s {tensorrt_range(releases)} runs the conv", graph_forms=forms,
+    )
+
 
 # Lowering choices: end to end, benchmarks/lowering.py on a 2-core AVX-512 EPYC (README "Measured here"). The
 # per-head Toeplitz matmul beats the conv on both CPU backends up to 16x16 (ORT 1.2x at 8x8, 1.3-1.5x at 16x16;
@@ -59,15 +152,17 @@ _TENSORRT_INT8_GROUP_MULTIPLE = 4
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target(
-            "tensorrt", "tensorrt", None, 0, "TensorRT runs the conv; at small grids matmul may win: try `tune`",
-            checks=_TENSORRT_CHECKS, int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE, opsets=TENSORRT_OPSETS,
+        _tensorrt_target(
+            "tensorrt", _TENSORRT_GPU, "TensorRT runs the conv; at small grids matmul may win: try `tune`",
         ),
-        Target(
-            "jetson-dla", "tensorrt", DLA_KERNEL_LIMIT, 0, f"the kernel fits the DLA's {DLA_KERNEL_LIMIT}-tap limit",
-            checks=(*_TENSORRT_CHECKS, "static_inputs", "dla_placement"),
-            int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE, opsets=TENSORRT_OPSETS,
+        _tensorrt_target(
+            "jetson-dla", _TENSORRT_DLA, f"the kernel fits the DLA's {DLA_KERNEL_LIMIT}-tap limit",
+            kernel_limit=DLA_KERNEL_LIMIT, checks=(*_TENSORRT_CHECKS, "static_inputs", "dla_placement"),
         ),
+        _jetpack_target("jetson-jp5", ("8.5",), _TENSORRT_8_5_FORMS),
+        _jetpack_target("jetson-jp6.0", ("8.6",), _TENSORRT_8_6_FORMS),
+        _jetpack_target("jetson-jp6", ("10.3",)),
+        _jetpack_target("jetson-jp7", ("10.13", "11.4")),
         Target(
             "openvino-cpu", "openvino", None, 256, "grid dynamic: OpenVINO's depthwise conv", 256,
             checks=("opset_range", "standard_ops", "openvino_dft"), upsample_matmuls=True,
@@ -104,3 +199,14 @@ def get_target(name: str) -> Target:
 
 def default_target(backend: str) -> str:
     return BACKEND_TARGETS[backend]
+
+
+def min_tensorrt(target: str) -> str | None:
+    """The oldest TensorRT version `target` means, or None for a target TensorRT does not build."""
+    releases = get_target(target).tensorrt
+    return TENSORRT_RELEASES[releases[0]].version if releases else None
+
+
+def tensorrt_release_for(version: str) -> TensorRTRelease | None:
+    """The table row of the release TensorRT `version` belongs to (None: a release the table does not know)."""
+    return TENSORRT_RELEASES.get(release_of(version))

@@ -270,8 +270,10 @@ def test_no_int8_conv_warning_for_float_models_wide_groups_or_the_matmul_lowerin
 
 def test_dla_report_says_which_tensorrt_can_place_it():
     report = check_model(conv_model(kernel=(15, 15), batch=1), "jetson-dla")
-    assert "10.0-10.7" in report.stats["dla_needs"] and "11.4.1" in report.stats["dla_needs"]
-    assert "dla needs: TensorRT 10.0-10.7 (JetPack 6) or 11.4.1 and later" in report.format_text()
+    needs = report.stats["dla_needs"]
+    # JetPack 5.1 (8.5.2) and 6.0 (8.6.2) have a DLA too; JetPack 7.0-7.2's TensorRT 10.13-10.16 has none
+    assert all(v in needs for v in ("8.5.2", "8.6.2", "10.3.0", "11.4.1")) and "10.13" not in needs
+    assert "dla needs: TensorRT 8.5.2 (JetPack 5.1: Xavier, Orin)" in report.format_text()
 
 
 # ---------------------------------------------------------------- the report

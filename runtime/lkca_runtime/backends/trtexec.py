@@ -16,29 +16,19 @@ from typing import Any
 from lkca_runtime.backends.base import check_options, check_precision, load_onnx, onnx_precision
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_write_text
+from lkca_runtime.jetpack import dla_releases, parse_version
 
 NAME = "tensorrt"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 SCRIPT_SUFFIX = ".trtexec.sh"
 # The script knows only the major version it finds; each line is written for the first release of that major
-# that runs on a Jetson with DLA (JetPack 6: 10.3; JetPack 7.2.2: 11.4.1). 11.0-11.3 have no DLA at all.
+# that runs on a Jetson with DLA (JetPack 6.1/6.2: 10.3; JetPack 7.2.2: 11.4.1; docs/jetson.md). 11.0-11.3 have
+# no DLA at all. TensorRT 8 (JetPack 5.1, 6.0) gets its own line when the export was made for it.
 SCRIPT_VERSIONS = {"11": "11.4.1", "10": "10.3.0"}
 
 
 # ---------------------------------------------------------------- version dispatch (pure)
-
-
-def parse_version(version: str) -> tuple[int, ...]:
-    """'10.3.0.30' -> (10, 3, 0, 30); stops at the first part that is not a number ('11.0.0rc1' -> (11, 0))."""
-    parts = []
-    for part in str(version).split("."):
-        if not part.isdigit():
-            break
-        parts.append(int(part))
-    if not parts:
-        raise ValueError(f"not a TensorRT version: {version!r}")
-    return tuple(parts)
 
 
 def strongly_typed_only(version: str) -> bool:
@@ -46,13 +36,14 @@ def strongly_typed_only(version: str) -> bool:
     return parse_version(version)[0] >= 11
 
 
-# Which TensorRT releases place layers on a Jetson's DLA (docs/tensorrt.md, section 3): said by check, the script
-# and the refusal below.
-DLA_RELEASES = "TensorRT 10.0-10.7 (JetPack 6) or 11.4.1 and later (Jetson AGX Orin, JetPack 7.2.2 or later)"
+# Which TensorRT releases place layers on a Jetson's DLA (docs/tensorrt.md, section 3; docs/jetson.md): said by
+# check, the script and the refusal below.
+DLA_RELEASES = dla_releases()
 
 
 def dla_supported(version: str) -> bool:
-    """DLA: up to TensorRT 10.7 (JetPack 6), none in 10.8-11.3 (11.4.0: Windows on ARM only), back from 11.4.1."""
+    """DLA: TensorRT 8.x and up to 10.7 (JetPack 5.1 to 6.2), none in 10.8-11.3 (JetPack 7.0-7.2; 11.4.0: Windows
+    on ARM only), back from 11.4.1 (AGX Orin, JetPack 7.2.2)."""
     v = parse_version(version)
     return v < (10, 8) or v >= (11, 4, 1)
 
