@@ -207,6 +207,14 @@ def min_tensorrt(target: str) -> str | None:
     return TENSORRT_RELEASES[releases[0]].version if releases else None
 
 
+def int8_weight_form(target: str | None) -> str:
+    """How a Q/DQ INT8 export holds its weights for `target`: "int8" initializers, or "float" initializers behind a
+    QuantizeLinear where one of the TensorRT releases it means refuses INT8 initializers (TensorRT 8)."""
+    known = TARGETS.get(target or "")
+    releases = known.tensorrt if known else ()
+    return "float" if any(not TENSORRT_RELEASES[r].int8_weight_initializers for r in releases) else "int8"
+
+
 def tensorrt_release_for(version: str) -> TensorRTRelease | None:
     """The table row of the release TensorRT `version` belongs to (None: a release the table does not know)."""
     return TENSORRT_RELEASES.get(release_of(version))

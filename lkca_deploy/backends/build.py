@@ -22,6 +22,8 @@ import numpy as np
 
 from lkca_deploy.backends.base import Backend, BuildResult, BuildStep
 from lkca_deploy.backends.registry import get_backend
+from lkca_deploy.onnx_meta import read_metadata
+from lkca_deploy.targets import int8_weight_form
 from lkca_runtime.backends.base import check_precision, load_onnx, onnx_precision
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import sha256_file
@@ -155,8 +157,11 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     kwargs: dict[str, Any] = {"keep_fp": (*keep_fp, *float_nodes, *upsample)}
     if method:
         kwargs["method"] = method
+    if int8_flavor == "tensorrt":  # the TensorRT the export was made for decides how the weights are held
+        kwargs["weight_form"] = int8_weight_form(read_metadata(source).get("target"))
     result = quantize.quantize_int8(source, calib, flavor=QDQ_FLAVOR[int8_flavor], **kwargs)
-    provenance["baked"] = f"quantize_int8(flavor={QDQ_FLAVOR[int8_flavor]})"
+    provenance["baked"] = f"quantize_int8(flavor={QDQ_FLAVOR[int8_flavor]}" + (
+        f", weight_form={kwargs['weight_form']})" if "weight_form" in kwargs else ")")
     provenance["quantize"] = {
         "method": method or quantize.DEFAULT_METHOD,
         "keep_fp": list(keep_fp),

@@ -7,6 +7,11 @@ networks). The INT8 flavours differ only where the targets' fast paths differ:
   float (TensorRT takes no other Q/DQ). ONNX Runtime running this model shows what the TensorRT engine computes.
 - ``cpu``: the same placement with uint8 (asymmetric) activations, ONNX Runtime's x86 fast path.
 
+TensorRT 8 (JetPack 5.1, 6.0) refuses a DequantizeLinear that reads an INT8 initializer ("only activation types
+allowed as input to this layer", docs/jetson.md): for it the weights are float initializers, each behind a
+QuantizeLinear with the same scale (``weight_form="float"``, `float_weights_with_qdq`), which computes the same
+values. The target decides (targets.int8_weight_form).
+
 Both put Q/DQ on the inputs of the INT8 ops only, and on an output only where another INT8 op reads it (the value
 projection feeding the Toeplitz MatMul): ONNX Runtime then runs each MatMul as one integer kernel with a float
 output (MatMulIntegerToFloat; QLinearMatMul for that projection). Quantizing every output as well (ORT's default)
@@ -42,6 +47,7 @@ from lkca_runtime.onnx_io import InputSpec, graph_inputs
 Flavor = Literal["cpu", "tensorrt"]
 Method = Literal["minmax", "entropy", "percentile"]
 FLAVORS: tuple[str, ...] = ("cpu", "tensorrt")
+WEIGHT_FORMS: tuple[str, ...] = ("int8", "float")  # INT8 initializers, or float ones behind a QuantizeLinear
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 
 QUANTIZED_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
@@ -200,6 +206,7 @@ def quantize_int8(
     keep_fp: Sequence[str] = (),
     batch_size: int = 32,
     calibration: Calibration | None = None,
+    weight_form: str = "int8",
 ) -> QuantizeResult:
     """INT8 Q/DQ on Conv, MatMul and Gemm, calibrated on `calib` (preprocessed float32 samples of the one input).
 
@@ -207,9 +214,11 @@ def quantize_int8(
     percentile they cover every float tensor, not only the quantized ones, so a TensorRT implicit-INT8 build (DLA)
     finds a scale for each layer; with entropy only the inputs and outputs of Conv, MatMul and Gemm.
     `keep_fp` names nodes or op types kept in float on top of the defaults. `calibration` (from `calibrate`, same
-    flavour) stands for calib, method, percentile and batch_size.
+    flavour) stands for calib, method, percentile and batch_size. `weight_form` "float": the weights as float
+    initializers behind a QuantizeLinear (TensorRT 8), see float_weights_with_qdq.
     """
     _require_choice("flavor", flavor, FLAVORS)
+    _require_choice("weight form", weight_form, WEIGHT_FORMS)
     named = _with_node_names(model)
     excluded = nodes_matching(named, keep_fp)
     if calibration is None:
@@ -227,8 +236,54 @@ def quantize_int8(
             source, calibration.tensor_ranges, flavor, calibration.method, excluded, options, work
         )
     _float_readers_read_float(quantized.graph, excluded)
+    if weight_form == "float":
+        quantized = float_weights_with_qdq(quantized)
     onnx.checker.check_model(quantized)
     return QuantizeResult(quantized, calibration.ranges, excluded)
+
+
+def float_weights_with_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every DequantizeLinear that reads an INT8 initializer reads instead QuantizeLinear(the dequantized float
+    weight, the same scale and zero-point, the same axis): TensorRT 8 takes only that form.
+
+    The values are the same: for w = q * s (float32, |q| <= 127) round(w / s) is q again, so the Q/DQ pair gives back
+    exactly the weights the INT8 initializer held.
+    """
+    out = _copy(model)
+    graph = out.graph
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        source = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if source is None or source.data_type != TensorProto.INT8:
+            nodes.append(node)
+            continue
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        axis = _attribute(node, "axis")
+        quantized = numpy_helper.to_array(source)
+        shape = [1] * quantized.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis if axis is not None else 1] = scale.size
+        weight = (quantized.astype(np.float32) * scale.reshape(shape)).astype(np.float32)
+        float_name, requantized = f"{source.name}_float", f"{source.name}_requantized"
+        graph.initializer.append(numpy_helper.from_array(weight, float_name))
+        if len(node.input) < 3 or not node.input[2]:  # without a zero-point QuantizeLinear would give uint8
+            zero_point = f"{source.name}_zero_point"
+            graph.initializer.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), zero_point))
+            del node.input[2:]
+            node.input.append(zero_point)
+        nodes.append(onnx.helper.make_node(
+            "QuantizeLinear", [float_name, *node.input[1:]], [requantized], name=f"{node.name}_weight_quantize",
+            **({"axis": axis} if axis is not None else {}),
+        ))
+        node.input[0] = requantized
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.data_type == TensorProto.INT8 and t.name not in read]:
+        graph.initializer.remove(tensor)
+    return out
 
 
 def nodes_matching(model: onnx.ModelProto, names_or_op_types: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from torch import nn
 from lkca_deploy.calibration.quantize import (
     QUANTIZED_OP_TYPES,
     check_qdq_flavor,
+    float_weights_with_qdq,
     quantize_int8,
     read_trt_calibration_cache,
     to_fp16,
@@ -170,6 +171,29 @@ def test_tensorrt_flavour_follows_tensorrt_rules_and_runs(vit, images, quantized
         if len(node.input) > 2:  # biases stay float: TensorRT takes no int32 Q/DQ
             assert weights[node.input[2]].data_type == TensorProto.FLOAT
     _assert_int8_close(vit, model, images[64:])
+
+
+def test_tensorrt_8_weight_form_holds_float_weights_behind_a_quantize_and_computes_the_same(vit, images, quantized):
+    """TensorRT 8 refuses a DequantizeLinear reading an INT8 initializer: the float form must compute what the INT8
+    initializers did (ORT, the same calibration), and keep TensorRT's Q/DQ rules."""
+    int8_form = quantized["tensorrt"].model
+    float_form = float_weights_with_qdq(int8_form)
+    assert check_qdq_flavor(float_form, "tensorrt") == []
+    int8 = {t.name for t in float_form.graph.initializer if t.data_type == TensorProto.INT8}
+    assert not [n.name for n in float_form.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8]
+    made_by, weights = producers(float_form), {t.name for t in float_form.graph.initializer}
+    dequantized_weights = 0
+    for node in (n for n in float_form.graph.node if n.op_type in QUANTIZED_OP_TYPES):
+        dequantize = made_by[node.input[1]]
+        quantize = made_by[dequantize.input[0]]  # weights: float initializer -> QuantizeLinear -> DequantizeLinear
+        assert quantize.op_type == "QuantizeLinear" and quantize.input[0] in weights, node.name
+        assert len(quantize.input) == 3 and len(dequantize.input) == 3  # TensorRT 8 wants the zero-point
+        dequantized_weights += 1
+    assert dequantized_weights >= 6
+    x = images[64:]
+    assert np.abs(run_ort(float_form, x) - run_ort(int8_form, x)).max() < 1e-5
+    via_argument = quantize_int8(vit, images[:64], flavor="tensorrt", weight_form="float").model
+    assert np.abs(run_ort(via_argument, x) - run_ort(int8_form, x)).max() < 1e-5
 
 
 def test_cpu_flavour_has_uint8_activations_and_runs(vit, images, quantized):
