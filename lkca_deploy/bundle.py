@@ -88,6 +88,14 @@ class BundleWriter:
         shutil.copymode(src, dst)  # a trtexec script stays executable; the bundle's one mode rule does the rest
         return self.register(rel, kind)
 
+    def add_text(self, rel: str | Path, text: str, kind: str) -> str:
+        """Write `text` into the bundle at `rel` and register it."""
+        rel = safe_relpath(rel)
+        dst = self._require_open() / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(text)
+        return self.register(rel, kind)
+
     def add_artifact(self, src: str | Path, rel_dir: str | Path, kind: str) -> list[str]:
         """Copy a built backend artifact into folder `rel_dir` with its sidecar and the weights file the sidecar
         names (OpenVINO's .bin). File names are kept: the sidecar and the IR refer to each other by name."""

@@ -2,19 +2,22 @@
 
 Values are strings (ONNX's rule); structured ones are JSON. Keys: model, task, preprocessing, class_names,
 lowering, target, toolkit_version, opset, self_check_max_abs_err, check_inputs; int8_accuracy and fp16_headroom
-where the pipeline decided them.
+where the pipeline decided them; tensorrt_compatibility and fp16_fp32_nodes in the ONNX a TensorRT device builds
+from.
 """
 
 from __future__ import annotations
 
 import json
 
+from lkca_runtime.backends.trtexec import FP16_FP32_NODES, TENSORRT_COMPATIBILITY
 from lkca_runtime.spec import PreprocessSpec
 
 # Reduced precision decided on the FP32 export, obeyed by every build from it (backends/build.py):
 INT8_ACCURACY = "int8_accuracy"  # calibration/accuracy_aware.py: float units, drop per step, validation size
 FP16_HEADROOM = "fp16_headroom"  # calibration/headroom.py: tensors FP16 cannot hold, nodes kept FP32
-JSON_KEYS = ("preprocessing", "class_names", "lowering", INT8_ACCURACY, FP16_HEADROOM)
+JSON_KEYS = ("preprocessing", "class_names", "lowering", INT8_ACCURACY, FP16_HEADROOM, TENSORRT_COMPATIBILITY,
+             FP16_FP32_NODES)
 
 
 def set_metadata(model, values: dict) -> None:

@@ -63,10 +63,18 @@ class PipelineOptions:
     # Segmentation engines end at the grid logits: the Predictor upsamples once, to each image's own size
     # (export.py's `logits`); "input" keeps the model's input-size output.
     logits: str = "grid"
+    # The target TensorRT's engine recipes are written for (targets.py): tensorrt, or a JetPack line's
+    # (jetson-jp5, jetson-jp6.0, jetson-jp6, jetson-jp7); None: BACKEND_TARGETS's.
+    target: str | None = None
 
     def __post_init__(self) -> None:
         from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
+        from lkca_deploy.targets import TARGETS, get_target
 
+        if self.target is not None and get_target(self.target).backend != "tensorrt":
+            tensorrt = ", ".join(t.name for t in TARGETS.values() if t.backend == "tensorrt")
+            raise UserError(f"pipeline --target names the device TensorRT's recipes are written for: one of "
+                            f"{tensorrt} (the other backends' targets follow from --backends)")
         for name, valid in (("calib_samples", POSITIVE_INT), ("epochs", POSITIVE_INT), ("threads", POSITIVE_INT),
                             ("bench_budget_s", POSITIVE), ("seed", NON_NEGATIVE_INT)):
             check(name, getattr(self, name), valid)
@@ -191,7 +199,7 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
 
     exports = {"plain": export(CONV, CONV, DEFAULT_TARGET)}
     for backend in opts.backends:
-        target = BACKEND_TARGETS[backend]
+        target = opts.target if backend == "tensorrt" and opts.target else BACKEND_TARGETS[backend]
         exports[backend] = exports["plain"] if opts.lowering == CONV else export(target, opts.lowering, target)
         if opts.lowering == "auto" and "int8" in opts.precisions and get_target(target).int8_group_multiple:
             exports[f"{backend}:int8"] = export(f"{target}-int8", "auto", target, precision="int8")
@@ -360,17 +368,21 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
                           p50_ms={b: s.p50_ms for b, s in result.latency.items()},
                           **({"golden": item.golden} if item.golden else {}),
                           **({"float_parts": result.extra["float_parts"]} if "float_parts" in result.extra else {}))
-    device_builds = [_device_build_entry(item, ctx, opts) for item, _ in results if item.extra_files]
+    device_builds = [d for d in (_device_build_entry(item, ctx, opts) for item, _ in results if item.extra_files) if d]
     if plan is not None:
         bundle.set_extra(**plan.to_dict())
-    bundle.set_extra(data=ctx.data, passed=report.passed,
-                     **({"device_builds": [d for d in device_builds if d]} if any(device_builds) else {}))
+    bundle.set_extra(data=ctx.data, passed=report.passed)
+    if device_builds:
+        rows = compatibility_rows(device_builds)
+        bundle.set_extra(device_builds=device_builds, compatibility=rows)
+        bundle.add_text("README.md", bundle_readme(config.name, rows), "readme")
     return report
 
 
 def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -> dict | None:
     """How the device builds this engine itself (TensorRT): the baked ONNX, script and calibration cache in the
     bundle, the one TensorRTSettings the script was written from, and the tolerance to prove it with."""
+    from lkca_deploy.onnx_meta import TENSORRT_COMPATIBILITY, read_metadata
     from lkca_runtime.backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
     from lkca_runtime.golden import tolerance_for
 
@@ -384,6 +396,8 @@ def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -
         return None
     cache = next((n for n in names if n.endswith(".calib.cache")), None)
     golden = min(opts.golden, len(ctx.x)) or None  # the golden set's own size (golden.pick_samples)
+    baked = next(f for f in item.extra_files if f.name == onnx)
+    stamp = read_metadata(baked).get(TENSORRT_COMPATIBILITY) or {}
     return {
         "backend": item.backend,
         "precision": item.precision,
@@ -394,6 +408,38 @@ def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -
         "engine": f"{rel_dir}/model.{item.precision}.engine",  # where the script writes it
         "calib_cache": f"{rel_dir}/{cache}" if cache else None,
         "settings": TensorRTSettings(item.precision).to_dict(),
+        # the oldest TensorRT whose parser takes the ONNX, and the JetPacks that ship one (build_engine's stamp)
+        "min_tensorrt": stamp.get("min_tensorrt"),
+        "jetpacks": stamp.get("jetpacks", []),
         "golden": {"tolerance": tolerance_for(ctx.ckpt.config.task, item.precision, opts.thresholds, golden)}
         if golden else None,
     }
+
+
+def compatibility_rows(device_builds: list[dict]) -> list[dict]:
+    """Per engine recipe: the oldest TensorRT that parses its ONNX and the JetPacks it parses on (manifest and
+    README; the device refuses a recipe its TensorRT is too old for, jetpack.check_recipe_fits)."""
+    return [{"recipe": f"{d['precision']}{'-' + d['quantizer'] if d.get('quantizer') else ''}", "onnx": d["onnx"],
+             "min_tensorrt": d.get("min_tensorrt"), "jetpacks": d.get("jetpacks", [])} for d in device_builds]
+
+
+def bundle_readme(model: str, rows: list[dict]) -> str:
+    """The bundle's README: what it holds for a Jetson and which JetPacks each engine recipe parses on."""
+    table = "\n".join(f"| {r['recipe']} | `{r['onnx']}` | {r['min_tensorrt'] or 'none known'} | "
+                      f"{', '.join(r['jetpacks']) or 'none'} |" for r in rows)
+    return f"""# {model}: a bundle written by lkca-deploy
+
+`manifest.json` lists every file with its sha256. TensorRT engines run only on the GPU and TensorRT that built
+them, so for a Jetson this bundle holds a recipe per precision (the ONNX, its trtexec script, a calibration cache
+for INT8): build on the device with `sh <recipe>.trtexec.sh` or `lkca-deploy build-device`, then `verify`.
+
+## Which Jetson each engine recipe parses on
+
+| recipe | ONNX | oldest TensorRT | JetPack |
+|---|---|---|---|
+{table}
+
+A device with an older TensorRT refuses the recipe in one line naming the JetPack to flash, or the
+`lkca-deploy pipeline --target` that writes for the JetPack at hand (the same table is `compatibility` in
+`manifest.json`).
+"""

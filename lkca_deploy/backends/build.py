@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from lkca_deploy.backends.base import Backend, BuildResult, BuildStep
 from lkca_deploy.backends.registry import get_backend
-from lkca_deploy.onnx_meta import read_metadata
+from lkca_deploy.onnx_meta import FP16_FP32_NODES, TENSORRT_COMPATIBILITY, read_metadata, set_metadata
 from lkca_deploy.targets import int8_weight_form
 from lkca_runtime.backends.base import check_precision, load_onnx, onnx_precision
 from lkca_runtime.errors import UserError
@@ -81,6 +82,8 @@ def build_engine(
         "int8_flavor": int8_flavor,
     }
     baked, ranges = _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance)
+    if be.built_on_device:  # the device reads which TensorRT parses what it builds from (jetpack.py)
+        baked = stamp_tensorrt(baked if baked is not None else _copy(source), provenance)
     ignored = [*provenance.get("int8_float_nodes", ()), *provenance.get("int8_float_upsample", ())]
     if int8_flavor == "nncf" and ignored:
         # the same float parts as the Q/DQ flavours, beside any the caller named
@@ -109,6 +112,26 @@ def build_engine(
         **step.options,
     )
     return BuildResult(artifact, files)
+
+
+def stamp_tensorrt(model: onnx.ModelProto, provenance: dict[str, Any]) -> onnx.ModelProto:
+    """Write into `model`'s metadata the oldest TensorRT whose ONNX parser takes it and the JetPacks that ship one
+    (check.tensorrt_compatibility), and the nodes a weakly typed build must keep FP32 (FP16_FP32_NODES)."""
+    from lkca_deploy.check import tensorrt_compatibility
+
+    compatibility = tensorrt_compatibility(model)
+    values = {TENSORRT_COMPATIBILITY: compatibility}
+    if provenance.get("fp16_keep_fp32_nodes"):
+        values[FP16_FP32_NODES] = list(provenance["fp16_keep_fp32_nodes"])
+    set_metadata(model, values)
+    provenance["min_tensorrt"] = compatibility["min_tensorrt"]
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def resolve_int8_flavor(backend: Backend, precision: str, flavor: str | None) -> str | None:

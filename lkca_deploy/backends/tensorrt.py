@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lkca_deploy.backends.base import BackendBase, BuildStep
-from lkca_runtime.backends.tensorrt import DEFAULT_CACHE_TENSORRT, TensorRTLoader, installed_version
+from lkca_runtime.backends.tensorrt import TensorRTLoader, installed_version
 from lkca_runtime.backends.trtexec import TensorRTSettings, strongly_typed_only, write_trtexec_script
 
 
@@ -23,7 +23,7 @@ class TensorRTBackend(TensorRTLoader, BackendBase):
         out, options = step.out, dict(step.options)
         settings = TensorRTSettings.from_options(step.precision, step.device, **options)
         if step.ranges is not None:
-            header = trt_cache_header(step.cache_version or installed_version() or DEFAULT_CACHE_TENSORRT)
+            header = trt_cache_header(step.cache_version or installed_version() or cache_tensorrt(step.source))
             cache = write_trt_calibration_cache(
                 step.ranges, out.with_name(f"{out.stem}.calib.cache"), version_header=header
             )
@@ -38,3 +38,13 @@ class TensorRTBackend(TensorRTLoader, BackendBase):
             if installed and not strongly_typed_only(installed):
                 step.model_path, options["calib_cache"] = fp32_path, out.with_name(implicit.calib_cache)
         return replace(step, options=options)
+
+
+def cache_tensorrt(model) -> str:
+    """The TensorRT a calibration cache is written for when none is installed: the oldest the export's target
+    means (the header must name the device's TensorRT, or TensorRT recalibrates), else JetPack 6.1/6.2's 10.3."""
+    from lkca_deploy.onnx_meta import read_metadata
+    from lkca_deploy.targets import TARGETS, min_tensorrt
+
+    target = read_metadata(model).get("target")
+    return (min_tensorrt(target) if target in TARGETS else None) or "10.3.0"

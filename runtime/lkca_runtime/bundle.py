@@ -31,6 +31,7 @@ ARTIFACT_KINDS = (
     "golden",
     "report",
     "checkpoint",
+    "readme",
 )
 
 

@@ -27,6 +27,7 @@ from lkca_runtime.bundle import Manifest, inside, verify_artifacts
 from lkca_runtime.engine_check import EngineCheck, check_loaded, engine_name
 from lkca_runtime.errors import UserError
 from lkca_runtime.golden import GoldenSet
+from lkca_runtime.jetpack import check_recipe_fits
 from lkca_runtime.records import DeviceCache
 
 BACKEND = "tensorrt"
@@ -180,7 +181,8 @@ def provide_engine(
 
     A new engine (built here, or written by the trtexec script) is checked on the golden samples and cached only
     when it passes; when it fails the file is None and the check says why. `adopt_only`: never build, only adopt
-    a script-built engine (UserError when there is none)."""
+    a script-built engine (UserError when there is none). A recipe whose ONNX needs a newer TensorRT than this
+    device's is refused (UserError naming the JetPack to use, jetpack.py)."""
     from lkca_runtime.backends.base import sidecar_path
     from lkca_runtime.backends.registry import get_loader
 
@@ -190,6 +192,7 @@ def provide_engine(
     files = [build["onnx"], *([build["calib_cache"]] if build.get("calib_cache") else [])]
     verify_artifacts(bundle_dir, manifest, files)
     here = here_facts(gpu_index)
+    check_recipe_fits(build, here.get("tensorrt_version"))  # one line naming the JetPack to use
     key = engine_key(build, here, manifest.artifact(build["onnx"])["sha256"])
     name = engine_name(build)
     entry = {**{k: build[k] for k in ("backend", "precision", "quantizer", "lowering") if k in build},

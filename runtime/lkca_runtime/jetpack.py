@@ -89,6 +89,18 @@ def compatibility(min_tensorrt: str, parses_on: Sequence[str]) -> Dict[str, Any]
     return {"min_tensorrt": min_tensorrt, "jetpacks": [line.label for line in lines]}
 
 
+def advice(min_tensorrt: str, installed: Optional[str] = None) -> str:
+    """What to do on a device whose TensorRT (`installed`, or unknown) is older than `min_tensorrt`: the JetPack to
+    flash, or the target that writes for the JetPack at hand."""
+    use = lines_from(min_tensorrt)
+    flash = f"flash JetPack {use[0].first} or later" if use else f"install TensorRT {min_tensorrt} or later"
+    here = line_of(installed) if installed else None
+    older = [here] if here else [line for line in JETPACK_LINES if line not in use]
+    targets = list(dict.fromkeys(line.target for line in older))
+    return flash + (f", or write the bundle for this device: lkca-deploy pipeline --target {' / '.join(targets)}"
+                    if targets else "")
+
+
 def recipe_refusal(recipe: Dict[str, Any], installed: str) -> Optional[str]:
     """Why `recipe` cannot be built with TensorRT `installed`, in one line naming the JetPack to use; None when
     it fits. A recipe without `min_tensorrt` (written before the stamp existed) is not judged."""
@@ -96,13 +108,14 @@ def recipe_refusal(recipe: Dict[str, Any], installed: str) -> Optional[str]:
     if not needed or parse_version(installed) >= parse_version(needed):
         return None
     here = line_of(installed)
-    use = lines_from(needed)
-    what = f"the {recipe.get('precision', '')} recipe {recipe.get('onnx', '')}".replace("  ", " ")
     where = f" (JetPack {here.label})" if here else ""
-    advice = f"flash JetPack {use[0].first} or later" if use else f"install TensorRT {needed} or later"
-    rewrite = f", or write the bundle for this device: lkca-deploy pipeline --target {here.target}" if here else ""
-    return (f"{what} needs TensorRT {needed} or later and this device has TensorRT {installed}{where}: "
-            f"{advice}{rewrite}")
+    return f"{recipe_name(recipe)} needs TensorRT {needed} or later, this device has TensorRT {installed}{where}: " \
+        + advice(needed, installed)
+
+
+def recipe_name(recipe: Dict[str, Any]) -> str:
+    """'the fp16 recipe tensorrt/fp16/model.fp16.onnx'."""
+    return " ".join(p for p in ("the", recipe.get("precision"), "recipe", recipe.get("onnx")) if p)
 
 
 def check_recipe_fits(recipe: Dict[str, Any], installed: Optional[str]) -> None:

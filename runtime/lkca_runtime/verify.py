@@ -73,9 +73,15 @@ def _tensorrt_check(bundle_dir: Path, manifest: Manifest, build: dict[str, Any],
                     cache: DeviceCache) -> EngineCheck:
     """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
     from lkca_runtime.backends.registry import get_loader
+    from lkca_runtime.backends.tensorrt import installed_version
     from lkca_runtime.engine_check import check_loaded
+    from lkca_runtime.jetpack import recipe_refusal
 
     name = engine_name(build)
+    installed = installed_version()
+    refusal = recipe_refusal(build, installed) if installed else None
+    if refusal:  # the ONNX does not parse on this TensorRT: a failure to act on, not a check still to run
+        return EngineCheck(name, TENSORRT, build["precision"], "failed", failures=[refusal])
     try:
         path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, adopt_only=True)
     except UserError as why:

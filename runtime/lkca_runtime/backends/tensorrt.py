@@ -36,12 +36,15 @@ from lkca_runtime.backends.trtexec import (
     PrecisionPlan,
     TensorRTSettings,
     check_engine_compatible,
+    fp32_layer_names,
+    min_tensorrt_of,
     parse_device,
     precision_plan,
     profile_shapes,
 )
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_write_bytes
+from lkca_runtime.jetpack import check_recipe_fits, parse_version
 
 if TYPE_CHECKING:
     from lkca_runtime.onnx_io import InputSpec
@@ -51,9 +54,8 @@ INSTALL_HINT = (
 )
 CUDA_HINT = "running TensorRT from Python needs cuda-python (pip install cuda-python) or PyTorch with CUDA"
 LOAD_OPTIONS = ()
-# The calibration cache header names the TensorRT version that reads it. Without TensorRT here, write it for
-# JetPack 6's TensorRT 10.3, the TensorRT that runs implicit INT8 on a Jetson's DLA.
-DEFAULT_CACHE_TENSORRT = "10.3.0"
+
+
 def _trt():
     try:
         import tensorrt
@@ -294,6 +296,8 @@ class TensorRTLoader:
         timing_cache = settings.file(settings.timing_cache, out.parent)
         accepted = ("int8", "fp32") if precision == "int8" and calib_cache else (precision,)
         found = require_onnx_precision(model, onnx_path, precision, accepted)
+        check_recipe_fits({"min_tensorrt": min_tensorrt_of(model), "precision": precision, "onnx": onnx_path.name},
+                          trt.__version__)
         plan = precision_plan(
             precision,
             trt.__version__,
@@ -316,6 +320,7 @@ class TensorRTLoader:
             timing_cache=timing_cache,
             workspace_mib=settings.workspace_mib,
             allow_tf32=settings.allow_tf32,
+            fp32_layers=fp32_layer_names(model) if precision == "fp16" else [],
         )
         atomic_write_bytes(out, plan_bytes)
         write_sidecar(
@@ -380,11 +385,11 @@ def _build_serialized(
     timing_cache: Path | None,
     workspace_mib: int | None,
     allow_tf32: bool,
+    fp32_layers: list[str] = (),
 ) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -394,6 +399,8 @@ def _build_serialized(
         )
 
     config = builder.create_builder_config()
+    if fp32_layers and not plan.strongly_typed:
+        _keep_fp32(trt, network, config, set(fp32_layers))
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     for flag in plan.flags:  # trt-api: <11 uses BuilderFlag.INT8 BuilderFlag.FP16 (weak typing: empty on 11)
@@ -422,6 +429,26 @@ def _build_serialized(
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(cache.serialize())))
     return bytes(memoryview(serialized))
+
+
+def _network_flags(trt, plan: PrecisionPlan) -> int:
+    """Strongly typed on 11; explicit batch below 10, whose ONNX parser refuses an implicit-batch network (10 has
+    only explicit batch and deprecates the flag)."""
+    if plan.strongly_typed:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if parse_version(trt.__version__)[0] < 10:  # trt-api: <10 uses NetworkDefinitionCreationFlag.EXPLICIT_BATCH
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    return 0
+
+
+def _keep_fp32(trt, network, config, names: set[str]) -> None:
+    """Weak typing may run any layer in FP16 under the FP16 flag: the layers of the nodes the FP16 ONNX keeps FP32
+    are pinned to FP32 and the builder told to obey (trtexec's --precisionConstraints=obey --layerPrecisions)."""
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name in names:
+            layer.precision = trt.float32
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)  # trt-api: <11 (weak typing only)
 
 
 def _attach_timing_cache(config, path: Path | None):

@@ -7,6 +7,7 @@ Pure functions: tested on machines where TensorRT cannot be installed. Facts and
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from dataclasses import asdict, dataclass, fields, replace
@@ -245,39 +246,84 @@ def trtexec_command(
         args.append(f"--timingCacheFile={path(timing_cache)}")
     if settings.workspace_mib is not None:
         args.append(f"--memPoolSize=workspace:{int(settings.workspace_mib)}")
+    fp32_layers = fp32_layer_names(model) if not plan.strongly_typed and settings.precision == "fp16" else []
+    if fp32_layers:  # weak typing may run them in FP16 whatever the ONNX's casts say: obey the ONNX's plan
+        args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in fp32_layers)]
     if not settings.allow_tf32:
         args.append("--noTF32")
     return " ".join(shlex.quote(a) for a in args)
 
 
+# metadata_props keys build_engine writes into the ONNX a device builds from (JSON values).
+TENSORRT_COMPATIBILITY = "tensorrt_compatibility"  # min_tensorrt, the TensorRT versions and JetPacks that parse it
+FP16_FP32_NODES = "fp16_fp32_nodes"  # nodes of an FP16 ONNX that a weakly typed TensorRT build must keep FP32
+
+
+def _metadata_json(model, key: str):
+    text = next((p.value for p in model.metadata_props if p.key == key), None)
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def fp32_layer_names(model) -> list[str]:
+    """The nodes of an FP16 ONNX that build_engine kept FP32 (its metadata): TensorRT names their layers alike."""
+    names = _metadata_json(model, FP16_FP32_NODES)
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def min_tensorrt_of(model) -> str | None:
+    """The oldest TensorRT whose parser takes the ONNX, as build_engine stamped it (None: not stamped)."""
+    stamp = _metadata_json(model, TENSORRT_COMPATIBILITY)
+    return stamp.get("min_tensorrt") if isinstance(stamp, dict) else None
+
+
 def write_trtexec_script(onnx_path: Path, settings: TensorRTSettings, *, engine_path: Path | None = None) -> Path:
     """Write `<onnx>.trtexec.sh`: a ready command for building the engine on the target (a Jetson) itself.
 
-    It holds the TensorRT 10 and 11 lines and picks by the TensorRT it finds (or $TRT_MAJOR); a line that
-    cannot exist for a version (implicit INT8 on 11, Q/DQ INT8 on DLA with 10) prints why and exits 2.
-    Without a timing cache in the settings, the script keeps one beside the engine.
+    It holds the TensorRT 10 and 11 lines (and a TensorRT 8 line when the ONNX parses there) and picks by the
+    TensorRT it finds (or $TRT_VERSION / $TRT_MAJOR); a TensorRT older than the one the ONNX was made for is
+    refused in one line naming the JetPack to use, and a line that cannot exist for a version (implicit INT8 on
+    11, Q/DQ INT8 on DLA with 10) prints why; both exit 2. Without a timing cache in the settings, the script keeps
+    one beside the engine.
     """
+    from lkca_runtime.jetpack import advice, recipe_name
+
     onnx_path = Path(onnx_path)
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
     if settings.timing_cache is None:
         settings = replace(settings, timing_cache=f"{engine_path.stem}.timing.cache")
-    lines = {
-        major: _script_line(onnx_path, settings, engine_path, version)
-        for major, version in SCRIPT_VERSIONS.items()
-    }
+    needed = min_tensorrt_of(load_onnx(onnx_path))
+    versions = dict(SCRIPT_VERSIONS)
+    if needed and parse_version(needed)[0] < 10:
+        versions[str(parse_version(needed)[0])] = needed
+    lines = {major: _script_line(onnx_path, settings, engine_path, version) for major, version in versions.items()}
+    what = recipe_name({"precision": settings.precision, "onnx": onnx_path.name})
+    gate = "" if not needed else f"""if [ -n "$TRT_VERSION" ] && [ "$(printf '%s\\n' {needed} "$TRT_VERSION" | sort -V | head -n 1)" != {needed} ]; then
+  echo {shlex.quote(f"{what} needs TensorRT {needed} or later, this device has TensorRT ")}"$TRT_VERSION"{shlex.quote(": " + advice(needed))} >&2
+  exit 2
+fi
+"""
+    older = (f"""elif [ "$TRT_MAJOR" -ge 10 ]; then
+  {lines["10"]}
+else
+  {lines["8"]}""" if "8" in lines else f"""else
+  {lines["10"]}""")
     dla_note = f"\n# DLA core {settings.dla_core}: needs {DLA_RELEASES}." if settings.dla_core is not None else ""
     script = f"""#!/bin/sh
 # Builds {engine_path.name} from {onnx_path.name} ({settings.precision}) on THIS device: a TensorRT engine runs only
 # on the GPU model and TensorRT version that built it. Written by lkca-deploy. Needs trtexec
-# (JetPack: /usr/src/tensorrt/bin/trtexec). Set TRT_MAJOR=10 or 11 to skip the detection.{dla_note}
+# (JetPack: /usr/src/tensorrt/bin/trtexec). Set TRT_VERSION (e.g. 8.5.2) or TRT_MAJOR to skip the detection.{dla_note}
 set -eu
 cd "$(dirname "$0")"
 PATH="$PATH:/usr/src/tensorrt/bin"
-TRT_MAJOR="${{TRT_MAJOR:-$(python3 -c 'import tensorrt; print(tensorrt.__version__.split(".")[0])' 2>/dev/null || echo 10)}}"
-if [ "$TRT_MAJOR" -ge 11 ]; then
+TRT_VERSION="${{TRT_VERSION:-$(python3 -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)}}"
+TRT_MAJOR="${{TRT_MAJOR:-${{TRT_VERSION%%.*}}}}"
+TRT_MAJOR="${{TRT_MAJOR:-10}}"
+{gate}if [ "$TRT_MAJOR" -ge 11 ]; then
   {lines["11"]}
-else
-  {lines["10"]}
+{older}
 fi
 """
     target = Path(f"{onnx_path}{SCRIPT_SUFFIX}")
