@@ -100,7 +100,7 @@ TENSORRT_RELEASES: dict[str, TensorRTRelease] = {
     "8.6": TensorRTRelease("8.6.2", (1, 17), TENSORRT_8_6_OPS, False, False, True, "onnx-tensorrt 8.6-GA"),
     "10.3": TensorRTRelease("10.3.0", (9, 20), TENSORRT_10_OPS, True, True, True, "onnx-tensorrt 10.x"),
     "10.13": TensorRTRelease("10.13.3", (9, 24), TENSORRT_10_OPS, True, True, False, "onnx-tensorrt 10.x"),
-    "11.4": TensorRTRelease("11.4.1", (9, 25), TENSORRT_10_OPS, True, True, True, "onnx-tensorrt 10.x"),
+    "11.4": TensorRTRelease("11.4.1", (9, 24), TENSORRT_10_OPS, True, True, True, "onnx-tensorrt 10.x"),
 }
 TENSORRT_RELEASE_NAMES = tuple(TENSORRT_RELEASES)
 

@@ -24,7 +24,8 @@ from lkca_runtime.fsutil import publish
 
 CACHE = Path.home() / ".cache" / "lkca-deploy" / "trt-bindings"
 # One bindings package per major: 11.x is built for CUDA 13 (the cu12 package has 11.x too; one choice keeps one file).
-PACKAGES = {10: "tensorrt-cu12-bindings", 11: "tensorrt-cu13-bindings"}
+# TensorRT 8 (JetPack 5.1: 8.5.2, 6.0: 8.6.2) has no cuXX package: PyPI's tensorrt-bindings carries 8.6.1 only.
+PACKAGES = {8: "tensorrt-bindings", 10: "tensorrt-cu12-bindings", 11: "tensorrt-cu13-bindings"}
 # The compiled module is the same code for every CPython; one fixed platform keeps the cache to one file per version
 # (x86-64 Linux: elf_identifiers reads x86-64 code). Releases up to 10.7 are tagged manylinux_2_17, later ones 2_28.
 PLATFORMS, PYTHON = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64"), "311"

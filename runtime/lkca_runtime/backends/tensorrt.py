@@ -399,7 +399,7 @@ def _build_serialized(
         )
 
     config = builder.create_builder_config()
-    if fp32_layers and not plan.strongly_typed:
+    if fp32_layers and not plan.strongly_typed:  # trt-api: <11 (weak typing only)
         _keep_fp32(trt, network, config, set(fp32_layers))
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
@@ -434,7 +434,7 @@ def _build_serialized(
 def _network_flags(trt, plan: PrecisionPlan) -> int:
     """Strongly typed on 11; explicit batch below 10, whose ONNX parser refuses an implicit-batch network (10 has
     only explicit batch and deprecates the flag)."""
-    if plan.strongly_typed:
+    if plan.strongly_typed:  # trt-api: >=11 (precision_plan: strongly typed on 11 only)
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     if parse_version(trt.__version__)[0] < 10:  # trt-api: <10 uses NetworkDefinitionCreationFlag.EXPLICIT_BATCH
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -448,7 +448,7 @@ def _keep_fp32(trt, network, config, names: set[str]) -> None:
         layer = network.get_layer(index)
         if layer.name in names:
             layer.precision = trt.float32
-    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)  # trt-api: <11 (weak typing only)
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
 
 def _attach_timing_cache(config, path: Path | None):
