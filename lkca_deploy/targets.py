@@ -52,7 +52,7 @@ class Target:
     graph_forms: tuple[str, ...] = ()
 
 
-# onnx-tensorrt's operator support table, docs/operators.md at release/10.0-GA and 10.1-GA (docs/jetson.md): what is
+# onnx-tensorrt's operator support table (its operators page at release/10.0-GA and 10.1-GA; docs/jetson.md): what is
 # not listed fails the parse.
 _TENSORRT_10_OPS_TABLE = """
     Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
