@@ -218,3 +218,18 @@ def int8_weight_form(target: str | None) -> str:
 def tensorrt_release_for(version: str) -> TensorRTRelease | None:
     """The table row of the release TensorRT `version` belongs to (None: a release the table does not know)."""
     return TENSORRT_RELEASES.get(release_of(version))
+
+
+def which_jetson_table() -> str:
+    """README's "Which Jetson" table, written from JETPACK_LINES and the targets (tests/test_jetson.py keeps the
+    README equal to it): per JetPack line its TensorRT, the target that writes for it, and what that export holds."""
+    rows = ["| JetPack | Jetson | TensorRT | Python | DLA | `--target` | export | INT8 weights |",
+            "|---|---|---|---|---|---|---|---|"]
+    for line in JETPACK_LINES:
+        target = TARGETS[line.target]
+        tensorrt = line.tensorrt if line.tensorrt == line.newest_tensorrt else f"{line.tensorrt}-{line.newest_tensorrt}"
+        forms = ", ".join(target.graph_forms) or "as traced"
+        weights = "float + QuantizeLinear" if int8_weight_form(target.name) == "float" else "INT8 initializers"
+        rows.append(f"| {line.label} | {line.devices} | {tensorrt} | {line.python} | {line.dla or 'none'} | "
+                    f"`{target.name}` | opset <= {target.max_opset}; {forms} | {weights} |")
+    return "\n".join(rows)

@@ -35,6 +35,8 @@ def pipeline(
     lowering: str = typer.Option(
         "auto", help=f"auto (planned per target) | {' | '.join(STRATEGIES)}."
     ),
+    target: str | None = typer.Option(None, help="The device TensorRT's engine recipes are written for: "
+                                      "tensorrt (default), jetson-jp5, jetson-jp6.0, jetson-jp6, jetson-jp7."),
     logits: str = typer.Option("grid", help="Segmentation: where the engines' logits end: grid (the Predictor "
                                "upsamples once, to each image) | input (the model's input size) | HxW."),
     epochs: int | None = option(None, "Training epochs when training (default: per data set).", POSITIVE_INT),
@@ -79,7 +81,7 @@ def pipeline(
                            calib_samples=calib_samples, threads=threads, force=force,
                            data_root=str(data_root) if data_root else None, download=download,
                            extra_precisions=extra, golden=golden, baseline=baseline, cost=cost, logits=logits,
-                           max_drop=None if plain_int8 else max_drop, compare_thresholds=limits)
+                           max_drop=None if plain_int8 else max_drop, compare_thresholds=limits, target=target)
     report = run_pipeline(source, data, out, opts)
     regressed = bool(report.comparison and report.comparison["regressed"])
     typer.echo(summary_table(report))
