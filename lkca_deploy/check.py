@@ -250,7 +250,7 @@ def _int8_constant(ctx: _Context, node: onnx.NodeProto) -> bool:
 def tensorrt_compatibility(model: onnx.ModelProto) -> dict:
     """Which TensorRT releases parse `model` (every release of targets.TENSORRT_RELEASES whose opsets, operator
     table and forms it fits), the oldest version among them and the JetPacks that ship them."""
-    from lkca_deploy.jetpack import compatibility
+    from lkca_runtime.jetpack import compatibility
 
     ctx = _Context(model)
     parses = []
