@@ -159,10 +159,12 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     from lkca_deploy.calibration import quantize
     from lkca_deploy.calibration.accuracy_aware import planned_float_nodes
     from lkca_deploy.calibration.headroom import planned_fp32_nodes
+    from lkca_deploy.lowering.apply import fp32_nodes
     from lkca_deploy.lowering.upsample import upsample_nodes
 
     if precision == "fp16":
-        keep = planned_fp32_nodes(source)
+        # headroom's nodes, and a decomposed LayerNorm's (it overflows in FP16: docs/jetson.md, section 2)
+        keep = list(dict.fromkeys([*planned_fp32_nodes(source), *fp32_nodes(source)]))
         provenance["baked"] = "to_fp16"
         if keep:
             provenance["fp16_keep_fp32_nodes"] = keep
