@@ -153,7 +153,7 @@ def test_each_jetpack_export_holds_only_what_its_tensorrt_parses_and_runs_exactl
         model = onnx.load(str(path))
         assert _walk(model, target) == [], (precision, _walk(model, target)[:5])
         assert check_model(model, target).ok, check_model(model, target).format_text()
-    assert float(read_metadata(fp32)["self_check_max_abs_err"]) < 1e-4
+    assert float(read_metadata(fp32)["self_check_max_abs_error"]) < 1e-4
     assert np.abs(_ort(fp32, x) - reference).max() < 1e-4
     for precision, tolerance in (("fp16", 0.05), ("int8", 0.3)):
         out = _ort(exports[target][precision], x)
@@ -198,13 +198,17 @@ def test_the_script_refuses_an_older_tensorrt_in_one_line_naming_the_jetpack(exp
     assert "flash JetPack 6.1 or later" in lines[0]
 
 
-def test_a_bundle_carries_the_compatibility_table(small_bundle):
-    bundle = small_bundle[0]
+def test_pipeline_for_jetpack_5_writes_its_recipes_and_the_compatibility_table(small_bundle):
+    """small_bundle is `pipeline --target jetson-jp5` on the embedded default (digits, lkca_vit_nano)."""
+    bundle, report = small_bundle
+    assert report.passed
     manifest = read_manifest(bundle)
     rows = manifest.extra["compatibility"]
     assert {r["recipe"] for r in rows} == {"fp32", "fp16", "int8-tensorrt"}
     readme = (bundle / "README.md").read_text()
     assert manifest.artifact("README.md") is not None
     for row in rows:
-        assert row["min_tensorrt"] == "10.3.0" and "6.1, 6.2" in row["jetpacks"] and "5.1" not in row["jetpacks"]
-        assert re.search(rf"\| {row['recipe']} \| `{re.escape(row['onnx'])}` \| 10\.3\.0 \| 6\.1, 6\.2, ", readme)
+        assert row["min_tensorrt"] == "8.5.2" and row["jetpacks"][0] == "5.1", row
+        model = onnx.load(str(bundle / row["onnx"]))
+        assert _walk(model, "jetson-jp5") == [] and check_model(model, "jetson-jp5").ok, row["onnx"]
+        assert re.search(rf"\| {row['recipe']} \| `{re.escape(row['onnx'])}` \| 8\.5\.2 \| 5\.1, 6\.0, ", readme)
