@@ -32,7 +32,8 @@ def quantize(
                                                    "validates (default: --calib, when it names a data set)."),
     cache: Path | None = typer.Option(None, help="Also write a TensorRT calibration cache here."),
     tensorrt_version: str = typer.Option("10.3.0", help="TensorRT the cache is for (its header must match; "
-                                                        "10.3.0 is JetPack 6's)."),
+                                                        "10.3.0 is JetPack 6.1/6.2's, 8.5.2 JetPack 5.1's, 8.6.2 "
+                                                        "JetPack 6.0's)."),
     data_root: Path | None = typer.Option(None, help="Where data sets live (default ./data)."),
     download: bool = typer.Option(False, help="Download the data set where a network exists."),
 ) -> None:
