@@ -191,7 +191,7 @@ def test_tensorrt_8_recipes_keep_the_decomposed_layernorm_fp32_and_hold_float_we
 def test_the_script_refuses_an_older_tensorrt_in_one_line_naming_the_jetpack(exports, tmp_path):
     script = Path(f"{exports['jetson-jp6']['fp16']}.trtexec.sh")
     env = {**os.environ, "TRT_VERSION": "8.6.2.3", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs TensorRT 10.3.0 or later" in lines[0] and "8.6.2.3" in lines[0]

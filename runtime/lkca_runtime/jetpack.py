@@ -8,8 +8,9 @@ the JetPack to use. Facts and their sources: docs/jetson.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from lkca_runtime.errors import UserError
 
@@ -28,7 +29,7 @@ class JetPackLine:
     target: str  # the lkca-deploy target that writes for it (targets.py)
 
 
-JETPACK_LINES: Tuple[JetPackLine, ...] = (
+JETPACK_LINES: tuple[JetPackLine, ...] = (
     JetPackLine("5.1", "5.1", "8.5.2", "8.5.2", "Xavier, Orin", "3.8", "Xavier, Orin", "jetson-jp5"),
     JetPackLine("6.0", "6.0", "8.6.2", "8.6.2", "Orin", "3.10", "Orin", "jetson-jp6.0"),
     JetPackLine("6.1, 6.2", "6.1", "10.3.0", "10.3.0", "Orin", "3.10", "Orin", "jetson-jp6"),
@@ -37,7 +38,7 @@ JETPACK_LINES: Tuple[JetPackLine, ...] = (
 )
 
 
-def parse_version(version: str) -> Tuple[int, ...]:
+def parse_version(version: str) -> tuple[int, ...]:
     """'10.3.0.30' -> (10, 3, 0, 30); stops at the first part that is not a number ('11.0.0rc1' -> (11, 0))."""
     parts = []
     for part in str(version).split("."):
@@ -55,7 +56,7 @@ def release_of(version: str) -> str:
     return ".".join(str(p) for p in major_minor)
 
 
-def line_of(version: str) -> Optional[JetPackLine]:
+def line_of(version: str) -> JetPackLine | None:
     """The JetPack line whose TensorRT this version is (major.minor, within the line's range), or None (x86, or a
     TensorRT no JetPack ships)."""
     v = parse_version(version)[:2]
@@ -65,7 +66,7 @@ def line_of(version: str) -> Optional[JetPackLine]:
     return None
 
 
-def lines_from(min_tensorrt: str) -> List[JetPackLine]:
+def lines_from(min_tensorrt: str) -> list[JetPackLine]:
     """The JetPack lines whose TensorRT is `min_tensorrt` or newer."""
     low = parse_version(min_tensorrt)
     return [line for line in JETPACK_LINES if parse_version(line.newest_tensorrt) >= low]
@@ -82,14 +83,14 @@ def dla_releases() -> str:
     return "TensorRT " + ", ".join(with_dla) + "; none on Jetson Thor, and none in TensorRT 10.8-11.3"
 
 
-def compatibility(min_tensorrt: str, parses_on: Sequence[str]) -> Dict[str, Any]:
+def compatibility(min_tensorrt: str, parses_on: Sequence[str]) -> dict[str, Any]:
     """A recipe's compatibility entry: the oldest TensorRT that parses it, and the JetPacks whose TensorRT release
     (a key of `parses_on`, e.g. '8.5') parses it."""
     lines = [line for line in JETPACK_LINES if release_of(line.tensorrt) in set(parses_on)]
     return {"min_tensorrt": min_tensorrt, "jetpacks": [line.label for line in lines]}
 
 
-def advice(min_tensorrt: str, installed: Optional[str] = None) -> str:
+def advice(min_tensorrt: str, installed: str | None = None) -> str:
     """What to do on a device whose TensorRT (`installed`, or unknown) is older than `min_tensorrt`: the JetPack to
     flash, or the target that writes for the JetPack at hand."""
     use = lines_from(min_tensorrt)
@@ -101,7 +102,7 @@ def advice(min_tensorrt: str, installed: Optional[str] = None) -> str:
                     if targets else "")
 
 
-def recipe_refusal(recipe: Dict[str, Any], installed: str) -> Optional[str]:
+def recipe_refusal(recipe: dict[str, Any], installed: str) -> str | None:
     """Why `recipe` cannot be built with TensorRT `installed`, in one line naming the JetPack to use; None when
     it fits. A recipe without `min_tensorrt` (written before the stamp existed) is not judged."""
     needed = recipe.get("min_tensorrt")
@@ -113,12 +114,12 @@ def recipe_refusal(recipe: Dict[str, Any], installed: str) -> Optional[str]:
         + advice(needed, installed)
 
 
-def recipe_name(recipe: Dict[str, Any]) -> str:
+def recipe_name(recipe: dict[str, Any]) -> str:
     """'the fp16 recipe tensorrt/fp16/model.fp16.onnx'."""
     return " ".join(p for p in ("the", recipe.get("precision"), "recipe", recipe.get("onnx")) if p)
 
 
-def check_recipe_fits(recipe: Dict[str, Any], installed: Optional[str]) -> None:
+def check_recipe_fits(recipe: dict[str, Any], installed: str | None) -> None:
     """UserError (one line) when `recipe` does not fit TensorRT `installed`; nothing when it fits or is unknown."""
     if installed:
         refusal = recipe_refusal(recipe, installed)
