@@ -1,7 +1,8 @@
-"""Check every TensorRT name our code uses against the real TensorRT Python bindings of 10.x and 11.x.
+"""Check every TensorRT name our code uses against the real TensorRT Python bindings of 8.6, 10.x and 11.x.
 
 TensorRT cannot be imported here (its libraries come from NVIDIA's own index), but the bindings wheels
-(`tensorrt-cu12-bindings`, `tensorrt-cu13-bindings`) are on PyPI and their compiled module carries every name it
+(`tensorrt-bindings` 8.6.1, the TensorRT 8 of JetPack 6.0; `tensorrt-cu12-bindings`, `tensorrt-cu13-bindings`) are
+on PyPI and their compiled module carries every name it
 binds as a string literal. This script:
 
 1. downloads one bindings wheel per TensorRT major (the newest, or `--version 10=10.3.0`), cached under
@@ -11,7 +12,7 @@ binds as a string literal. This script:
    each `trt.X` and `trt.X.Y`, each method and property used on a TensorRT object it can trace (builder, config,
    network, parser, runtime, engine, context, ...), and each method our subclasses of TensorRT classes override;
 4. prints a table name x version and exits 1 when a name the code uses unconditionally is missing in a version
-   it is checked against (every checked version is one the backend claims: TensorRT 10 and 11).
+   it is checked against (every checked version is one the backend claims: TensorRT 8, 10 and 11).
 
 Limits, said in the output too: the binary records names, not which class owns them, so `IBuilderConfig.set_flag`
 is checked as "set_flag exists in this TensorRT", not "IBuilderConfig has set_flag"; attribute uses on TensorRT
@@ -167,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="MAJOR=VERSION",
-        help="a bindings version to check, e.g. 10=10.3.0, repeatable (default: the newest 10 and 11)",
+        help="a bindings version to check, e.g. 10=10.3.0, repeatable (default: the newest 8, 10 and 11)",
     )
     parser.add_argument(
         "--wheel",
