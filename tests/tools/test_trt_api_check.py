@@ -105,6 +105,9 @@ def test_read_wheel_gives_version_package_and_names(tmp_path):
     bindings = trt_bindings.read_wheel(write_wheel(tmp_path, "11.4.0.106", [b"INPUT"], "tensorrt_cu13"))
     assert bindings.version == "11.4.0.106" and bindings.package == "tensorrt-cu13-bindings"
     assert bindings.has("INPUT") and bindings.has("__version__") and not bindings.has("TF32")
+    # TensorRT 8 (JetPack 6.0's 8.6) has no cuXX package on PyPI: tensorrt-bindings 8.6.1
+    eight = trt_bindings.read_wheel(write_wheel(tmp_path, "8.6.1", [], "tensorrt"))
+    assert eight.version == "8.6.1" and eight.package == trt_bindings.PACKAGES[8] == "tensorrt-bindings"
 
 
 def test_read_wheel_refuses_what_is_not_a_bindings_wheel(tmp_path):
@@ -287,7 +290,7 @@ def test_version_gates(version, spec, expected):
 
 
 def test_versions_asked_for_and_cached(tmp_path):
-    assert check.wanted_versions(["10=10.3.0"]) == [(10, "10.3.0"), (11, None)]
+    assert check.wanted_versions(["10=10.3.0"]) == [(8, None), (10, "10.3.0"), (11, None)]
     with pytest.raises(UserError, match="MAJOR=VERSION"):
         check.wanted_versions(["10.3.0"])
     assert trt_bindings.newest(["10.7.0", "10.16.1.11", "11.0.0.114", "10.7.0.post1"], 10) == "10.16.1.11"
