@@ -7,6 +7,7 @@ state dicts. Directories are written beside the target and renamed into place, s
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,10 +92,17 @@ def load_state_dict_file(path: str | Path) -> dict:
         import torch
 
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"cannot read weights from {path}: it holds pickled Python objects besides tensors, and "
+                        "lkca-deploy never unpickles code (torch.load weights_only=True)") from None
     except Exception as e:  # noqa: BLE001 - safetensors and torch raise many types for a damaged file
-        raise UserError(f"cannot read weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot read weights from {path}: not a safetensors or PyTorch weights file ({detail})"
+                        ) from None
+    for key in ("state_dict", "model_state_dict"):  # training dicts: this toolkit's older ones, the paper's trainer
+        if isinstance(state, dict) and key in state:
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise UserError(f"{path} holds no state dict")
     return state

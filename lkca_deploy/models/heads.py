@@ -6,16 +6,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+POOLS = ("mean", "cls")
+
 
 class ClassificationHead(nn.Module):
-    """Global average pooling over tokens, then a linear classifier: (B, N, C) -> (B, classes)."""
+    """Pool the tokens, optionally LayerNorm the pooled vector, then a linear classifier: (B, N, C) -> (B, classes).
 
-    def __init__(self, dim: int, num_classes: int):
+    ``pool``: "mean" over all tokens, or "cls", the first token (a class token the backbone prepended). ``norm``:
+    LayerNorm after pooling, as the paper's code classifies (the zoo's ViT normalises every token before the mean
+    instead; LayerNorm is per token, so for "cls" the two orders are the same function).
+    """
+
+    def __init__(self, dim: int, num_classes: int, pool: str = "mean", norm: bool = False):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+        self.pool = pool
+        self.norm = nn.LayerNorm(dim) if norm else None
         self.fc = nn.Linear(dim, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc(tokens.mean(dim=1))
+        x = tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)
+        return self.fc(x if self.norm is None else self.norm(x))
 
 
 class SegmentationHead(nn.Module):

@@ -61,7 +61,8 @@ class LKCA(nn.Module):
     """Token mixer: value projection, one large-kernel conv per head over the H x W grid, output projection.
 
     Each head's kernel is shared by that head's dim/heads channels, the way one attention matrix is shared by a
-    head's channels; heads == dim is a plain depthwise conv.
+    head's channels; heads == dim is a plain depthwise conv, heads == 1 one kernel for every channel (the paper's
+    own models). ``value_bias`` False: a value projection without bias (the paper's too).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class LKCA(nn.Module):
         heads: int,
         kernel_size: int | tuple[int, int] | None = None,
         view: str = "conv",
+        value_bias: bool = True,
     ):
         super().__init__()
         if dim % heads:
@@ -79,7 +81,7 @@ class LKCA(nn.Module):
         if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
             raise ValueError(f"kernel size {kernel} must be odd: the grid keeps its size with padding k//2")
         self.dim, self.grid, self.heads, self.kernel_size = dim, tuple(grid), heads, kernel
-        self.v = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim, bias=value_bias)
         self.kernel = nn.Parameter(torch.empty(heads, 1, *kernel))
         self.proj = nn.Linear(dim, dim)
         # Scale like uniform attention over N tokens: a kernel this size mixes from the first step. Measured on
@@ -152,12 +154,12 @@ class LKCA(nn.Module):
 class MHSA(nn.Module):
     """Standard multi-head self-attention with the same dims: the baseline the paper compares LKCA against."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, bias: bool = True):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.scale = heads, (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

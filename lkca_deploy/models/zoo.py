@@ -1,6 +1,7 @@
 """Named model configs: every config says its task, input size, channels, grid and kernel.
 
 Each LKCA config has an MHSA twin of the same dims (the paper's baseline). Configs are plain arguments of ViT.
+The official-* configs are the paper's own models as its trainer builds them (lkca_deploy.official imports them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class ModelConfig:
     kernel_size: int | None = None  # None: 2 * grid - 1, every token sees every token
     pos_embed: bool | None = None  # None: on for MHSA, off for LKCA
     progressive_head: bool = False
+    qkv_bias: bool = True  # a bias on the value (LKCA) or query-key-value (MHSA) projection
+    classifier: str = "norm_mean"  # models/vit.py CLASSIFIERS: where the head normalises, class token or mean
     description: str = ""
 
     @property
@@ -76,6 +79,41 @@ _register_pair("seg_tiny", "ADE20K: 512 px, patch 16, 32x32 grid, kernel 63", im
                patch=16, dim=192, depth=9, heads=12, num_classes=150, **_SEG)
 
 
+# The paper's own models, as its trainer builds them (CatworldLee/LKCA-MiniViTsTrainer-Pytorch-CIFAR-TinyImageNet,
+# models/create_model.py), registered as official-<its name> at its CIFAR-10 setting (32 px, patch 4, 10 classes);
+# lkca_deploy.official sets size, patch and classes per data set on import. All LKCA ones share one kernel across
+# every channel (heads 1 here; their heads only split a width nothing else reads), learn a position embedding, have
+# no value bias and classify by mean, LayerNorm, Linear; their ViT classifies from a class token.
+# name: (dim, depth, heads, mlp ratio)
+OFFICIAL_LKCA = {
+    "vit-lkca": (210, 10, 10, 2), "vit-05m-lkca": (100, 8, 4, 2), "vit-1m-lkca": (136, 9, 8, 2),
+    "vit-2m-lkca": (192, 9, 12, 2), "vit-4m-lkca": (246, 11, 6, 2), "vit-8m-lkca": (306, 14, 6, 2),
+    "vit-12m-lkca": (360, 12, 8, 3), "largevit-cnn": (192, 9, 12, 2), "largevit-vit": (192, 9, 12, 2),
+}
+OFFICIAL_VIT = {
+    "vit": (192, 9, 12, 2), "vit-05m": (120, 4, 4, 2), "vit-1m": (136, 7, 8, 2), "vit-2m": (200, 6, 8, 2),
+    "vit-4m": (264, 7, 8, 2), "vit-8m": (312, 10, 8, 2),
+}
+OFFICIAL_PREFIX = "official-"
+
+
+def _register_official() -> None:
+    common = {"task": "classification", "img_size": 32, "in_chans": 3, "patch": 4, "num_classes": 10,
+              "pos_embed": True, "qkv_bias": False}
+    for name, (dim, depth, heads, ratio) in OFFICIAL_LKCA.items():
+        _REGISTRY[OFFICIAL_PREFIX + name] = ModelConfig(
+            name=OFFICIAL_PREFIX + name, mixer="lkca", dim=dim, depth=depth, heads=1, mlp_ratio=float(ratio),
+            classifier="mean_norm", description=f"the paper's {name}: one shared kernel ({heads} heads there)",
+            **common)
+    for name, (dim, depth, heads, ratio) in OFFICIAL_VIT.items():
+        _REGISTRY[OFFICIAL_PREFIX + name] = ModelConfig(
+            name=OFFICIAL_PREFIX + name, mixer="mhsa", dim=dim, depth=depth, heads=heads, mlp_ratio=float(ratio),
+            classifier="cls_norm", description=f"the paper's MHSA baseline {name}: class token", **common)
+
+
+_register_official()
+
+
 _POSITIVE_FIELDS = ("img_size", "patch", "dim", "depth", "heads", "num_classes")
 
 
@@ -114,6 +152,10 @@ def config_from_dict(d) -> ModelConfig:
     for field in ("pos_embed", "progressive_head"):
         if not isinstance(getattr(config, field), bool) and getattr(config, field) is not None:
             raise ValueError(f"{field}: {getattr(config, field)!r} is not true, false or null")
+    if not isinstance(config.qkv_bias, bool):
+        raise ValueError(f"qkv_bias: {config.qkv_bias!r} is not true or false")
+    if config.classifier != zoo.classifier:
+        raise ValueError(f"classifier {config.classifier!r} is not {name}'s ({zoo.classifier!r})")
     return config
 
 
@@ -150,6 +192,8 @@ def build_model(config: ModelConfig, view: str | None = None):
         pos_embed=config.pos_embed,
         view=view or default_view(config.grid),
         progressive_head=config.progressive_head,
+        qkv_bias=config.qkv_bias,
+        classifier=config.classifier,
     )
 
 
