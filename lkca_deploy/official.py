@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .models.zoo import OFFICIAL_LKCA, OFFICIAL_PREFIX, OFFICIAL_VIT, ModelConfig, get_config
+from lkca_deploy.models.zoo import OFFICIAL_LKCA, OFFICIAL_PREFIX, OFFICIAL_VIT, ModelConfig, get_config
+from lkca_runtime.errors import UserError
 
-SOURCE = "lkca-official"
+SOURCE = "lkca-official"  # `lkca-deploy import --from`: the code base that trained the checkpoint
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def read_official_state(path: str | Path) -> dict:
     UserError for anything else: no file, no checkpoint, pickled objects, non-tensor entries."""
     import torch
 
-    from .checkpoint import load_state_dict_file
+    from lkca_deploy.checkpoint import load_state_dict_file
 
     state = load_state_dict_file(path)  # weights_only: never unpickles; unwraps model_state_dict
     if not state or not all(isinstance(k, str) for k in state):
@@ -173,14 +173,22 @@ def matching_models(state: Mapping) -> list[str]:
 # ------------------------------------------------------------------------------------------------- import
 
 
+def import_checkpoint(ckpt: str | Path, source: str, model: str, dataset: str, out: str | Path, *,
+                      force: bool = False, echo: Callable[[str], None] | None = None) -> Path:
+    """`lkca-deploy import`: a checkpoint trained by `source`'s code as a checkpoint directory at `out`."""
+    if source != SOURCE:
+        raise UserError(f"unknown --from {source!r}; valid: {SOURCE}")
+    return import_official(ckpt, model, dataset, out, force=force, echo=echo)
+
+
 def import_official(ckpt: str | Path, model: str, dataset: str, out: str | Path, *, force: bool = False,
                     echo: Callable[[str], None] | None = None) -> Path:
     """Write `ckpt`, the paper's `model` trained on `dataset`, as a checkpoint directory at `out`."""
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .data.spec import PreprocessSpec
-    from .models.zoo import build_model
+    from lkca_deploy.checkpoint import save_checkpoint
+    from lkca_runtime.spec import PreprocessSpec
+    from lkca_deploy.models.zoo import build_model
 
     config = official_config(model, dataset)
     state = read_official_state(ckpt)

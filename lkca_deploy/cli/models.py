@@ -20,10 +20,10 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON list on 
     if as_json:
         echo_json(rows)
         return
-    typer.echo(f"{'name':<18} {'task':<14} {'params':>9} {'GFLOPs':>8} {'input':>11} {'grid':>7} {'kernel':>7}")
+    typer.echo(f"{'name':<22} {'task':<14} {'params':>9} {'GFLOPs':>8} {'input':>11} {'grid':>7} {'kernel':>7}")
     for r in rows:
         kernel = "x".join(map(str, r["kernel"])) if r["kernel"] else "-"
-        typer.echo(f"{r['name']:<18} {r['task']:<14} {r['params'] / 1e6:>8.2f}M {r['gflops']:>8.3f} "
+        typer.echo(f"{r['name']:<22} {r['task']:<14} {r['params'] / 1e6:>8.2f}M {r['gflops']:>8.3f} "
                    f"{'x'.join(map(str, r['input_size'])):>11} {'x'.join(map(str, r['grid'])):>7} {kernel:>7}")
 
 
@@ -91,3 +91,21 @@ def evaluate(
                              for k, v in metrics.items() if k != "per_class_iou"))
 
 
+@app.command("import")
+def import_(
+    checkpoint: Path = typer.Argument(..., help="A .pth the other code wrote: its per-epoch training dict or its "
+                                                "final state dict (with or without DataParallel's module. prefix)."),
+    source: str = typer.Option(..., "--from", help="The code that trained it: lkca-official (the paper's trainer, "
+                                                   "github.com/CatworldLee/LKCA-MiniViTsTrainer-Pytorch-CIFAR-"
+                                                   "TinyImageNet)."),
+    model: str = typer.Option(..., help="Its --model there: vit-lkca, vit-05m-lkca ... vit-12m-lkca, "
+                                        "largevit-cnn, largevit-vit, or the MHSA baselines vit, vit-05m ... vit-8m."),
+    dataset: str = typer.Option(..., help="Its --dataset there: CIFAR10 | CIFAR100 | SVHN | T-IMNET (fixes "
+                                          "input size, patch, classes and normalisation)."),
+    out: Path = typer.Option(..., help="Checkpoint directory to write (safetensors + config.json)."),
+    force: bool = typer.Option(False, help="Replace an existing checkpoint at --out (never another folder)."),
+) -> None:
+    """Import a checkpoint trained with other code as an ordinary checkpoint: evaluate, export, pipeline take it."""
+    from lkca_deploy.official import import_checkpoint
+
+    import_checkpoint(checkpoint, source, model, dataset, out, force=force, echo=typer.echo)

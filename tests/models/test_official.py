@@ -12,7 +12,7 @@ import torch
 from official_reference import DATASETS, LKCA_MODELS, MODELS, max_relative_error, official_forward, official_state
 
 from lkca_deploy.checkpoint import load_checkpoint, read_checkpoint
-from lkca_deploy.errors import UserError
+from lkca_runtime.errors import UserError
 from lkca_deploy.models.zoo import build_model
 from lkca_deploy.official import first_difference, import_official, official_config, official_layout, to_toolkit_state
 
@@ -185,3 +185,16 @@ def test_imported_weights_are_float32_whatever_was_saved(tmp_path):
     x = images(32)
     with torch.no_grad():
         assert np.isfinite(model(x).numpy()).all()
+
+
+def test_the_import_command(tmp_path):
+    from cli_runner import assert_user_error, run_cli
+
+    src = trainer_file(tmp_path / "checkpoint.pth", official_state("vit-05m-lkca", 32, 10), "bare+module")
+    done = run_cli("import", src, "--from", "lkca-official", "--model", "vit-05m-lkca", "--dataset", "SVHN",
+                   "--out", tmp_path / "svhn")
+    assert "official-vit-05m-lkca" in done.stdout and read_checkpoint(tmp_path / "svhn").meta["data"] == "svhn"
+    wrong = run_cli("import", src, "--from", "lkca-official", "--model", "vit-lkca", "--dataset", "CIFAR10",
+                    "--out", tmp_path / "other", check_exit=None)
+    assert_user_error(wrong, "pos_embedding has shape (1, 64, 100), not (1, 64, 210)", "vit-05m-lkca on CIFAR10 or SVHN")
+    assert not (tmp_path / "other").exists()
