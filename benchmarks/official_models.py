@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "models"))  # the paper's forward, written for the tests
-import _common as common  # noqa: E402
+import _common as common
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks/peers.py: PyTorch threads must not spin
 
@@ -118,8 +118,8 @@ def main() -> None:
     common.print_header(
         f"The paper's LKCA models imported ({args.dataset}, {DATASETS[args.dataset].img_size} px, random weights)",
         args.threads,
-        [f"exactness: max |x - paper| / max |paper| over logits of 8 inputs, float32; engines fp32, best of "
-         f"{', '.join(TARGETS)} (lowering auto); {args.repeats} interleaved rounds, {args.budget} s per engine",
+        [(f"exactness: max |x - paper| / max |paper| over logits of 8 inputs, float32; engines fp32, best of "
+          f"{', '.join(TARGETS)} (lowering auto); {args.repeats} interleaved rounds, {args.budget} s per engine"),
          *([f"one model, one row: {'; '.join(same)}"] if same else [])],
         markdown=args.markdown,
     )

@@ -187,8 +187,8 @@ def import_official(ckpt: str | Path, model: str, dataset: str, out: str | Path,
     import torch
 
     from lkca_deploy.checkpoint import save_checkpoint
-    from lkca_runtime.spec import PreprocessSpec
     from lkca_deploy.models.zoo import build_model
+    from lkca_runtime.spec import PreprocessSpec
 
     config = official_config(model, dataset)
     state = read_official_state(ckpt)

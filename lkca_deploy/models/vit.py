@@ -100,7 +100,8 @@ class ViT(nn.Module):
         return self
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Token outputs of every block (B, N, C; N + 1 with a class token, first): the boundaries where parity localises a divergence."""
+        """Token outputs of every block (B, N, C; N + 1 with a class token, first): the boundaries where parity
+        localises a divergence."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)

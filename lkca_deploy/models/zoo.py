@@ -153,7 +153,7 @@ def config_from_dict(d) -> ModelConfig:
         if not isinstance(getattr(config, field), bool) and getattr(config, field) is not None:
             raise ValueError(f"{field}: {getattr(config, field)!r} is not true, false or null")
     if not isinstance(config.qkv_bias, bool):
-        raise ValueError(f"qkv_bias: {config.qkv_bias!r} is not true or false")
+        raise TypeError(f"qkv_bias: {config.qkv_bias!r} is not true or false")
     if config.classifier != zoo.classifier:
         raise ValueError(f"classifier {config.classifier!r} is not {name}'s ({zoo.classifier!r})")
     return config

@@ -12,10 +12,10 @@ import torch
 from test_datasets import write_cifar10
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from official_reference import max_relative_error, official_forward, official_state  # noqa: E402
+from official_reference import max_relative_error, official_forward, official_state
 
-from lkca_deploy.official import import_official  # noqa: E402
-from lkca_deploy.pipeline import PipelineOptions, run_pipeline  # noqa: E402
+from lkca_deploy.official import import_official
+from lkca_deploy.pipeline import PipelineOptions, run_pipeline
 
 
 def test_imported_cifar10_model_passes_the_pipeline(tmp_path):

@@ -27,7 +27,7 @@ DATASETS = {"CIFAR10": (32, 10), "CIFAR100": (32, 100), "SVHN": (32, 10), "T-IMN
 
 def official_state(name: str, img_size: int, classes: int, seed: int = 0) -> OrderedDict:
     """Random weights in the trainer's key names and shapes, scaled for O(1) activations (a mixer that matters)."""
-    kind, dim, depth, heads, ratio = MODELS[name]
+    kind, dim, depth, _, ratio = MODELS[name]
     patch = {32: 4, 64: 8}[img_size]
     grid = img_size // patch
     n, k, hidden = grid * grid, 2 * grid - 1, dim * ratio

@@ -9,12 +9,25 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from official_reference import DATASETS, LKCA_MODELS, MODELS, max_relative_error, official_forward, official_state
+from official_reference import (
+    DATASETS,
+    LKCA_MODELS,
+    MODELS,
+    max_relative_error,
+    official_forward,
+    official_state,
+)
 
 from lkca_deploy.checkpoint import load_checkpoint, read_checkpoint
-from lkca_runtime.errors import UserError
 from lkca_deploy.models.zoo import build_model
-from lkca_deploy.official import first_difference, import_official, official_config, official_layout, to_toolkit_state
+from lkca_deploy.official import (
+    first_difference,
+    import_official,
+    official_config,
+    official_layout,
+    to_toolkit_state,
+)
+from lkca_runtime.errors import UserError
 
 TOL = 1e-5  # of the logits' largest magnitude, float32
 ONNX_TOL = 1e-4
