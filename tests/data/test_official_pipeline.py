@@ -28,10 +28,10 @@ def test_imported_cifar10_model_passes_the_pipeline(tmp_path):
                            calib_samples=8, bench_budget_s=0.05, cost=False, golden=3, max_drop=None,
                            data_root=str(tmp_path / "data"))
     report = run_pipeline(ckpt, "cifar10", tmp_path / "bundle", opts)
-    assert report.verdict == "PASSED"
+    assert report.passed
     ran = {(e.backend, e.precision) for e in report.engines if e.status != "skipped"}
     assert {(b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "fp16", "int8")} <= ran
-    assert all(e.status == "passed" for e in report.engines if e.status != "skipped")
+    assert all(e.status == "ok" for e in report.engines if e.status != "skipped")
     # The bundle's ONNX computes the paper's model (32 px, the shared kernel lowered for the CPU).
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     for onnx_path in sorted((tmp_path / "bundle").rglob("*.onnx")):
