@@ -31,6 +31,9 @@ from lkca_runtime.errors import UserError
 
 TOL = 1e-5  # of the logits' largest magnitude, float32
 ONNX_TOL = 1e-4
+# `auto` (the Toeplitz MatMul at this grid on the CPU targets) runs in the pipeline test
+LOWERINGS = [("conv", None), ("crop", None), ("matmul", None), ("tiled", 8), ("spectral", None),
+             ("token_spectral", None)]
 
 
 def trainer_file(path, state, layout: str):
@@ -101,18 +104,38 @@ def test_preprocessing_is_the_trainers(tmp_path):
     assert ckpt.meta["data"] == "cifar100" and ckpt.config.num_classes == 100 and ckpt.config.patch == 4
 
 
-def test_onnx_export_computes_the_papers_logits(tmp_path):
-    # 64 px and the class token here; the pipeline test proves an LKCA model's export at 32 px
+def _onnx_logits(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_onnx_export_computes_the_papers_logits_in_every_lowering(tmp_path):
+    # 64 px here; the pipeline test proves a 32 px export through every CPU engine. The shared kernel is one
+    # block of channels for every pass (lowering.passes.kernel_blocks finds 1).
     from lkca_deploy.export import export_model
 
-    name, dataset = "vit-05m", "T-IMNET"
-    img_size, classes = DATASETS[dataset]
-    state = official_state(name, img_size, classes)
+    name, dataset = "vit-05m-lkca", "T-IMNET"
+    state = official_state(name, *DATASETS[dataset])
     ckpt = import_official(trainer_file(tmp_path / "c.pth", state, "bare"), name, dataset, tmp_path / "ckpt")
-    onnx_path = export_model(ckpt, tmp_path / "m.onnx", check_samples=4).path
-    x = images(img_size, 3)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    x = images(64, 3)
+    ref = official_forward(name, state, x)
+    for lowering, max_kernel in LOWERINGS:
+        out = export_model(ckpt, tmp_path / f"{lowering}.onnx", lowering=lowering, max_kernel=max_kernel,
+                           check_samples=4)
+        changes = {change.strategy for change in out.lowering.changes if change.action == "lowered"}
+        if lowering not in ("conv", "crop"):  # crop: at grid 8 every tap of K15 is used, nothing to crop
+            assert changes == {lowering}, (lowering, changes)
+        assert max_relative_error(_onnx_logits(out.path, x), ref) <= ONNX_TOL, lowering
+
+
+def test_onnx_export_of_the_class_token_vit(tmp_path):
+    from lkca_deploy.export import export_model
+
+    name, dataset = "vit-05m", "CIFAR100"
+    state = official_state(name, *DATASETS[dataset])
+    ckpt = import_official(trainer_file(tmp_path / "c.pth", state, "bare"), name, dataset, tmp_path / "ckpt")
+    x = images(32, 3)
+    got = _onnx_logits(export_model(ckpt, tmp_path / "m.onnx", check_samples=4).path, x)
     assert max_relative_error(got, official_forward(name, state, x)) <= ONNX_TOL
 
 
