@@ -24,18 +24,20 @@ def parameter_count(config) -> float:
     dim, depth, ratio = float(config.dim), float(config.depth), float(config.mlp_ratio)
     hidden = math.floor(dim * ratio) if math.isfinite(dim * ratio) else math.inf
     grid = (config.img_size // config.patch) ** 2
+    bias = 1.0 if config.qkv_bias else 0.0  # on the value (LKCA) or query-key-value (MHSA) projection
     if config.mixer == "lkca":
         kh, kw = config.kernel or (1, 1)
-        mixer = 2 * (dim * dim + dim) + config.heads * kh * kw
+        mixer = dim * dim + bias * dim + dim * dim + dim + config.heads * kh * kw
     else:
-        mixer = 3 * dim * dim + 3 * dim + dim * dim + dim
+        mixer = 3 * dim * dim + 3 * bias * dim + dim * dim + dim
     block = 4 * dim + mixer + 2 * dim * hidden + hidden + dim
     patch = config.in_chans * config.patch**2 * dim + dim
     head = dim * config.num_classes + config.num_classes + 2 * dim
     if config.task == "segmentation":  # progressive head: 3x3 convs between the classes
         head += 2 * dim + 9 * config.num_classes**2 * max(1, int(math.log2(config.patch)))
-    positions = grid * dim if (config.mixer == "mhsa" if config.pos_embed is None else config.pos_embed) else 0
-    return patch + positions + depth * block + head
+    cls = 1 if config.classifier == "cls_norm" else 0  # a class token, and its position
+    positions = (grid + cls) * dim if (config.mixer == "mhsa" if config.pos_embed is None else config.pos_embed) else 0
+    return patch + cls * dim + positions + depth * block + head
 
 
 def activation_bytes(config) -> float:

@@ -63,6 +63,17 @@ def test_largevit_cnn_is_vit_2m_lkca_by_another_name():
                                              description=config.description)
 
 
+def test_config_bounds_count_the_official_models_exactly():
+    from lkca_deploy.models.bounds import parameter_count
+
+    for name in MODELS:
+        for dataset in ("CIFAR10", "T-IMNET"):
+            config = official_config(name, dataset)
+            with torch.device("meta"):
+                built = sum(p.numel() for p in build_model(config).parameters())
+            assert parameter_count(config) == built, (name, dataset)
+
+
 @pytest.mark.parametrize("dataset", ["CIFAR10", "T-IMNET"])
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "largevit-cnn"])
 def test_every_official_configuration_computes_the_papers_logits(name, dataset):
