@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-
 from lkca_deploy.backends.base import Backend
-from lkca_runtime.backends.registry import BACKENDS, check_backend
-from lkca_runtime.errors import UserError
+from lkca_runtime.backends.registry import BACKENDS, instantiate
 
 _CLASSES = {
     "onnxruntime": ("lkca_deploy.backends.onnxruntime", "OnnxRuntimeBackend"),
@@ -18,13 +15,7 @@ _CLASSES = {
 
 def get_backend(name: str, *, require_available: bool = True) -> Backend:
     """The backend called `name`; UserError for an unknown name, or (by default) for one not installed here."""
-    module, cls = _CLASSES[check_backend(name)]
-    backend = getattr(import_module(module), cls)()
-    if require_available:
-        ok, reason = backend.available()
-        if not ok:
-            raise UserError(reason)
-    return backend
+    return instantiate(_CLASSES, name, require_available)
 
 
 def available_backends() -> dict[str, tuple[bool, str]]:

@@ -25,15 +25,21 @@ def check_backend(name: str) -> str:
     return name
 
 
-def get_loader(name: str, *, require_available: bool = True):
-    """The loader of backend `name`; UserError for an unknown name, or (by default) for one not installed here."""
-    module, cls = _LOADERS[check_backend(name)]
-    loader = getattr(import_module(module), cls)()
+def instantiate(table: dict, name: str, require_available: bool):
+    """An instance of the class `table` names for backend `name` (module, class); UserError for an unknown name,
+    or (require_available) for a backend not installed here. The toolkit's registry builds its backends so too."""
+    module, cls = table[check_backend(name)]
+    obj = getattr(import_module(module), cls)()
     if require_available:
-        ok, reason = loader.available()
+        ok, reason = obj.available()
         if not ok:
             raise UserError(reason)
-    return loader
+    return obj
+
+
+def get_loader(name: str, *, require_available: bool = True):
+    """The loader of backend `name`; UserError for an unknown name, or (by default) for one not installed here."""
+    return instantiate(_LOADERS, name, require_available)
 
 
 def backend_status(name: str) -> tuple[bool, str]:
