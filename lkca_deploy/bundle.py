@@ -184,6 +184,16 @@ class BundleWriter:
         """More top-level manifest fields (data set, report summary...)."""
         self._extra.update(fields)
 
+    @property
+    def engines(self) -> list[dict[str, Any]]:
+        """The engines added so far (copies)."""
+        return [dict(e) for e in self._engines]
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The extra manifest fields set so far (a copy)."""
+        return dict(self._extra)
+
     # -- internals
 
     def _require_open(self) -> Path:

@@ -162,8 +162,27 @@ def _golden_stage(ctx: EvalContext, bundle, opts: PipelineOptions):
     golden = make_golden(ctx.x, ctx.labels, ctx.reference, ctx.ckpt.config.task, samples=opts.golden, seed=opts.seed)
     digest = write_golden(golden, bundle.path / GOLDEN_REL)
     bundle.register(GOLDEN_REL, "golden")
-    bundle.set_extra(golden={"path": GOLDEN_REL, "sha256": digest, "samples": golden.samples, "seed": opts.seed})
+    polygraphy = _polygraphy_golden(ctx, golden, bundle, opts)
+    bundle.set_extra(golden={"path": GOLDEN_REL, "sha256": digest, "samples": golden.samples, "seed": opts.seed,
+                             "polygraphy": polygraphy})
     return golden
+
+
+def _polygraphy_golden(ctx: EvalContext, golden, bundle, opts: PipelineOptions) -> dict:
+    """The golden samples again in Polygraphy's format, with the full reference outputs (polygraphy_golden.py)."""
+    import numpy as np
+
+    from .backends.trtexec import TensorRTSettings
+    from .export import INPUT_NAME, OUTPUT_NAME
+    from .golden import pick_samples
+    from .polygraphy_golden import INPUTS_REL, OUTPUTS_REL, POLYGRAPHY_DIR, write_polygraphy_golden
+
+    reference = np.asarray(ctx.reference)[pick_samples(len(ctx.x), opts.golden, opts.seed)]
+    info = write_polygraphy_golden(bundle.path / POLYGRAPHY_DIR, golden.x, reference, input_name=INPUT_NAME,
+                                   output_name=OUTPUT_NAME, batch=TensorRTSettings("fp32").max_batch)
+    for rel in (INPUTS_REL, OUTPUTS_REL):
+        bundle.register(rel, "golden")
+    return {"inputs": INPUTS_REL, "outputs": OUTPUTS_REL, **info}
 
 
 def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptions) -> dict | None:
@@ -372,11 +391,23 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
     if plan is not None:
         bundle.set_extra(**plan.to_dict())
     bundle.set_extra(data=ctx.data, passed=report.passed)
+    rows = compatibility_rows(device_builds)
     if device_builds:
-        rows = compatibility_rows(device_builds)
         bundle.set_extra(device_builds=device_builds, compatibility=rows)
-        bundle.add_text("README.md", bundle_readme(config.name, rows), "readme")
+    _bundle_readme(bundle, config, device_builds, rows)
     return report
+
+
+def _bundle_readme(bundle, config, device_builds: list[dict], rows: list[dict]) -> None:
+    """README.md: which Jetson each engine recipe parses on, and how a device checks the bundle, with the runtime
+    and with Polygraphy (bundle_readme.py)."""
+    from lkca_deploy.bundle_readme import device_check_section
+
+    text = bundle_readme(config.name, rows) if rows else f"# {config.name}: a bundle written by lkca-deploy\n"
+    golden = bundle.extra.get("golden") or {}
+    text += device_check_section(bundle.path, engines=bundle.engines, device_builds=device_builds,
+                                 polygraphy=golden.get("polygraphy"))
+    bundle.add_text("README.md", text, "readme")
 
 
 def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -> dict | None:
