@@ -172,10 +172,10 @@ def _polygraphy_golden(ctx: EvalContext, golden, bundle, opts: PipelineOptions) 
     """The golden samples again in Polygraphy's format, with the full reference outputs (polygraphy_golden.py)."""
     import numpy as np
 
-    from .backends.trtexec import TensorRTSettings
-    from .export import INPUT_NAME, OUTPUT_NAME
-    from .golden import pick_samples
-    from .polygraphy_golden import INPUTS_REL, OUTPUTS_REL, POLYGRAPHY_DIR, write_polygraphy_golden
+    from lkca_deploy.export import INPUT_NAME, OUTPUT_NAME
+    from lkca_deploy.polygraphy_golden import INPUTS_REL, OUTPUTS_REL, POLYGRAPHY_DIR, write_polygraphy_golden
+    from lkca_runtime.backends.trtexec import TensorRTSettings
+    from lkca_runtime.golden import pick_samples
 
     reference = np.asarray(ctx.reference)[pick_samples(len(ctx.x), opts.golden, opts.seed)]
     info = write_polygraphy_golden(bundle.path / POLYGRAPHY_DIR, golden.x, reference, input_name=INPUT_NAME,

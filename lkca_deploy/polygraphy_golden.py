@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .fsutil import atomic_write_text
+from lkca_runtime.fsutil import atomic_write_text
 
 POLYGRAPHY_DIR = "golden/polygraphy"
 INPUTS_REL = f"{POLYGRAPHY_DIR}/inputs.json"

@@ -61,7 +61,8 @@ def test_polygraphy_passes_the_fp32_onnx_with_the_bundles_golden_files(small_bun
     onnxrt = [c for c in commands if "--onnxrt" in c]
     assert len(onnxrt) == 1
     args = shlex.split(onnxrt[0])
-    run = subprocess.run([_polygraphy(), *args[1:]], cwd=bundle, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([_polygraphy(), *args[1:]], cwd=bundle, capture_output=True, text=True, timeout=300,
+                         check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"Passed: {golden['iterations']}/{golden['iterations']} iterations" in run.stdout + run.stderr
 

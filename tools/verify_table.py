@@ -37,7 +37,7 @@ def render(paths: list[Path]) -> str:
     columns, rows = [], {}
     for path in paths:
         doc = json.loads(path.read_text())
-        name = path.stem[len("verify-"):] if path.stem.startswith("verify-") else path.stem
+        name = path.stem.removeprefix("verify-")
         columns.append((name, (doc.get("machine") or {}).get("summary", "")))
         for check in doc.get("engines", []):
             rows.setdefault(check["engine"], {})[name] = _cell(check).replace("|", "\\|")

@@ -12,7 +12,7 @@ Part numbers: the Linux kernel's arch/arm64/include/asm/cputype.h.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 # The features of interest, in the order the one-line summaries print them.
 ARM_ISA_FLAGS = ("asimd", "fphp", "asimdhp", "asimddp", "asimdfhm", "i8mm", "bf16", "sve", "sve2", "svei8mm",
@@ -67,16 +67,16 @@ def is_arm_cpuinfo(text: str) -> bool:
     return "CPU implementer" in text
 
 
-def parse_arm_cpuinfo(text: str) -> Dict[str, Any]:
+def parse_arm_cpuinfo(text: str) -> dict[str, Any]:
     """{cpu_model, cpu_ids, features, isa_flags, logical_cores} from aarch64 /proc/cpuinfo text.
 
     cpu_model names each distinct core design, most numerous first ('ARM Cortex-A76 x4 + ARM Cortex-A55 x4' on a
     big.LITTLE board); cpu_ids: the distinct {implementer, part, variant, revision} as hex strings; features: every
     name in the Features lines (the kernel reports the set all cores share), sorted; isa_flags: those of
     ARM_ISA_FLAGS present."""
-    cores: List[Dict[str, str]] = []
+    cores: list[dict[str, str]] = []
     features: set = set()
-    current: Dict[str, str] = {}
+    current: dict[str, str] = {}
     for line in text.splitlines() + [""]:
         key, _, value = (part.strip() for part in line.partition(":"))
         if not key:  # a blank line ends a core's block
@@ -88,8 +88,8 @@ def parse_arm_cpuinfo(text: str) -> Dict[str, Any]:
             features.update(value.split())
         elif key in _ID_KEYS:
             current[_ID_KEYS[key]] = value.lower()
-    ids: List[Dict[str, str]] = []
-    counts: Dict[str, int] = {}
+    ids: list[dict[str, str]] = []
+    counts: dict[str, int] = {}
     for core in cores:
         if "part" not in core:
             continue
