@@ -2,7 +2,8 @@
 
 Two machines with the same fingerprint run an engine the same way, so a golden-sample check that passed on one
 holds on the other (records.py keys its results by it). It holds the CPU model and the ISA flags that pick
-kernels (lkca_runtime/machine.py), the GPUs (name, compute capability, driver), the backend library's version, and on
+kernels (lkca_runtime/machine.py; on aarch64 also each core design's MIDR fields and every Features name,
+lkca_runtime/arm_cpu.py), the GPUs (name, compute capability, driver), the backend library's version, and on
 a Jetson the L4T/JetPack release, power mode, whether clocks are locked and the DLA core count.
 
 Everything is read from files under `root` ("/" on a real machine; tests write a tree of fixture files in the
@@ -59,6 +60,8 @@ def machine_fingerprint(
         "arch": platform.machine(),
         "cpu_model": cpu["cpu_model"],
         "isa_flags": cpu["isa_flags"],
+        # aarch64: the core designs and every feature, so a result never crosses CPUs that differ in either
+        **({"cpu_ids": cpu["cpu_ids"], "cpu_features": cpu["features"]} if "cpu_ids" in cpu else {}),
         "gpus": gpu_fingerprint(machine_facts()["gpus"] if gpus is None else gpus),
         "backend": backend,
         "backend_version": version,

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from lkca_runtime.arm_cpu import is_arm_cpuinfo, parse_arm_cpuinfo
 from lkca_runtime.jetson import jetson_facts, jetson_summary
 
 ISA_FLAGS = (
@@ -29,9 +30,15 @@ ISA_FLAGS = (
     "amx_tile",
     "amx_int8",
     "amx_bf16",
+    "avx512_fp16",
+    "amx_fp16",
 )
 # Flags whose absence the one-line summary names: these decide whether INT8 (and BF16) can be fast on the CPU.
 _INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx")
+_ARM_NAMED_FLAGS = ("fphp", "asimddp", "i8mm", "bf16")  # aarch64: fp16 math, int8 dot/matrix, bf16
+# Arithmetic in a reduced precision, not just conversion (x86's f16c converts only).
+FP16_MATH_FLAGS = ("avx512_fp16", "amx_fp16", "fphp")
+BF16_MATH_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 # Distribution names to try per library (the GPU wheels of some have their own names).
 _DISTRIBUTIONS = {
@@ -55,7 +62,12 @@ def _read_text(path: str) -> str:
 
 
 def parse_cpuinfo(text: str) -> dict[str, Any]:
-    """CPU model, ISA flags of interest and physical core count from /proc/cpuinfo text (x86 layout)."""
+    """CPU model, ISA flags of interest and physical core count from /proc/cpuinfo text. The aarch64 layout
+    (arm_cpu.py) adds cpu_ids (each core design's MIDR fields) and features (every Features name)."""
+    if is_arm_cpuinfo(text):
+        arm = parse_arm_cpuinfo(text)
+        return {"cpu_model": arm["cpu_model"], "isa_flags": arm["isa_flags"], "physical_cores": arm["logical_cores"],
+                "cpu_ids": arm["cpu_ids"], "features": arm["features"]}
     model, flags, cores = "", set(), set()
     physical_id = ""
     for line in text.splitlines():
@@ -163,7 +175,8 @@ def isa_summary(facts: dict[str, Any] | None = None) -> str:
     """One line, e.g. 'AMD EPYC 7B13, 2 cores, avx2 fma f16c (no avx512_vnni, avx_vnni, amx)'."""
     facts = facts if facts is not None else machine_facts()
     present = _isa_groups(facts.get("isa_flags", []))
-    missing = [f for f in _INT8_FLAGS if f not in present]
+    arm = "asimd" in present
+    missing = [f for f in (_ARM_NAMED_FLAGS if arm else _INT8_FLAGS) if f not in present]
     line = f"{facts.get('cpu_model') or 'unknown CPU'}, {facts.get('usable_cores')} cores"
     line += f", {' '.join(present) or 'no AVX2/AVX-512'}"
     if missing:
@@ -181,10 +194,19 @@ def int8_hint(facts: dict[str, Any] | None = None) -> str:
     flags = set(facts.get("isa_flags", []))
     if "amx_int8" in flags:
         return "INT8 expected faster on CPU: AMX int8 tiles present."
+    if flags & {"asimddp", "i8mm"}:
+        which = " and ".join(sorted(flags & {"asimddp", "i8mm"}))
+        return f"INT8 expected faster on CPU: {which} present (Arm int8 dot product / matrix multiply)."
     if flags & {"avx512_vnni", "avx_vnni"}:
         which = " and ".join(sorted(flags & {"avx512_vnni", "avx_vnni"}))
         return f"INT8 expected faster on CPU: {which} present (U8S8 QDQ for ONNX Runtime)."
     return (
-        "INT8 may be no faster than FP32 on this CPU: no VNNI or AMX "
+        "INT8 may be no faster than FP32 on this CPU: no VNNI or AMX, nor Arm dot product "
         "(INT8 still shrinks the model; a GPU or a VNNI/AMX CPU is where it pays)."
     )
+
+
+def reduced_precision_math(isa_flags: list[str]) -> dict[str, bool]:
+    """{fp16, bf16}: whether the CPU computes in that precision natively (FP16_MATH_FLAGS, BF16_MATH_FLAGS)."""
+    flags = set(isa_flags)
+    return {"fp16": bool(flags & set(FP16_MATH_FLAGS)), "bf16": bool(flags & set(BF16_MATH_FLAGS))}
