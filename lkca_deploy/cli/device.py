@@ -53,7 +53,7 @@ def verify(
     threads: int | None = typer.Option(None, help="Inference threads."),
 ) -> None:
     """Re-prove engines on THIS machine with the bundle's golden samples (no torch, no data set); exit 1 when one
-    misses its tolerance. A TensorRT engine the bundle's trtexec script wrote is adopted only when it passes."""
+    misses its tolerance or raises (engines this machine cannot run are listed as refused, with the reason). A TensorRT engine the bundle's trtexec script wrote is adopted only when it passes."""
     from lkca_runtime.verify import verify_bundle
 
     result = verify_bundle(bundle, backend=backend, precision=precision, engine=engine, all_engines=all_engines,
@@ -62,7 +62,7 @@ def verify(
         echo_json(result.to_dict())
     else:
         typer.echo(verify_table(result))
-    if not result.passed:
+    if result.exit_code():
         raise typer.Exit(1)
 
 

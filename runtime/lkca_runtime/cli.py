@@ -25,8 +25,8 @@ def verify_table(result) -> str:
              (f"{'engine':<26} {'status':<8} {'agree':>7} {'max err':>9} {'mean err':>9} {'metric':>15} "
               f"{'s':>5}  tolerance")]
     for c in result.checks:
-        if c.status == "skipped":
-            lines.append(f"{c.engine:<26} {'skipped':<8} {c.reason}")
+        if c.status in ("skipped", "refused", "error"):
+            lines.append(f"{c.engine:<26} {c.status:<8} {c.reason}")
             continue
         m = c.metrics
         agree = m.get("agreement", m.get("pixel_agreement"))
@@ -113,7 +113,7 @@ def _verify(args) -> int:
     result = verify_bundle(args.bundle, backend=args.backend, precision=args.precision, engine=args.engine,
                            all_engines=args.all_engines, threads=args.threads)
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.as_json else verify_table(result))
-    return 0 if result.passed else 1
+    return result.exit_code()
 
 
 def _predict(args) -> int:

@@ -47,12 +47,12 @@ class EngineCheck:
     engine: str
     backend: str
     precision: str
-    status: str  # passed | failed | skipped
+    status: str  # passed | failed | skipped (backend not installed) | refused (cannot run here) | error (raised)
     metrics: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     tolerance: dict[str, float] = field(default_factory=dict)
     at_build: dict[str, Any] | None = None  # what it achieved on the same samples when the bundle was built
-    reason: str | None = None  # why it was skipped
+    reason: str | None = None  # why it was skipped or refused, or what it raised
     cached: bool = False  # taken from the device cache, not run now
     seconds: float = 0.0
 

@@ -49,9 +49,17 @@ def choose_engine(
     backend: str = AUTO,
     precision: str | None = None,
     status: Callable[[str], tuple[bool, str]] = backend_status,
+    unsuitable: Callable[[dict[str, Any]], str | None] | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The engine to load: see Predictor. `status(name)` says whether a backend is installed (tests pass their own)."""
+    """The engine to load: see Predictor. `status(name)` says whether a backend is installed (tests pass their own).
+    `unsuitable(engine)`: why this machine must pass an engine over (suitability.unsuitable), consulted whenever
+    the choice is automatic (no precision named); each engine passed over is appended to `skipped` as
+    (name, reason)."""
     from lkca_runtime.backends.registry import BACKENDS
+
+    if unsuitable is not None and (backend == AUTO or precision is None):
+        engines = _suitable(engines, unsuitable, skipped if skipped is not None else [])
 
     if not engines:
         raise UserError("the bundle has no engines: rebuild it with lkca-deploy pipeline")
@@ -119,6 +127,20 @@ def _best_of(engines, backend: str, precision: str | None, *, explicit: bool) ->
     engine = min(own, key=_speed_key)
     warnings.warn(f"the {backend} {precision} engine failed parity when the bundle was built", stacklevel=3)
     return engine
+
+
+def _suitable(engines, unsuitable, skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The engines this machine can take, fastest first within each backend; the others go to `skipped`."""
+    from lkca_runtime.engine_check import engine_name
+
+    kept = []
+    for engine in sorted(engines, key=_speed_key):
+        why = unsuitable(engine)
+        if why is None:
+            kept.append(engine)
+        else:
+            skipped.append((engine_name(engine), why))
+    return kept
 
 
 def _speed_key(engine: dict[str, Any]) -> tuple:
@@ -283,7 +305,7 @@ class Predictor:
         if backend == "tensorrt" and _device_builds(self.manifest):
             artifact = self._device_engine(precision, device)
         else:
-            self.engine = choose_engine(self.manifest.engines, backend, precision)  # hashed by verify_whole above
+            self.engine = self._choose(backend, precision)  # hashed by verify_whole above
             artifact = inside(self.bundle_dir, self.engine["artifact"])
         self.runner = get_loader(self.engine["backend"]).load(artifact, device=device, threads=threads)
         try:
@@ -317,6 +339,20 @@ class Predictor:
         self.verification = None
         self._check_input_shape()
         return self
+
+    def _choose(self, backend: str, precision: str | None) -> dict[str, Any]:
+        """choose_engine over the engines this machine can take (suitability.py); one warning line names the
+        engines passed over and why (also kept in self.skipped)."""
+        from lkca_runtime.engine_check import engine_name
+        from lkca_runtime.suitability import unsuitable
+
+        self.skipped: list[tuple[str, str]] = []
+        engine = choose_engine(self.manifest.engines, backend, precision, skipped=self.skipped,
+                               unsuitable=lambda e: unsuitable(self.bundle_dir, self.manifest, e))
+        if self.skipped:
+            warnings.warn(f"using {engine_name(engine)}; skipped "
+                          + "; ".join(f"{name} ({why})" for name, why in self.skipped), stacklevel=3)
+        return engine
 
     # -- proof on this machine
 

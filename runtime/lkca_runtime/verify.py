@@ -1,7 +1,9 @@
 """`verify` and `build-device`: prove a bundle's engines on this machine, torch-free.
 
 verify: the chosen engine (or every engine with --all) runs on the bundle's golden samples with numpy and one
-backend; engines of backends not installed here are listed as skipped with the reason. TensorRT engines are the
+backend. Every engine gets a result, none stops the others: passed or failed (its golden check), skipped (its
+backend is not installed here), refused (this machine cannot compute it as built, suitability.py) or error (it
+raised while loading or running; the message is kept). TensorRT engines are the
 ones valid on this device: the bundle's own when it was built on a machine like this, a cached device build, or
 one the bundle's trtexec script wrote, adopted into the cache only when it passes.
 build-device: build the TensorRT engines here from the bundle's ONNX with the script's settings, then prove them.
@@ -35,8 +37,22 @@ class BundleCheck:
 
     @property
     def passed(self) -> bool:
-        """Every engine that ran passed (skipped ones are listed, not failed)."""
-        return all(c.status != "failed" for c in self.checks)
+        """Every engine this machine claims to run passed: none failed or errored (skipped and refused ones are
+        listed with their reason, not failed)."""
+        return all(c.status not in ("failed", "error") for c in self.checks)
+
+    @property
+    def ran(self) -> bool:
+        """Whether any engine ran here (a bundle none of whose engines can run is the user's to hear about)."""
+        return any(c.status not in ("skipped", "refused") for c in self.checks)
+
+    def exit_code(self) -> int:
+        """0 when it passed, 1 when an engine failed or errored; UserError (exit 2) when no engine could run here.
+        Called after the result is printed, so the JSON is always there."""
+        if not self.ran:
+            raise UserError(f"no engine of {self.bundle} can run here: " + "; ".join(dict.fromkeys(
+                f"{c.engine}: {c.reason}" if c.status == "refused" else c.reason or "" for c in self.checks)))
+        return 0 if self.passed else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "passed": self.passed, "golden": self.golden, "machine": self.machine,
@@ -110,18 +126,29 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
                          {"summary": isa_summary(facts), "jetson": jetson_facts(), "versions": facts["versions"]})
     selected = select_engines(manifest, backend=backend, precision=precision, engine=engine,
                               all_engines=all_engines)
-    for e in selected:
-        installed, reason = backend_status(e["backend"])
-        if not installed:
-            result.checks.append(EngineCheck(engine_name(e), e["backend"], e["precision"], "skipped", reason=reason))
-        elif e["backend"] == TENSORRT and "onnx" in e:
-            result.checks.append(_tensorrt_check(bundle_dir, manifest, e, golden, cache))
-        else:
-            result.checks.append(verify_engine(bundle_dir, manifest, e, golden, threads=threads, cache=cache))
-    if not any(c.status != "skipped" for c in result.checks):
-        reasons = "; ".join(dict.fromkeys(c.reason or "" for c in result.checks))
-        raise UserError(f"no engine of {bundle_dir} can run here: {reasons}")
+    result.checks = [_check_engine(bundle_dir, manifest, e, golden, cache, threads) for e in selected]
     return result
+
+
+def _check_engine(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], golden: GoldenSet,
+                  cache: DeviceCache, threads: int | None) -> EngineCheck:
+    """One engine's result, whatever happens to it (see the module doc)."""
+    from lkca_runtime.suitability import refusal
+
+    name, backend, precision = engine_name(engine), engine["backend"], engine["precision"]
+    installed, reason = backend_status(backend)
+    if not installed:
+        return EngineCheck(name, backend, precision, "skipped", reason=reason)
+    try:
+        if backend == TENSORRT and "onnx" in engine:
+            return _tensorrt_check(bundle_dir, manifest, engine, golden, cache)
+        why = refusal(bundle_dir, manifest, engine)
+        if why is not None:
+            return EngineCheck(name, backend, precision, "refused", reason=why)
+        return verify_engine(bundle_dir, manifest, engine, golden, threads=threads, cache=cache)
+    except Exception as e:  # noqa: BLE001 -- kept as this engine's result: the others are still checked
+        message = " ".join(str(e).split()) or type(e).__name__
+        return EngineCheck(name, backend, precision, "error", reason=f"{type(e).__name__}: {message}")
 
 
 

@@ -145,14 +145,19 @@ def run_batched(
     run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, step: int, static: int | None = None
 ) -> np.ndarray:
     """`run` over `x` in batches of `step`; for an engine built for a static batch `static`, the last batch is
-    padded with zeros to that size and the padding's outputs are dropped."""
+    padded with zeros to that size and the padding's outputs are dropped. An engine that returns fewer rows than
+    it was given raises RuntimeError: a backend can fail that way without an exception of its own (OpenVINO's
+    fp16 MatMul on Arm, docs/device-proof.md)."""
     outputs = []
     for start in range(0, len(x), step):
         chunk = x[start : start + step]
         n = len(chunk)
         if static and n < static:
             chunk = np.concatenate([chunk, np.zeros((static - n, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(run(np.ascontiguousarray(chunk))[:n])
+        out = run(np.ascontiguousarray(chunk))
+        if len(out) < n:
+            raise RuntimeError(f"the engine returned output {tuple(out.shape)} for a batch of {len(chunk)}")
+        outputs.append(out[:n])
     return np.concatenate(outputs)
 
 

@@ -86,6 +86,24 @@ def inference_precision_hint(precision: str, capabilities: tuple[str, ...]) -> s
     return "f32"
 
 
+def load_hint(precision: str, built_hint: str | None, capabilities: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(the INFERENCE_PRECISION_HINT to compile with on this device, or None and why it cannot run it here).
+
+    bf16 needs the device's own bf16 arithmetic (x86 AVX512_BF16 or AMX; OpenVINO offers none on Arm CPUs): the
+    plugin would otherwise compute in f32, which is not the engine the bundle proved. An fp16 engine built to
+    compute in f16 is decided here as the build decides it (inference_precision_hint): f16 where this device has
+    FP16 arithmetic, else f32, at least as exact as the fp16 graph. Every other hint is kept as built.
+    """
+    if precision == "bf16" and "BF16" not in capabilities:
+        return None, (
+            f"bf16 needs bf16 arithmetic and OpenVINO's CPU plugin offers none here (its capabilities: "
+            f"{' '.join(capabilities) or 'none reported'}; x86 with avx512_bf16 or AMX has it)"
+        )
+    if precision == "fp16" and built_hint == "f16":
+        return inference_precision_hint(precision, capabilities), None
+    return built_hint, None
+
+
 def device_family(device: str) -> str:
     return device.split(".")[0].upper()
 
@@ -170,10 +188,19 @@ class OpenVinoLoader:
             return False, INSTALL_HINT
         return True, f"openvino {ov.get_version()} ({', '.join(ov.Core().available_devices)})"
 
+    def refusal(self, artifact: Path, *, device: str | None = None) -> str | None:
+        """Why this machine cannot run the engine as it was built (load_hint), or None."""
+        facts = read_sidecar(Path(artifact), NAME)
+        core = _ov().Core()
+        device = check_device(device or facts["device"], core.available_devices)
+        return load_hint(facts["precision"], facts["options"]["inference_precision_hint"],
+                         _capabilities(core, device))[1]
+
     def load(
         self, artifact: Path, *, device: str | None = None, threads: int | None = None, **options: Any
     ) -> OpenVinoRunner:
-        """Compile the IR with the sidecar's precision hint; refuse a device that would compute otherwise."""
+        """Compile the IR with the precision hint this device takes for it (load_hint); refuse a device that would
+        compute otherwise."""
         check_options(options, LOAD_OPTIONS, "openvino load")
         check_threads(threads)
         artifact = Path(artifact)
@@ -187,7 +214,10 @@ class OpenVinoLoader:
         performance_hint = _performance_hint(
             options.get("performance_hint", facts["options"]["performance_hint"])
         )
-        hint = facts["options"]["inference_precision_hint"]
+        hint, refused = load_hint(facts["precision"], facts["options"]["inference_precision_hint"],
+                                  _capabilities(core, device))
+        if refused:
+            raise UserError(f"{artifact.name} cannot run on {device} here: {refused}")
         config = _compile_config(core, device, hint, performance_hint)
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
