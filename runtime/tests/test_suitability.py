@@ -33,10 +33,10 @@ ENGINES = [engine("openvino", "bf16", 0.1), engine("openvino", "fp16", 0.2), eng
 
 
 def test_the_automatic_choice_passes_over_what_this_machine_refuses_and_says_why():
-    installed = lambda name: (True, "ok")  # noqa: E731
+    installed = lambda name: (True, "ok")
     reasons = {"openvino/bf16": "refused here: bf16 needs bf16 arithmetic",
                "openvino/fp16": "failed its golden check here: agreement = 0.1"}
-    unsuitable = lambda e: reasons.get(f"{e['backend']}/{e['precision']}")  # noqa: E731
+    unsuitable = lambda e: reasons.get(f"{e['backend']}/{e['precision']}")
     skipped = []
     chosen = choose_engine(ENGINES, status=installed, unsuitable=unsuitable, skipped=skipped)
     assert (chosen["backend"], chosen["precision"]) == ("openvino", "int8")
