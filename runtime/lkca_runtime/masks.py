@@ -12,7 +12,6 @@ The Predictor (numpy + one backend) and `evaluate` (PyTorch) share this code.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -90,7 +89,7 @@ def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     mask = np.empty((height, width), np.int32)
     starts = [0, *(np.flatnonzero(np.diff(lo)) + 1), height]
-    for start, end in itertools.pairwise(starts):
+    for start, end in zip(starts, starts[1:]):  # itertools.pairwise is 3.10+
         top = row(lo[start])
         step = row(hi[start]) - top
         for wide_key in [k for k in wide if k < lo[start]]:
