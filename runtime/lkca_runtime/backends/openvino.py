@@ -10,6 +10,7 @@ converted model, or a Q/DQ ONNX read directly.
 
 from __future__ import annotations
 
+import platform
 import queue
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,20 +87,32 @@ def inference_precision_hint(precision: str, capabilities: tuple[str, ...]) -> s
     return "f32"
 
 
-def load_hint(precision: str, built_hint: str | None, capabilities: tuple[str, ...]) -> tuple[str | None, str | None]:
+# OpenVINO's CPU plugin on Arm cannot create the f16 MatMul primitive of these models at batch > 1 (2026.4.1 on
+# Neoverse-N1: "could not create a primitive descriptor for the matmul primitive", or an empty output); it matches
+# openvinotoolkit/openvino#37180 (an f16 MatMul with a fused post-op on ARM). f32 computes right at every batch.
+_F16_MATMUL_BROKEN_ARCHES = ("aarch64", "arm64")
+
+
+def load_hint(precision: str, built_hint: str | None, capabilities: tuple[str, ...],
+              arch: str | None = None) -> tuple[str | None, str | None]:
     """(the INFERENCE_PRECISION_HINT to compile with on this device, or None and why it cannot run it here).
 
     bf16 needs the device's own bf16 arithmetic (x86 AVX512_BF16 or AMX; OpenVINO offers none on Arm CPUs): the
     plugin would otherwise compute in f32, which is not the engine the bundle proved. An fp16 engine built to
     compute in f16 is decided here as the build decides it (inference_precision_hint): f16 where this device has
-    FP16 arithmetic, else f32, at least as exact as the fp16 graph. Every other hint is kept as built.
+    FP16 arithmetic, else f32, at least as exact as the fp16 graph; on Arm CPUs f32 as well, since f16 MatMuls
+    fail there at batch > 1 (_F16_MATMUL_BROKEN_ARCHES). Every other hint is kept as built. `arch`: default this
+    machine's.
     """
+    arch = (arch or platform.machine()).lower()
     if precision == "bf16" and "BF16" not in capabilities:
         return None, (
             f"bf16 needs bf16 arithmetic and OpenVINO's CPU plugin offers none here (its capabilities: "
             f"{' '.join(capabilities) or 'none reported'}; x86 with avx512_bf16 or AMX has it)"
         )
     if precision == "fp16" and built_hint == "f16":
+        if arch in _F16_MATMUL_BROKEN_ARCHES:
+            return "f32", None
         return inference_precision_hint(precision, capabilities), None
     return built_hint, None
 
