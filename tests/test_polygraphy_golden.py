@@ -76,7 +76,7 @@ def test_readme_gives_a_tensorrt_command_per_recipe_and_major(small_bundle):
         lines = [c for c in trt if c.startswith(f"polygraphy run {build['onnx']} ")]
         assert lines, f"no polygraphy line for {build['onnx']}"
         for line in lines:
-            assert "--trt-max-shapes input:[32," in line and f"--load-outputs {OUTPUTS_REL}" in line
+            assert "--trt-max-shapes 'input:[32," in line and f"--load-outputs {OUTPUTS_REL}" in line
     int8 = [c for c in trt if "int8" in c.split()[2]]
     assert any("--int8" in c for c in int8) and any("--strongly-typed" in c for c in int8)  # TensorRT 10 and 11
     assert "# TensorRT 10" in text and "# TensorRT 11" in text
