@@ -120,9 +120,32 @@ def test_a_deliberately_broken_engine_is_refused(bundle_copy, tmp_path):
     Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(image)
     assert_user_error(run_cli("predict", bundle_copy, image, "--backend", "onnxruntime", "--precision", "int8",
                               check_exit=None), "failed its golden check", "top1_drop")
+    # Choosing for itself, the Predictor passes over the engines that failed here, and says so in one line.
+    with pytest.warns(UserWarning, match=r"skipped onnxruntime/int8-\S+ \(failed its golden check here: top1_drop"):
+        chosen = Predictor(bundle_copy, backend="onnxruntime")
+    with chosen:
+        assert chosen.engine["precision"] != "int8"
+        assert sorted(name for name, _ in chosen.skipped) == ["onnxruntime/int8-cpu", "onnxruntime/int8-tensorrt"]
     # verify="off" serves it anyway (the user asked).
     with Predictor(bundle_copy, backend="onnxruntime", precision="int8", verify="off") as p:
         assert p.verification is None
+
+
+def test_verify_all_keeps_an_engine_that_raises_as_its_result_and_checks_the_rest(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    weights = next(a["path"] for a in manifest["artifacts"]
+                   if a["path"].startswith("openvino/fp16/") and a["path"].endswith(".bin"))
+    data = bytearray((bundle_copy / weights).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle_copy / weights).write_bytes(bytes(data))
+    proc = run_cli("verify", bundle_copy, "--all", "--json", check_exit=1)
+    doc = json.loads(proc.stdout)
+    checks = {e["engine"]: e for e in doc["engines"]}
+    assert checks["openvino/fp16"]["status"] == "error" and "\n" not in checks["openvino/fp16"]["reason"]
+    assert "model.fp16.bin" in checks["openvino/fp16"]["reason"]
+    others = [e["status"] for name, e in checks.items() if name != "openvino/fp16" and e["backend"] != "tensorrt"]
+    assert len(others) == 7 and set(others) == {"passed"}
+    assert doc["passed"] is False
 
 
 def test_a_golden_file_altered_by_one_byte_is_refused(bundle_copy):
