@@ -93,8 +93,9 @@ fi
 [[ -d "$here/runtime" ]] || die "no runtime/ folder in $here"
 rm -rf "$ARM_ROOT/src/runtime" && mkdir -p "$ARM_ROOT/src" && cp -r "$here/runtime" "$ARM_ROOT/src/runtime"
 rm -rf "$ARM_ROOT/src/runtime/build" "$ARM_ROOT"/src/runtime/*.egg-info
-in_root max "$VENV/bin/pip" install --quiet --force-reinstall --no-deps "/src/runtime"
-in_root max "$VENV/bin/pip" install --quiet "/src/runtime[$ARM_EXTRAS]"
+# --no-build-isolation: the root's venv has setuptools, so building the runtime's wheel needs no download.
+in_root max "$VENV/bin/pip" install --quiet --no-build-isolation --force-reinstall --no-deps "/src/runtime"
+in_root max "$VENV/bin/pip" install --quiet --no-build-isolation "/src/runtime[$ARM_EXTRAS]"
 in_root max "$VENV/bin/python" -c 'import platform; print("python", platform.python_version())' \
     > "$out/versions.txt"
 in_root max "$VENV/bin/pip" list --format=freeze >> "$out/versions.txt"

@@ -12,8 +12,8 @@ The Predictor (numpy + one backend) and `evaluate` (PyTorch) share this code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Callable  # collections.abc.Callable[...] needs 3.9 at run time (RunLogits)
 
 import numpy as np
 
