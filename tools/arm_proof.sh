@@ -70,7 +70,8 @@ in_root() {
         install -D -m 644 "$HOST_CA" "$ROOT/etc/ssl/certs/host-ca.crt"
         if [[ -n "$CPUINFO" ]]; then mount --bind "$CPUINFO" "$ROOT/proc/cpuinfo"; fi
         for pair in $BIND; do mkdir -p "$ROOT${pair#*:}"; mount --bind "${pair%%:*}" "$ROOT${pair#*:}"; done
-        exec chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
+        # env -i clears the environment: QEMU_CPU must be named again, or every binary it starts runs as "max"
+        exec chroot "$ROOT" /usr/bin/env -i QEMU_CPU="$QEMU_CPU" PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
             PIP_CERT=/etc/ssl/certs/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
     ' in_root "$@"
 }
