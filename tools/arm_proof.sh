@@ -4,7 +4,7 @@
 #
 # Usage (as root, on a Debian/Ubuntu x86 host that reaches Debian's mirror and PyPI):
 #   apt-get install -y mmdebstrap qemu-user-static binfmt-support
-#   tools/arm_proof.sh BUNDLE OUT_DIR            # builds the arm64 root once (~10 min), then verifies per CPU
+#   tools/arm_proof.sh BUNDLE OUT_DIR            # builds the arm64 root once (25 min on a busy 2-core host), then verifies per CPU
 #   tools/arm_proof.sh --root-only               # only build (or refresh) the cached root
 # Environment: ARM_ROOT (the cached root, default /var/tmp/lkca-arm-root), ARM_SUITE (default bookworm),
 #   ARM_CPUS (QEMU CPU models, default "neoverse-n1 cortex-a72"), ARM_EXTRAS (default "onnxruntime,openvino").
