@@ -130,11 +130,11 @@ def _best_of(engines, backend: str, precision: str | None, *, explicit: bool) ->
 
 
 def _suitable(engines, unsuitable, skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """The engines this machine can take, fastest first within each backend; the others go to `skipped`."""
+    """The engines this machine can take, in the bundle's order; the others go to `skipped`."""
     from lkca_runtime.engine_check import engine_name
 
     kept = []
-    for engine in sorted(engines, key=_speed_key):
+    for engine in engines:
         why = unsuitable(engine)
         if why is None:
             kept.append(engine)
