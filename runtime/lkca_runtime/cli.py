@@ -126,7 +126,14 @@ def _predict(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"{PROG}: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # e.g. the engines the Predictor passed over, as one line
     try:
         args = _parser().parse_args(argv)
         code = _verify(args) if args.command == "verify" else _predict(args)
