@@ -105,11 +105,11 @@ in_root max "$VENV/bin/pip" list --format=freeze >> "$out/versions.txt"
 cpuinfo_for() {
     local cpu=$1 midr
     case "$cpu" in
-        neoverse-n1) midr="0x41 0x3 0xd0c 0x1" ;;
-        cortex-a72) midr="0x41 0x0 0xd08 0x3" ;;
-        cortex-a76) midr="0x41 0x4 0xd0b 0x1" ;;
-        cortex-a57) midr="0x41 0x1 0xd07 0x1" ;;
-        cortex-a53) midr="0x41 0x0 0xd03 0x4" ;;
+        neoverse-n1) midr="0x41 0x3 0xd0c 1" ;;
+        cortex-a72) midr="0x41 0x0 0xd08 3" ;;
+        cortex-a76) midr="0x41 0x4 0xd0b 1" ;;
+        cortex-a57) midr="0x41 0x1 0xd07 1" ;;
+        cortex-a53) midr="0x41 0x0 0xd03 4" ;;
         *) die "no MIDR known for QEMU CPU $cpu (add it to cpuinfo_for)" ;;
     esac
     CPUINFO="" in_root "$cpu" /usr/bin/python3 - "$(nproc)" $midr <<'PY'
