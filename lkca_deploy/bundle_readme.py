@@ -36,13 +36,13 @@ def achieved_errors(engines: Sequence[Mapping[str, Any]]) -> dict[str, list[floa
 
 
 def tensorrt_lines(bundle_dir: Path, build: Mapping[str, Any], tolerance: Mapping[str, float]) -> list[str]:
-    """'# TensorRT N' and its command per TensorRT major the script knows, for one device-build recipe."""
+    """'# TensorRT N' and its command per TensorRT major the recipe's trtexec script has a line for."""
     from lkca_runtime.backends.base import load_onnx, onnx_precision
     from lkca_runtime.backends.trtexec import (
-        SCRIPT_VERSIONS,
         TensorRTSettings,
         precision_plan,
         profile_shapes,
+        script_versions,
     )
     from lkca_runtime.onnx_io import input_spec
 
@@ -51,7 +51,7 @@ def tensorrt_lines(bundle_dir: Path, build: Mapping[str, Any], tolerance: Mappin
     settings = TensorRTSettings.from_dict(build["settings"])
     cache = build.get("calib_cache")
     lines = []
-    for major, version in sorted(SCRIPT_VERSIONS.items()):
+    for major, version in sorted(script_versions(build.get("min_tensorrt")).items(), key=lambda mv: int(mv[0])):
         try:
             plan = precision_plan(settings.precision, version, onnx_precision=onnx_precision(model),
                                   calib_cache=bool(cache), dla=settings.dla_core is not None)

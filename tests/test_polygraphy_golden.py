@@ -80,3 +80,4 @@ def test_readme_gives_a_tensorrt_command_per_recipe_and_major(small_bundle):
     int8 = [c for c in trt if "int8" in c.split()[2]]
     assert any("--int8" in c for c in int8) and any("--strongly-typed" in c for c in int8)  # TensorRT 10 and 11
     assert "# TensorRT 10" in text and "# TensorRT 11" in text
+    assert "# TensorRT 8" in text  # small_bundle's recipes are written for JetPack 5 (TensorRT 8.5), as its script

@@ -295,9 +295,7 @@ def write_trtexec_script(onnx_path: Path, settings: TensorRTSettings, *, engine_
     if settings.timing_cache is None:
         settings = replace(settings, timing_cache=f"{engine_path.stem}.timing.cache")
     needed = min_tensorrt_of(load_onnx(onnx_path))
-    versions = dict(SCRIPT_VERSIONS)
-    if needed and parse_version(needed)[0] < 10:
-        versions[str(parse_version(needed)[0])] = needed
+    versions = script_versions(needed)
     lines = {major: _script_line(onnx_path, settings, engine_path, version) for major, version in versions.items()}
     what = recipe_name({"precision": settings.precision, "onnx": onnx_path.name})
     gate = "" if not needed else f"""if [ -n "$TRT_VERSION" ] && [ "$(printf '%s\\n' {needed} "$TRT_VERSION" | sort -V | head -n 1)" != {needed} ]; then
@@ -330,6 +328,15 @@ fi
     atomic_write_text(target, script)
     target.chmod(target.stat().st_mode | 0o111)
     return target
+
+
+def script_versions(needed: str | None) -> dict[str, str]:
+    """major -> the TensorRT version a script line is written for: SCRIPT_VERSIONS, plus the TensorRT 8 the ONNX
+    was made for when it parses there (`needed`: min_tensorrt_of the ONNX)."""
+    versions = dict(SCRIPT_VERSIONS)
+    if needed and parse_version(needed)[0] < 10:
+        versions[str(parse_version(needed)[0])] = needed
+    return versions
 
 
 def _script_line(onnx_path: Path, settings: TensorRTSettings, engine_path: Path, version: str) -> str:
