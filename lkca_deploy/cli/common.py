@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import typer
+
+from lkca_runtime.cli import strict_json
 
 app = typer.Typer(
     name="lkca-deploy",
@@ -22,18 +22,7 @@ SCALE_HELP = "With --slide: resize factor before sliding (default: short side = 
 
 
 def echo_json(obj) -> None:
-    """Strict JSON on stdout: a NaN or infinite figure is null (a bare NaN is not JSON; parsers refuse it)."""
-    typer.echo(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False))
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    typer.echo(strict_json(obj))
 
 
 def warn(message: str) -> None:

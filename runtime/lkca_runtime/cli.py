@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,21 @@ from typing import Any
 from lkca_runtime.errors import UserError
 
 PROG = "lkca-runtime"
+
+
+def strict_json(obj) -> str:
+    """JSON that every parser reads: a NaN or infinite figure is null (a bare NaN is not JSON)."""
+    return json.dumps(_finite(obj), indent=2, default=str, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def verify_table(result) -> str:
@@ -112,7 +128,7 @@ def _verify(args) -> int:
 
     result = verify_bundle(args.bundle, backend=args.backend, precision=args.precision, engine=args.engine,
                            all_engines=args.all_engines, threads=args.threads)
-    print(json.dumps(result.to_dict(), indent=2, default=str) if args.as_json else verify_table(result))
+    print(strict_json(result.to_dict()) if args.as_json else verify_table(result))
     return result.exit_code()
 
 
@@ -122,7 +138,7 @@ def _predict(args) -> int:
 
     results = predict(args.bundle, args.images, args.backend, args.top_k, args.save_mask, precision=args.precision,
                       slide=cli_slide(args.slide, args.stride, args.scale), verify=args.verify)
-    print(json.dumps(results, indent=2, default=str) if args.as_json else "\n".join(prediction_lines(results)))
+    print(strict_json(results) if args.as_json else "\n".join(prediction_lines(results)))
     return 0
 
 

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from lkca_runtime.onnx_io import InputSpec
 
 INSTALL_HINT = (
-    "TensorRT is not installed: pip install lkca-deploy[tensorrt] (x86) or use JetPack's TensorRT on a Jetson"
+    "TensorRT is not installed: pip install tensorrt (or pip install lkca-deploy[tensorrt] with the toolkit) on "
+    "x86, or JetPack's TensorRT on a Jetson"
 )
 CUDA_HINT = "running TensorRT from Python needs cuda-python (pip install cuda-python) or PyTorch with CUDA"
 LOAD_OPTIONS = ()
