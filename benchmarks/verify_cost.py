@@ -1,4 +1,4 @@
-"""What serving a bundle only whole costs (docs/reliability.md): bundle.verify_whole (no unlisted file,
+"""What serving a bundle only whole costs (docs/reliability.md): bundle.require_whole (no unlisted file,
 every size, every sha256) against checking the chosen engine's files only, and the Predictor's whole load.
 
 Interleaved rounds, medians; the machine's facts and load are printed beside the table.
@@ -28,15 +28,15 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
-    from lkca_runtime.bundle import engine_files, read_manifest, verify_artifacts, verify_whole
+    from lkca_runtime.bundle import engine_files, read_manifest, require_hashes, require_whole
     from lkca_runtime.predictor import Predictor, choose_engine
 
     manifest = read_manifest(args.bundle)
     engine = choose_engine(manifest.engines, args.backend, args.precision)
     files = [p for p in args.bundle.rglob("*") if p.is_file()]
     steps = {
-        "whole bundle (verify_whole)": lambda: verify_whole(args.bundle, manifest),
-        "engine files only (the old check)": lambda: verify_artifacts(args.bundle, manifest,
+        "whole bundle (require_whole)": lambda: require_whole(args.bundle, manifest),
+        "engine files only (the old check)": lambda: require_hashes(args.bundle, manifest,
                                                                       engine_files(manifest, engine)),
         "Predictor load (whole check + engine)": lambda: Predictor(
             args.bundle, backend=args.backend, precision=args.precision, verify="off").close(),

@@ -28,6 +28,7 @@ from lkca_deploy.proof import (
 )
 from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET
 from lkca_runtime.backends.registry import BACKENDS
+from lkca_runtime.bundle import engine_name
 from lkca_runtime.errors import UserError
 
 DEFAULT_BACKENDS = BACKENDS  # every backend: those not installed are skipped with their reason
@@ -187,13 +188,13 @@ def _polygraphy_golden(ctx: EvalContext, golden, bundle, opts: PipelineOptions) 
 
 def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptions) -> dict | None:
     """What an engine achieved on the golden samples here, and the tolerance the device must meet."""
-    from lkca_runtime.engine_check import check_runner
     from lkca_runtime.golden import tolerance_for
+    from lkca_runtime.verify_engine import verify_runner
 
     if golden is None:
         return None
     tolerance = tolerance_for(task, precision, opts.thresholds, golden.samples)
-    achieved = check_runner(runner, golden, precision, tolerance)
+    achieved = verify_runner(runner, golden, precision, tolerance)
     return {"achieved": achieved, "tolerance": tolerance}
 
 
@@ -288,7 +289,7 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
         for precision in dict.fromkeys(precisions):
             onnx_path, lowering = _export_for(exports, backend, precision)
             for quantizer in (be.int8_flavors if precision == "int8" else (None,)):
-                folder = work / backend / f"{precision}{'-' + quantizer if quantizer else ''}"
+                folder = work / engine_name({"backend": backend, "precision": precision, "quantizer": quantizer})
                 folder.mkdir(parents=True)
                 result = build_engine(onnx_path, backend, precision, folder / f"model.{precision}{be.artifact_suffix}",
                                       flavor=quantizer, calib=ctx.calib if precision == "int8" else None)
@@ -305,7 +306,7 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
 
     results = []
     for item in engines:
-        rel_dir = f"{item.backend}/{item.precision}{'-' + item.quantizer if item.quantizer else ''}"
+        rel_dir = engine_name(vars(item))
         for f in item.extra_files:
             bundle.add_file(f, f"{rel_dir}/{f.name}", _kind_of(f))
         if item.skipped:
@@ -419,7 +420,7 @@ def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -
 
     if item.backend != "tensorrt":
         return None
-    rel_dir = f"{item.backend}/{item.precision}{'-' + item.quantizer if item.quantizer else ''}"
+    rel_dir = engine_name(vars(item))
     names = [f.name for f in item.extra_files]
     # The baked ONNX build_engine wrote beside the engine (<engine stem>.<precision>.onnx).
     onnx = next((n for n in names if n.endswith(f".{item.precision}.onnx")), None)

@@ -140,12 +140,12 @@ def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=No
     """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.reports.contract import EngineResult, Report
-    from lkca_runtime.bundle import check_engine_precision, read_manifest, verify_whole
+    from lkca_runtime.bundle import check_engine_precision, read_manifest, require_whole
     from lkca_runtime.metrics import Thresholds
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    verify_whole(bundle_dir, manifest)  # the checkpoint, the reference of every verdict, included
+    require_whole(bundle_dir, manifest)  # the checkpoint, the reference of every verdict, included
     ctx = EvalContext.load(bundle_dir / "checkpoint", data, data_root=data_root, download=download,
                            logits=manifest.extra.get("logits"))
     task, results = manifest.task, []
@@ -198,7 +198,7 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
     Predictor per stage on its data set's test images, where that data set can be read here; else "e2e_note")."""
     from lkca_deploy.backends.registry import get_backend
     from lkca_runtime.backends.base import sidecar_path
-    from lkca_runtime.bundle import read_manifest, verify_whole
+    from lkca_runtime.bundle import read_manifest, require_whole
     from lkca_runtime.errors import UserError
     from lkca_runtime.fsutil import json_loads
     from lkca_runtime.limits import check_fits
@@ -206,7 +206,7 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
     targets: list[tuple[str, Path, str, Path | None]] = []  # (backend, artifact, precision, bundle)
     for path in map(Path, paths):
         if path.is_dir():
-            verify_whole(path, read_manifest(path))
+            require_whole(path, read_manifest(path))
             targets += [(e["backend"], path / e["artifact"], e["precision"], path)
                         for e in read_manifest(path).engines]
             continue

@@ -1,4 +1,4 @@
-"""BundleWriter, read_manifest and verify_artifacts on small real files (no models needed)."""
+"""BundleWriter, read_manifest and require_hashes on small real files (no models needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lkca_deploy.bundle import BundleWriter
-from lkca_runtime.bundle import FORMAT, MANIFEST, engine_files, read_manifest, safe_relpath, verify_artifacts
+from lkca_runtime.bundle import FORMAT, MANIFEST, engine_files, read_manifest, require_hashes, safe_relpath
 from lkca_runtime.errors import UserError
 from lkca_runtime.spec import PreprocessSpec
 
@@ -76,7 +76,7 @@ def test_manifest_lists_every_file_with_its_hash(tmp_path):
     assert (
         manifest.task == "classification" and manifest.spec == SPEC and manifest.extra == {"data": "digits"}
     )
-    verify_artifacts(out, manifest)
+    require_hashes(out, manifest)
     assert _leftovers(tmp_path, "bundle") == []
 
 
@@ -87,7 +87,7 @@ def test_existing_target_needs_force_and_force_replaces(tmp_path):
     assert (out / "onnx" / "model.onnx").read_bytes() == b"first"
     _write_bundle(out, force=True, payload=b"second")
     assert (out / "onnx" / "model.onnx").read_bytes() == b"second"
-    verify_artifacts(out, read_manifest(out))
+    require_hashes(out, read_manifest(out))
     assert _leftovers(tmp_path, "b") == []
 
 
@@ -187,12 +187,12 @@ def test_verify_names_the_altered_or_missing_file(tmp_path):
     with pytest.raises(
         UserError, match=r"^bundle file onnx/model.onnx was altered \(sha256 mismatch\): rebuild"
     ):
-        verify_artifacts(out, manifest)
+        require_hashes(out, manifest)
     model.unlink()
     with pytest.raises(UserError, match="bundle file onnx/model.onnx is missing"):
-        verify_artifacts(out, manifest, ["onnx/model.onnx"])
+        require_hashes(out, manifest, ["onnx/model.onnx"])
     with pytest.raises(UserError, match="lists no file other.onnx"):
-        verify_artifacts(out, manifest, ["other.onnx"])
+        require_hashes(out, manifest, ["other.onnx"])
 
 
 def test_symlink_out_of_the_bundle_is_refused(tmp_path):
@@ -202,7 +202,7 @@ def test_symlink_out_of_the_bundle_is_refused(tmp_path):
     (out / "onnx" / "model.onnx").unlink()
     os.symlink(outside, out / "onnx" / "model.onnx")
     with pytest.raises(UserError, match="links outside the bundle"):
-        verify_artifacts(out, read_manifest(out))
+        require_hashes(out, read_manifest(out))
 
 
 def test_read_manifest_refuses_what_is_not_a_bundle(tmp_path):

@@ -15,9 +15,9 @@ from lkca_runtime.bundle import read_manifest
 from lkca_runtime.device_build import (
     _remove_script_output,
     build_arguments,
+    build_key,
     choose_build,
     device_builds,
-    engine_key,
     gpu_driver,
     script_engine,
 )
@@ -74,13 +74,13 @@ def test_the_device_builds_with_the_settings_the_script_carries(small_bundle, tm
 
 def test_every_fact_of_the_key_makes_another_engine():
     build = {"settings": TensorRTSettings("fp16").to_dict()}
-    base = engine_key(build, HERE, "ab" * 32)
-    assert engine_key(build, dict(HERE), "ab" * 32) == base
+    base = build_key(build, HERE, "ab" * 32)
+    assert build_key(build, dict(HERE), "ab" * 32) == base
     for fact, value in (("gpu_name", "Xavier"), ("compute_capability", "7.2"), ("tensorrt_version", "10.7.0"),
                         ("driver", "L4T 36.3.0")):
-        assert engine_key(build, {**HERE, fact: value}, "ab" * 32) != base, fact
-    assert engine_key(build, HERE, "cd" * 32) != base
-    assert engine_key({"settings": TensorRTSettings("fp16", max_batch=8).to_dict()}, HERE, "ab" * 32) != base
+        assert build_key(build, {**HERE, fact: value}, "ab" * 32) != base, fact
+    assert build_key(build, HERE, "cd" * 32) != base
+    assert build_key({"settings": TensorRTSettings("fp16", max_batch=8).to_dict()}, HERE, "ab" * 32) != base
 
 
 def test_driver_from_nvidia_smi_else_the_l4t_release(tmp_path):
@@ -110,8 +110,8 @@ def test_an_engine_the_script_wrote_is_found_and_removed_from_the_bundle_once_ad
 @pytest.mark.skipif(not has_tensorrt(), reason="TensorRT is not installed here (it needs an NVIDIA GPU: "
                                                "pip install tensorrt, or JetPack on a Jetson)")
 def test_build_on_this_device_then_the_cache_serves_it(small_bundle, tmp_path):
+    from lkca_runtime.bundle import engine_name
     from lkca_runtime.device_build import here_facts
-    from lkca_runtime.engine_check import engine_name
     from lkca_runtime.predictor import Predictor
     from lkca_runtime.records import DeviceCache
     from lkca_runtime.verify import build_device_engines
@@ -122,7 +122,7 @@ def test_build_on_this_device_then_the_cache_serves_it(small_bundle, tmp_path):
     assert [c.status for c in checks] == ["passed"], [c.failures for c in checks]
     manifest = read_manifest(bundle)
     build = choose_build(manifest, "fp16")
-    key = engine_key(build, here_facts(), manifest.artifact(build["onnx"])["sha256"])
+    key = build_key(build, here_facts(), manifest.artifact(build["onnx"])["sha256"])
     cache = DeviceCache(bundle)
     folder = cache.find_engine(engine_name(build), key)
     assert folder is not None and json.loads((folder / "entry.json").read_text())["check"]["status"] == "passed"

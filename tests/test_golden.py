@@ -7,8 +7,8 @@ from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import sha256_file
 from lkca_runtime.golden import (
     compact_segmentation_reference,
-    compare,
     golden_metrics,
+    judge_outputs,
     make_golden,
     pick_samples,
     read_golden,
@@ -84,7 +84,7 @@ def test_exact_outputs_pass_every_precision_and_numbers_are_right():
     ref = golden.reference["ref_logits"]
     for precision in ("fp32", "fp16", "bf16", "int8"):
         tol = tolerance_for("classification", precision, None, golden.samples)
-        result = compare(golden, ref, precision, tol)
+        result = judge_outputs(golden, ref, precision, tol)
         assert result["passed"], (precision, result["failures"])
     m = golden_metrics(golden, ref + 0.25)
     assert m["agreement"] == 1.0 and m["max_abs_err"] == pytest.approx(0.25, abs=1e-6)
@@ -107,10 +107,10 @@ def test_one_miss_passes_fp16_two_fail_and_fp32_wants_all():
     ref = golden.reference["ref_logits"]
     one, two = flip(ref, [0]), flip(ref, [0, 1])
     tol16 = tolerance_for("classification", "fp16", None, golden.samples)
-    assert compare(golden, one, "fp16", tol16)["passed"]
-    failed = compare(golden, two, "fp16", tol16)
+    assert judge_outputs(golden, one, "fp16", tol16)["passed"]
+    failed = judge_outputs(golden, two, "fp16", tol16)
     assert not failed["passed"] and "agreement = 0.96875" in failed["failures"][0]
-    assert not compare(golden, one, "fp32", tolerance_for("classification", "fp32", None, 64))["passed"]
+    assert not judge_outputs(golden, one, "fp32", tolerance_for("classification", "fp32", None, 64))["passed"]
 
 
 def test_outputs_of_another_model_are_a_user_error():
@@ -153,8 +153,8 @@ def test_segmentation_metrics_on_masks():
     assert m["pixel_agreement"] == pytest.approx(1 - 1 / (6 * 16 * 16))
     assert m["disagreeing_margin_max"] == pytest.approx(float(golden.reference["ref_margin"][0, 5, 5]))
     tol = tolerance_for("segmentation", "fp32", None, 6)
-    assert compare(golden, moved, "fp32", tol)["passed"]  # 0.9993 >= 0.999
-    broken = compare(golden, logits[:, ::-1].copy(), "fp32", tol)
+    assert judge_outputs(golden, moved, "fp32", tol)["passed"]  # 0.9993 >= 0.999
+    broken = judge_outputs(golden, logits[:, ::-1].copy(), "fp32", tol)
     assert not broken["passed"] and "pixel_agreement" in broken["failures"][0]
 
 
@@ -170,4 +170,4 @@ def test_grid_logits_are_scored_after_the_one_upsample_to_the_masks(tmp_path):
     again = read_golden(tmp_path / "g.npz", write_golden(golden, tmp_path / "g.npz"))
     exact = golden_metrics(again, logits)
     assert exact["miou"] == 1.0 and exact["pixel_agreement"] == 1.0 and exact["pixels"] == 6 * 16 * 16
-    assert not compare(again, logits[:, ::-1].copy(), "fp32", tolerance_for("segmentation", "fp32", None, 6))["passed"]
+    assert not judge_outputs(again, logits[:, ::-1].copy(), "fp32", tolerance_for("segmentation", "fp32", None, 6))["passed"]

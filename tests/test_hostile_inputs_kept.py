@@ -65,7 +65,7 @@ def test_an_output_onto_its_own_input_is_refused_and_the_input_kept(tmp_path):
 
 
 def test_an_output_inside_a_bundle_is_refused_and_the_bundle_still_serves(cls_bundle, seg_bundle, tmp_path):
-    from lkca_runtime.bundle import read_manifest, verify_whole
+    from lkca_runtime.bundle import read_manifest, require_whole
 
     model = mean_classifier(tmp_path / "M.onnx")
     image = _gray_pngs(tmp_path / "images", 1)[0]
@@ -75,7 +75,7 @@ def test_an_output_inside_a_bundle_is_refused_and_the_bundle_still_serves(cls_bu
     assert_one_line(cli("predict", seg_bundle, image, "--save-mask", seg_bundle), "input")
     assert_one_line(cli("predict", seg_bundle, image, "--save-mask", seg_bundle / "masks"), "inside the bundle")
     for bundle in (cls_bundle, seg_bundle):
-        verify_whole(bundle, read_manifest(bundle))  # nothing was added: it still serves
+        require_whole(bundle, read_manifest(bundle))  # nothing was added: it still serves
 
 
 def test_a_mask_never_replaces_the_image_it_comes_from(seg_bundle, tmp_path):

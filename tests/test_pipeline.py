@@ -9,7 +9,7 @@ import pytest
 from cli_runner import assert_user_error, run_cli
 
 from lkca_deploy.reports.render import validate_report_dict
-from lkca_runtime.bundle import read_manifest, verify_artifacts
+from lkca_runtime.bundle import read_manifest, require_hashes
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_fp32_engines_match_pytorch(bundle):
 def test_bundle_manifest_hashes_every_file(bundle):
     out, _ = bundle
     manifest = read_manifest(out)
-    verify_artifacts(out, manifest)  # raises on any mismatch
+    require_hashes(out, manifest)  # raises on any mismatch
     kinds = {a["kind"] for a in manifest.artifacts}
     assert {"onnx", "openvino-ir", "openvino-weights", "checkpoint", "report", "trtexec"} <= kinds
     assert any(a["path"].endswith(".cache") for a in manifest.artifacts)  # TensorRT calibration cache

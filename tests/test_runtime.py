@@ -335,7 +335,7 @@ def cls_copy(bundles, tmp_path) -> Path:
 
 
 def test_an_altered_file_anywhere_in_the_bundle_is_named(cls_copy):
-    """A bundle serves whole or not at all (bundle.verify_whole): a changed OpenVINO file stops the onnxruntime
+    """A bundle serves whole or not at all (bundle.require_whole): a changed OpenVINO file stops the onnxruntime
     engine too, since someone changed the bundle."""
     weights = cls_copy / "openvino" / "model.fp32.bin"
     data = weights.read_bytes()

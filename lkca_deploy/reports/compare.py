@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lkca_deploy.reports.contract import validate_report_dict
+from lkca_runtime.bundle import engine_name
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import json_loads
 
@@ -99,7 +100,7 @@ def load_report(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any],
 def _report_in_dir(folder: Path) -> Path:
     if (folder / REPORT_FILE).is_file():
         return folder / REPORT_FILE
-    from lkca_runtime.bundle import MANIFEST, read_manifest, verify_artifacts
+    from lkca_runtime.bundle import MANIFEST, read_manifest, require_hashes
 
     if not (folder / MANIFEST).is_file():
         raise UserError(f"{folder} holds neither {REPORT_FILE} nor a bundle manifest")
@@ -107,7 +108,7 @@ def _report_in_dir(folder: Path) -> Path:
     rel = next((a["path"] for a in manifest.artifacts if a["path"].endswith(f"/{REPORT_FILE}")), None)
     if rel is None:
         raise UserError(f"bundle {folder} has no {REPORT_FILE} in its manifest")
-    verify_artifacts(folder, manifest, [rel])  # a report edited after the bundle was written is refused
+    require_hashes(folder, manifest, [rel])  # a report edited after the bundle was written is refused
     return folder / rel
 
 
@@ -238,15 +239,15 @@ def _cost_changes(base: Mapping, new: Mapping, t: CompareThresholds) -> list[Cha
 # Matching engines and machines.
 
 
-def engine_key(engine: Mapping[str, Any]) -> tuple[str, str, str, str]:
+def match_key(engine: Mapping[str, Any]) -> tuple[str, str, str, str]:
     quantizer = (engine.get("extra") or {}).get("quantizer") or ""
     return (engine["backend"], engine["precision"], quantizer, engine["lowering"])
 
 
-def engine_label(key: tuple[str, str, str, str]) -> str:
+def match_name(key: tuple[str, str, str, str]) -> str:
     """e.g. "openvino/int8-nncf/matmul": the bundle's folder name for the engine, and its lowering."""
     backend, precision, quantizer, lowering = key
-    return f"{backend}/{precision}{'-' + quantizer if quantizer else ''}/{lowering}"
+    return f"{engine_name({'backend': backend, 'precision': precision, 'quantizer': quantizer})}/{lowering}"
 
 
 def _ran_engines(report: Mapping[str, Any]) -> dict[tuple, Mapping[str, Any]]:
@@ -254,17 +255,17 @@ def _ran_engines(report: Mapping[str, Any]) -> dict[tuple, Mapping[str, Any]]:
     for e in report["engines"]:
         if e["status"] == "skipped":
             continue
-        key = engine_key(e)
+        key = match_key(e)
         n = 2
         while key in engines:  # the same engine twice in one report: keep both, in order
-            key = (*engine_key(e)[:3], f"{e['lowering']}#{n}")
+            key = (*match_key(e)[:3], f"{e['lowering']}#{n}")
             n += 1
         engines[key] = e
     return engines
 
 
 def _skip_reasons(report: Mapping[str, Any]) -> dict[tuple, str]:
-    return {engine_key(e): e.get("reason") or "" for e in report["engines"] if e["status"] == "skipped"}
+    return {match_key(e): e.get("reason") or "" for e in report["engines"] if e["status"] == "skipped"}
 
 
 def _gpu_names(machine: Mapping[str, Any]) -> list[str]:
@@ -497,7 +498,7 @@ def compare(
         changes = _accuracy_changes(b, n, task, t) + _latency_changes(b, n, t, gated) + _cost_changes(b, n, t)
         failures = list((n.get("parity") or {}).get("failures") or []) if n["status"] == "failed" else []
         unjudged = "" if n.get("parity") else "the new report has no parity figures for it: it cannot be judged"
-        compared.append(EngineComparison(engine_label(key), key, (b["status"], n["status"]), changes, failures,
+        compared.append(EngineComparison(match_name(key), key, (b["status"], n["status"]), changes, failures,
                                          unjudged))
     return Comparison(
         task=task,
@@ -509,7 +510,7 @@ def compare(
         only_in_base=_unmatched(base_engines, new_engines, _skip_reasons(new_doc), "new"),
         only_in_new=_unmatched(new_engines, base_engines, _skip_reasons(base_doc), "base"),
         notes=_notes(base_doc, new_doc),
-        lost=[engine_label(key) for key in base_engines if key not in new_engines],
+        lost=[match_name(key) for key in base_engines if key not in new_engines],
     )
 
 
@@ -531,7 +532,7 @@ def _unmatched(these: Mapping, others: Mapping, other_skips: Mapping[tuple, str]
         if key in others:
             continue
         reason = other_skips.get(key)
-        lines.append(engine_label(key) + (f" (skipped in {other}: {reason})" if reason is not None else ""))
+        lines.append(match_name(key) + (f" (skipped in {other}: {reason})" if reason is not None else ""))
     return lines
 
 

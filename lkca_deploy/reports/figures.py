@@ -38,7 +38,7 @@ def precision_label(engine: EngineResult) -> str:
     return f"{engine.precision} ({quantizer})" if quantizer else engine.precision
 
 
-def engine_label(engine: EngineResult) -> str:
+def legend_label(engine: EngineResult) -> str:
     """e.g. "openvino int8 (nncf), matmul": what the legend and tick labels call an engine."""
     return f"{engine.backend} {precision_label(engine)}, {engine.lowering}"
 
@@ -114,7 +114,7 @@ def accuracy_latency(report: Report, batch: str, metric: str, title: str, refere
     for e, x, y, size in zip(engines, xs, ys, sizes):
         failed = e.status == "failed"
         ax.scatter(x, y, s=size, marker=marker(e.backend), facecolors="none", edgecolors=colour(e),
-                   linewidths=2.2, zorder=3, label=engine_label(e) + (" - FAILED" if failed else ""))
+                   linewidths=2.2, zorder=3, label=legend_label(e) + (" - FAILED" if failed else ""))
         if failed:
             ax.scatter(x, y, s=30, marker="x", color=FAIL_COLOUR, zorder=4)
     if reference is not None:
@@ -158,7 +158,7 @@ def latency_distributions(report: Report, batches: Sequence[str]) -> Any | None:
         for box, median, e in zip(boxes["boxes"], boxes["medians"], engines):
             box.set(facecolor=colour(e), alpha=0.35, edgecolor="#333")
             median.set(color=colour(e), linewidth=2.5, alpha=1.0)
-        ax.set_yticks(range(1, len(engines) + 1), [engine_label(e) for e in engines], fontsize=9)
+        ax.set_yticks(range(1, len(engines) + 1), [legend_label(e) for e in engines], fontsize=9)
         _plain_log_axis(ax)
         ax.set(xlabel="latency per call (ms, log scale)", title=f"Latency per call at batch {batch} "
                f"(box: quartiles, whiskers: p1-p99)")
@@ -177,7 +177,7 @@ def block_errors(engines: Sequence[EngineResult]) -> Any | None:
     fig, (cos_ax, err_ax) = new_figure(12, 4.5, cols=2)
     for e in engines:
         labels = [b["block"] for b in e.blocks]
-        style = {"marker": marker(e.backend), "color": colour(e), "label": engine_label(e)}
+        style = {"marker": marker(e.backend), "color": colour(e), "label": legend_label(e)}
         cos_ax.plot(labels, [b["cosine"] for b in e.blocks], **style)
         err_ax.plot(labels, [max(b["max_abs_err"], 1e-12) for b in e.blocks], **style)
     cos_ax.set(title="Cosine to reference per block", ylabel="mean per-sample cosine", xlabel="block")

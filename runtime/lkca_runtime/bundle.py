@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Mapping
 
 from lkca_runtime.backends.base import PRECISIONS, sidecar_path
 from lkca_runtime.backends.registry import BACKENDS
@@ -86,6 +86,13 @@ class Manifest:
         )
 
 
+def engine_name(engine: Mapping[str, Any]) -> str:
+    """'onnxruntime/int8-cpu': backend, precision and INT8 flavour (`quantizer`), an engine's name everywhere and its
+    folder in a bundle."""
+    quantizer = engine.get("quantizer")
+    return f"{engine['backend']}/{engine['precision']}{'-' + quantizer if quantizer else ''}"
+
+
 def read_manifest(bundle_dir: str | Path) -> Manifest:
     """The bundle's manifest, checked for format and for paths that stay inside the bundle."""
     bundle_dir = Path(bundle_dir)
@@ -149,7 +156,7 @@ def _checked(manifest: Manifest) -> Manifest:
     return manifest
 
 
-def verify_artifacts(bundle_dir: str | Path, manifest: Manifest, paths: list[str] | None = None) -> None:
+def require_hashes(bundle_dir: str | Path, manifest: Manifest, paths: list[str] | None = None) -> None:
     """Check that every listed file (or just `paths`) is present and unchanged (size, then sha256)."""
     bundle_dir = Path(bundle_dir)
     for rel in manifest_paths(manifest) if paths is None else paths:
@@ -164,7 +171,7 @@ def verify_artifacts(bundle_dir: str | Path, manifest: Manifest, paths: list[str
             raise UserError(f"bundle file {rel} was altered (sha256 mismatch): rebuild the bundle")
 
 
-def verify_whole(bundle_dir: str | Path, manifest: Manifest) -> None:
+def require_whole(bundle_dir: str | Path, manifest: Manifest) -> None:
     """The whole bundle as it was written, or a UserError naming the first difference: no file the manifest does
     not list (an engine could read it unchecked, e.g. an ONNX's external data), every listed file present at its
     size (cheap, all first), then every sha256. Every loader (Predictor, parity, bench) serves a bundle whole or
@@ -183,7 +190,7 @@ def verify_whole(bundle_dir: str | Path, manifest: Manifest) -> None:
             raise UserError(f"bundle file {entry['path']} is missing from {bundle_dir}: rebuild the bundle")
         if entry.get("size_bytes") is not None and file.stat().st_size != entry["size_bytes"]:
             raise UserError(f"bundle file {entry['path']} was altered (size differs): rebuild the bundle")
-    verify_artifacts(bundle_dir, manifest)
+    require_hashes(bundle_dir, manifest)
 
 
 def check_engine_precision(engine: dict[str, Any], computed: str | None) -> None:

@@ -10,7 +10,7 @@ what the device needs instead: the baked TensorRT ONNX, its calibration cache an
    settings) is exactly this machine's (records.py; any other key is never loaded);
 3. else adopts the engine the trtexec script wrote at the bundle's engine path (moving it out of the bundle, which
    is served only as its manifest lists it), or builds one from the ONNX with the same settings, and keeps it
-   only when it passes the golden check (engine_check.py).
+   only when it passes the golden check (verify_engine.py).
 
 Needs TensorRT (and CUDA) only when it loads or builds; the decisions are plain functions, tested without a GPU.
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from lkca_runtime.backends.base import PRECISIONS
-from lkca_runtime.bundle import Manifest, inside, verify_artifacts
-from lkca_runtime.engine_check import EngineCheck, check_loaded, engine_name
+from lkca_runtime.bundle import Manifest, engine_name, inside, require_hashes
 from lkca_runtime.errors import UserError
 from lkca_runtime.golden import GoldenSet
 from lkca_runtime.jetpack import check_recipe_fits
 from lkca_runtime.records import DeviceCache
+from lkca_runtime.verify_engine import EngineVerdict, verify_loaded
 
 BACKEND = "tensorrt"
 # Without timings the most exact engine wins, as in the runtime's choice.
@@ -72,7 +72,7 @@ def gpu_driver(gpu_index: int = 0, *, gpus: list[dict[str, Any]] | None = None, 
     return f"L4T {jetson['l4t']}" if jetson and jetson.get("l4t") else None
 
 
-def engine_key(build: dict[str, Any], here: dict[str, Any], onnx_sha256: str) -> dict[str, Any]:
+def build_key(build: dict[str, Any], here: dict[str, Any], onnx_sha256: str) -> dict[str, Any]:
     """Everything a device-built engine depends on: any difference means another engine."""
     return {
         "gpu_name": here.get("gpu_name"),
@@ -175,7 +175,7 @@ def provide_engine(
     gpu_index: int = 0,
     adopt_only: bool = False,
     echo=None,
-) -> tuple[Path | None, dict[str, Any], EngineCheck | None]:
+) -> tuple[Path | None, dict[str, Any], EngineVerdict | None]:
     """(engine file, its engine entry, the golden check run now; None when a cached or the bundle's own engine
     was taken, whose check is the caller's (first-use)).
 
@@ -190,10 +190,10 @@ def provide_engine(
     cache = cache or DeviceCache(bundle_dir)
     echo = echo or (lambda _line: None)
     files = [build["onnx"], *([build["calib_cache"]] if build.get("calib_cache") else [])]
-    verify_artifacts(bundle_dir, manifest, files)
+    require_hashes(bundle_dir, manifest, files)
     here = here_facts(gpu_index)
     check_recipe_fits(build, here.get("tensorrt_version"))  # one line naming the JetPack to use
-    key = engine_key(build, here, manifest.artifact(build["onnx"])["sha256"])
+    key = build_key(build, here, manifest.artifact(build["onnx"])["sha256"])
     name = engine_name(build)
     entry = {**{k: build[k] for k in ("backend", "precision", "quantizer", "lowering") if k in build},
              "golden": build.get("golden"), "device_built": True, "cache_identity": f"{name}@{_key_name(key)}"}
@@ -222,7 +222,7 @@ def provide_engine(
             backend.build(onnx_path, engine, precision=build["precision"], device=device, **options)
             origin = "lkca-deploy build-device"
         with backend.load(engine, device=device) as runner:
-            check = check_loaded(bundle_dir, manifest, {**entry, "artifact": str(engine)}, runner, golden,
+            check = verify_loaded(bundle_dir, manifest, {**entry, "artifact": str(engine)}, runner, golden,
                                  mode="always", cache=cache)
         if not check.passed:
             echo(f"the {origin} engine failed its golden check and was not kept")

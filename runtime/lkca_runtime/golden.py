@@ -262,7 +262,7 @@ def tolerance_for(task: str, precision: str, thresholds: Thresholds | None, samp
     return limits
 
 
-def compare(golden: GoldenSet, outputs: np.ndarray, precision: str, tolerance: Mapping[str, float]) -> dict:
+def judge_outputs(golden: GoldenSet, outputs: np.ndarray, precision: str, tolerance: Mapping[str, float]) -> dict:
     """golden_metrics plus `passed` and `failures` (one line each, naming the metric, its value and the limit)."""
     metrics = golden_metrics(golden, outputs)
     passed, failures = judge(metrics, precision, golden.task, Thresholds({golden.task: {precision: dict(tolerance)}}))

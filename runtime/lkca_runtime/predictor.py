@@ -22,7 +22,7 @@ import numpy as np
 
 from lkca_runtime.backends.base import PRECISIONS, run_batched, static_batch
 from lkca_runtime.backends.registry import backend_status
-from lkca_runtime.bundle import Manifest, check_engine_precision, inside, read_manifest, verify_whole
+from lkca_runtime.bundle import Manifest, check_engine_precision, inside, read_manifest, require_whole
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_files, atomic_output, guard_output
 from lkca_runtime.masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
@@ -131,7 +131,7 @@ def _best_of(engines, backend: str, precision: str | None, *, explicit: bool) ->
 
 def _suitable(engines, unsuitable, skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The engines this machine can take, in the bundle's order; the others go to `skipped`."""
-    from lkca_runtime.engine_check import engine_name
+    from lkca_runtime.bundle import engine_name
 
     kept = []
     for engine in engines:
@@ -255,7 +255,7 @@ class Predictor:
     backend "auto": the first of tensorrt, openvino, onnxruntime that is installed here and in the bundle. Among
     that backend's engines (at `precision` if given): those that passed parity, then unjudged ones; the fastest by
     p50 at batch 1; without timings the most exact precision (fp32 first). The whole bundle is checked before
-    anything loads (bundle.verify_whole: no unlisted file, every file at its size and sha256), and the engine
+    anything loads (bundle.require_whole: no unlisted file, every file at its size and sha256), and the engine
     must compute in the precision the manifest names.
 
     backend "tensorrt" with a bundle that carries the TensorRT ONNX: the engine for this GPU and TensorRT is the
@@ -290,7 +290,7 @@ class Predictor:
         verify: str = "first-use",
     ):
         from lkca_runtime.backends.registry import get_loader
-        from lkca_runtime.engine_check import VERIFY_MODES
+        from lkca_runtime.verify_engine import VERIFY_MODES
 
         if verify not in VERIFY_MODES:
             raise UserError(f"unknown verify mode {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
@@ -300,12 +300,12 @@ class Predictor:
         self.task = self.manifest.task
         self.class_names = list(self.manifest.class_names or self.spec.class_names)
         self.top_k = _check_top_k(top_k)
-        verify_whole(self.bundle_dir, self.manifest)  # whole or not at all: see bundle.verify_whole
+        require_whole(self.bundle_dir, self.manifest)  # whole or not at all: see bundle.require_whole
         self.verification = None
         if backend == "tensorrt" and _device_builds(self.manifest):
             artifact = self._device_engine(precision, device)
         else:
-            self.engine = self._choose(backend, precision)  # hashed by verify_whole above
+            self.engine = self._choose(backend, precision)  # hashed by require_whole above
             artifact = inside(self.bundle_dir, self.engine["artifact"])
         self.runner = get_loader(self.engine["backend"]).load(artifact, device=device, threads=threads)
         try:
@@ -343,7 +343,7 @@ class Predictor:
     def _choose(self, backend: str, precision: str | None) -> dict[str, Any]:
         """choose_engine over the engines this machine can take (suitability.py); one warning line names the
         engines passed over and why (also kept in self.skipped)."""
-        from lkca_runtime.engine_check import engine_name
+        from lkca_runtime.bundle import engine_name
         from lkca_runtime.suitability import unsuitable
 
         self.skipped: list[tuple[str, str]] = []
@@ -358,21 +358,21 @@ class Predictor:
 
     def verify(self):
         """Check the loaded engine on the bundle's golden samples now, record it for this machine, and return
-        the device_verify.EngineCheck (passed or not: this never refuses)."""
-        from lkca_runtime.engine_check import check_loaded, load_golden
+        the verify_engine.EngineVerdict (passed or not: this never refuses)."""
+        from lkca_runtime.verify_engine import load_golden, verify_loaded
 
         golden = load_golden(self.bundle_dir, self.manifest)
-        self.verification = check_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden)
+        self.verification = verify_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden)
         return self.verification
 
     def _verify_on_load(self, mode: str) -> None:
-        from lkca_runtime.engine_check import check_loaded, golden_info, load_golden
+        from lkca_runtime.verify_engine import golden_info, load_golden, verify_loaded
 
         if golden_info(self.manifest) is None and mode == "first-use":
             return  # a bundle built without golden samples has nothing to check with
         try:
             golden = load_golden(self.bundle_dir, self.manifest)
-            self.verification = check_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden,
+            self.verification = verify_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden,
                                               mode=mode)
         except BaseException:
             self.runner.close()
@@ -386,7 +386,7 @@ class Predictor:
         is missing or the engine fails its golden check."""
         from lkca_runtime.backends.trtexec import parse_device
         from lkca_runtime.device_build import choose_build, provide_engine
-        from lkca_runtime.engine_check import load_golden
+        from lkca_runtime.verify_engine import load_golden
 
         installed, reason = backend_status("tensorrt")
         if not installed:

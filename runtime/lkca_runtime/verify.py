@@ -17,23 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from lkca_runtime.backends.registry import backend_status
-from lkca_runtime.bundle import Manifest, read_manifest
+from lkca_runtime.bundle import Manifest, engine_name, read_manifest
 from lkca_runtime.device_build import BACKEND as TENSORRT
 from lkca_runtime.device_build import device_builds, provide_engine
-from lkca_runtime.engine_check import EngineCheck, engine_name, golden_info, load_golden, verify_engine
 from lkca_runtime.errors import UserError
 from lkca_runtime.golden import GoldenSet
 from lkca_runtime.records import DeviceCache
+from lkca_runtime.verify_engine import EngineVerdict, golden_info, load_golden, verify_engine
 
 
 @dataclass
-class BundleCheck:
-    """What `verify` found: one EngineCheck per engine, and what it was measured with."""
+class BundleVerdict:
+    """What `verify` found: one EngineVerdict per engine, and what it was measured with."""
 
     bundle: str
     golden: dict[str, Any]
     machine: dict[str, Any]
-    checks: list[EngineCheck] = field(default_factory=list)
+    checks: list[EngineVerdict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -85,33 +85,33 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
 
 
 
-def _tensorrt_check(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
-                    cache: DeviceCache) -> EngineCheck:
+def _verify_tensorrt(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
+                    cache: DeviceCache) -> EngineVerdict:
     """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
     from lkca_runtime.backends.registry import get_loader
     from lkca_runtime.backends.tensorrt import installed_version
-    from lkca_runtime.engine_check import check_loaded
     from lkca_runtime.jetpack import recipe_refusal
+    from lkca_runtime.verify_engine import verify_loaded
 
     name = engine_name(build)
     installed = installed_version()
     refusal = recipe_refusal(build, installed) if installed else None
     if refusal:  # the ONNX does not parse on this TensorRT: a failure to act on, not a check still to run
-        return EngineCheck(name, TENSORRT, build["precision"], "failed", failures=[refusal])
+        return EngineVerdict(name, TENSORRT, build["precision"], "failed", failures=[refusal])
     try:
         path, entry, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, adopt_only=True)
     except UserError as why:
-        return EngineCheck(name, TENSORRT, build["precision"], "skipped",
+        return EngineVerdict(name, TENSORRT, build["precision"], "skipped",
                            reason=f"{why} (or lkca-deploy build-device {bundle_dir})")
     if check is not None:
         return check
     with get_loader(TENSORRT).load(path) as runner:
-        return check_loaded(bundle_dir, manifest, entry, runner, golden, mode="always", cache=cache)
+        return verify_loaded(bundle_dir, manifest, entry, runner, golden, mode="always", cache=cache)
 
 
 
 def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: str | None = None,
-                  engine: str | None = None, all_engines: bool = False, threads: int | None = None) -> BundleCheck:
+                  engine: str | None = None, all_engines: bool = False, threads: int | None = None) -> BundleVerdict:
     """Check engines of a bundle on this machine (see the module doc). UserError for a bundle without golden
     samples, an altered golden or engine file, or an unknown engine name."""
     from lkca_runtime.fingerprint import jetson_facts
@@ -122,38 +122,38 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
     golden = load_golden(bundle_dir, manifest)
     cache = DeviceCache(bundle_dir)
     facts = machine_facts()
-    result = BundleCheck(str(bundle_dir), golden_info(manifest),
+    result = BundleVerdict(str(bundle_dir), golden_info(manifest),
                          {"summary": isa_summary(facts), "jetson": jetson_facts(), "versions": facts["versions"]})
     selected = select_engines(manifest, backend=backend, precision=precision, engine=engine,
                               all_engines=all_engines)
-    result.checks = [_check_engine(bundle_dir, manifest, e, golden, cache, threads) for e in selected]
+    result.checks = [_verify_one(bundle_dir, manifest, e, golden, cache, threads) for e in selected]
     return result
 
 
-def _check_engine(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], golden: GoldenSet,
-                  cache: DeviceCache, threads: int | None) -> EngineCheck:
+def _verify_one(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], golden: GoldenSet,
+                  cache: DeviceCache, threads: int | None) -> EngineVerdict:
     """One engine's result, whatever happens to it (see the module doc)."""
     from lkca_runtime.suitability import refusal
 
     name, backend, precision = engine_name(engine), engine["backend"], engine["precision"]
     installed, reason = backend_status(backend)
     if not installed:
-        return EngineCheck(name, backend, precision, "skipped", reason=reason)
+        return EngineVerdict(name, backend, precision, "skipped", reason=reason)
     try:
         if backend == TENSORRT and "onnx" in engine:
-            return _tensorrt_check(bundle_dir, manifest, engine, golden, cache)
+            return _verify_tensorrt(bundle_dir, manifest, engine, golden, cache)
         why = refusal(bundle_dir, manifest, engine)
         if why is not None:
-            return EngineCheck(name, backend, precision, "refused", reason=why)
+            return EngineVerdict(name, backend, precision, "refused", reason=why)
         return verify_engine(bundle_dir, manifest, engine, golden, threads=threads, cache=cache)
     except Exception as e:  # noqa: BLE001 -- kept as this engine's result: the others are still checked
         message = " ".join(str(e).split()) or type(e).__name__
-        return EngineCheck(name, backend, precision, "error", reason=f"{type(e).__name__}: {message}")
+        return EngineVerdict(name, backend, precision, "error", reason=f"{type(e).__name__}: {message}")
 
 
 
 def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None, all_engines: bool = False,
-                         gpu_index: int = 0, echo: Callable[[str], None] | None = None) -> list[EngineCheck]:
+                         gpu_index: int = 0, echo: Callable[[str], None] | None = None) -> list[EngineVerdict]:
     """Build (or adopt, or find cached) the TensorRT engines for this device and prove each on the golden set."""
     from lkca_runtime.device_build import choose_build
 
@@ -172,7 +172,7 @@ def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None
     for build in builds:
         _, _, check = provide_engine(bundle_dir, manifest, build, golden, cache=cache, gpu_index=gpu_index, echo=echo)
         if check is None:  # found proven in the cache, or the bundle's own engine fits: check it again now
-            checks.append(_tensorrt_check(bundle_dir, manifest, build, golden, cache))
+            checks.append(_verify_tensorrt(bundle_dir, manifest, build, golden, cache))
         else:
             checks.append(check)
     return checks

@@ -270,14 +270,14 @@ def _two_backends_report() -> Report:
 
 
 def test_accuracy_against_latency_names_every_engine_in_a_legend_not_on_the_points():
-    from lkca_deploy.reports.figures import COLOURS, MARKERS, accuracy_latency, engine_label
+    from lkca_deploy.reports.figures import COLOURS, MARKERS, accuracy_latency, legend_label
 
     report = _two_backends_report()
     fig = accuracy_latency(report, "1", "top1", "top-1 %", report.engines[0].parity["top1_reference"])
     (ax,) = fig.axes
     assert len(ax.texts) == 0  # no labels printed beside points, where they overlapped
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    names = [engine_label(e) + (" - FAILED" if e.status == "failed" else "") for e in report.engines]
+    names = [legend_label(e) + (" - FAILED" if e.status == "failed" else "") for e in report.engines]
     assert legend[:-1] == names and len(set(names)) == 7  # both INT8 flavours of a backend told apart
     assert "onnxruntime int8 (tensorrt), matmul - FAILED" in legend  # its noise costs more than 1 point
     assert legend[-1].startswith("pytorch fp32")  # the reference line is kept
@@ -294,14 +294,14 @@ def test_accuracy_against_latency_names_every_engine_in_a_legend_not_on_the_poin
 
 
 def test_latency_distributions_are_on_a_log_axis_one_labelled_box_per_engine():
-    from lkca_deploy.reports.figures import engine_label, latency_distributions
+    from lkca_deploy.reports.figures import latency_distributions, legend_label
 
     report = _two_backends_report()
     fig = latency_distributions(report, ["1"])
     (ax,) = fig.axes
     assert ax.get_xscale() == "log"  # the 20 ms outlier cannot flatten the 0.3 ms boxes
     ticks = [t.get_text() for t in ax.get_yticklabels()]
-    assert ticks == [engine_label(e) for e in report.engines][::-1]  # horizontal: names read left to right
+    assert ticks == [legend_label(e) for e in report.engines][::-1]  # horizontal: names read left to right
     low, high = ax.get_xlim()
     assert low < 0.3 and high > 20
 

@@ -15,20 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lkca_runtime.bundle import Manifest, engine_files, inside, verify_artifacts
+from lkca_runtime.bundle import Manifest, engine_files, engine_name, inside, require_hashes
 from lkca_runtime.errors import UserError
 from lkca_runtime.fingerprint import machine_fingerprint
-from lkca_runtime.golden import GoldenSet, compare, read_golden, tolerance_for
+from lkca_runtime.golden import GoldenSet, judge_outputs, read_golden, tolerance_for
 from lkca_runtime.records import DeviceCache
 
 VERIFY_MODES = ("first-use", "always", "off")
 GOLDEN_BATCH = 32  # golden samples run at once where the engine takes any batch
 
-
-def engine_name(engine: dict[str, Any]) -> str:
-    """'onnxruntime/int8-cpu': backend, precision and INT8 flavour, as the bundle's folders are named."""
-    quantizer = engine.get("quantizer")
-    return f"{engine['backend']}/{engine['precision']}{'-' + quantizer if quantizer else ''}"
 
 
 def engine_id(manifest: Manifest, engine: dict[str, Any]) -> str:
@@ -41,7 +36,7 @@ def engine_id(manifest: Manifest, engine: dict[str, Any]) -> str:
 
 
 @dataclass
-class EngineCheck:
+class EngineVerdict:
     """One engine's golden check on this machine."""
 
     engine: str
@@ -107,18 +102,18 @@ def engine_tolerance(manifest: Manifest, engine: dict[str, Any], golden: GoldenS
 # ---------------------------------------------------------------- running a check
 
 
-def check_runner(runner, golden: GoldenSet, precision: str, tolerance: dict[str, float]) -> dict[str, Any]:
-    """Run a loaded engine on the golden inputs and judge it: golden.compare's dict."""
+def verify_runner(runner, golden: GoldenSet, precision: str, tolerance: dict[str, float]) -> dict[str, Any]:
+    """Run a loaded engine on the golden inputs and judge it: golden.judge_outputs's dict."""
     from lkca_runtime.backends.base import run_batched, static_batch
 
     static = static_batch(runner)
     outputs = run_batched(runner, golden.x, step=static or runner.max_batch or GOLDEN_BATCH, static=static)
-    return compare(golden, outputs, precision, tolerance)
+    return judge_outputs(golden, outputs, precision, tolerance)
 
 
-def _check_from(engine: dict[str, Any], result: dict[str, Any], tolerance, seconds: float, cached: bool):
+def _verdict_from(engine: dict[str, Any], result: dict[str, Any], tolerance, seconds: float, cached: bool):
     metrics = {k: v for k, v in result.items() if k not in ("passed", "failures")}
-    return EngineCheck(
+    return EngineVerdict(
         engine=engine_name(engine),
         backend=engine["backend"],
         precision=engine["precision"],
@@ -132,7 +127,7 @@ def _check_from(engine: dict[str, Any], result: dict[str, Any], tolerance, secon
     )
 
 
-def check_loaded(
+def verify_loaded(
     bundle_dir: str | Path,
     manifest: Manifest,
     engine: dict[str, Any],
@@ -142,7 +137,7 @@ def check_loaded(
     mode: str = "always",
     cache: DeviceCache | None = None,
     identity: str | None = None,
-) -> EngineCheck:
+) -> EngineVerdict:
     """Check an engine already loaded as `runner`. mode "first-use": a result recorded for this engine and
     machine fingerprint is returned without running; "always": run and record. `identity`: the cache name of
     the engine (default engine_id)."""
@@ -153,10 +148,10 @@ def check_loaded(
     if mode == "first-use":
         recorded = cache.load_result(identity, fingerprint)
         if recorded is not None:
-            return _check_from(engine, recorded["result"], tolerance, 0.0, cached=True)
+            return _verdict_from(engine, recorded["result"], tolerance, 0.0, cached=True)
     started = time.perf_counter()
-    result = check_runner(runner, golden, engine["precision"], tolerance)
-    check = _check_from(engine, result, tolerance, time.perf_counter() - started, cached=False)
+    result = verify_runner(runner, golden, engine["precision"], tolerance)
+    check = _verdict_from(engine, result, tolerance, time.perf_counter() - started, cached=False)
     try:
         cache.record_result(identity, fingerprint, {**result, "seconds": check.seconds})
     except UserError as e:  # an unwritable cache costs a re-check next time, never a refusal
@@ -175,14 +170,14 @@ def verify_engine(
     threads: int | None = None,
     device: str | None = None,
     cache: DeviceCache | None = None,
-) -> EngineCheck:
+) -> EngineVerdict:
     """Load one engine of the bundle (files checked against the manifest first) and check it now."""
     from lkca_runtime.backends.registry import get_loader
 
     bundle_dir = Path(bundle_dir)
-    verify_artifacts(bundle_dir, manifest, engine_files(manifest, engine))
+    require_hashes(bundle_dir, manifest, engine_files(manifest, engine))
     artifact = inside(bundle_dir, engine["artifact"])
     with get_loader(engine["backend"]).load(artifact, device=device, threads=threads) as runner:
-        return check_loaded(bundle_dir, manifest, engine, runner, golden, mode="always", cache=cache)
+        return verify_loaded(bundle_dir, manifest, engine, runner, golden, mode="always", cache=cache)
 
 
