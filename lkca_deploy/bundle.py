@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lkca_deploy import __version__
 from lkca_runtime.backends.base import PRECISIONS, sidecar_path
 from lkca_runtime.backends.registry import BACKENDS
 from lkca_runtime.bundle import ARTIFACT_KINDS, MANIFEST, Manifest, safe_relpath, sidecar_rel
@@ -224,7 +225,6 @@ class BundleWriter:
                     )
 
     def _write_manifest(self) -> None:
-        from lkca_deploy import __version__
 
         self._check_complete()
         for engine in self._engines:

@@ -22,7 +22,15 @@ from lkca_deploy.polygraphy_golden import (
     tensorrt_flags,
     tolerance_for,
 )
+from lkca_runtime.backends.base import load_onnx, onnx_precision
+from lkca_runtime.backends.trtexec import (
+    TensorRTSettings,
+    precision_plan,
+    profile_shapes,
+    script_versions,
+)
 from lkca_runtime.errors import UserError
+from lkca_runtime.onnx_io import input_spec
 
 
 def achieved_errors(engines: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
@@ -37,14 +45,6 @@ def achieved_errors(engines: Sequence[Mapping[str, Any]]) -> dict[str, list[floa
 
 def tensorrt_lines(bundle_dir: Path, build: Mapping[str, Any], tolerance: Mapping[str, float]) -> list[str]:
     """'# TensorRT N' and its command per TensorRT major the recipe's trtexec script has a line for."""
-    from lkca_runtime.backends.base import load_onnx, onnx_precision
-    from lkca_runtime.backends.trtexec import (
-        TensorRTSettings,
-        precision_plan,
-        profile_shapes,
-        script_versions,
-    )
-    from lkca_runtime.onnx_io import input_spec
 
     model = load_onnx(bundle_dir / build["onnx"])
     spec = input_spec(model)

@@ -28,6 +28,7 @@ from lkca_deploy.targets import (
     tensorrt_range,
 )
 from lkca_runtime.backends.trtexec import DLA_RELEASES
+from lkca_runtime.jetpack import compatibility
 from lkca_runtime.onnx_io import constant_tensors, graph_inputs, static_shapes
 
 # TensorRT "DLA supported layers and restrictions": ONNX ops whose TensorRT layer has a DLA implementation.
@@ -250,7 +251,6 @@ def _int8_constant(ctx: _Context, node: onnx.NodeProto) -> bool:
 def tensorrt_compatibility(model: onnx.ModelProto) -> dict:
     """Which TensorRT releases parse `model` (every release of targets.TENSORRT_RELEASES whose opsets, operator
     table and forms it fits), the oldest version among them and the JetPacks that ship them."""
-    from lkca_runtime.jetpack import compatibility
 
     ctx = _Context(model)
     parses = []

@@ -11,6 +11,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lkca_deploy import __version__
 from lkca_deploy.models.bounds import check_bounds
 from lkca_deploy.models.zoo import ModelConfig, build_model, config_from_dict
 from lkca_runtime.errors import UserError
@@ -36,7 +37,6 @@ def save_checkpoint(out: Path, model, config: ModelConfig, spec: PreprocessSpec,
     is not a checkpoint (fsutil.atomic_dir)."""
     from safetensors.torch import save_file
 
-    from lkca_deploy import __version__
 
     with atomic_dir(Path(out), force=force, marker=CONFIG_FILE, what="checkpoint") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))

@@ -34,6 +34,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lkca_deploy import __version__
+from lkca_deploy.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
+from lkca_deploy.data import load_arrays
+from lkca_deploy.data.datasets import DIGITS_MEAN_STD, IMAGENET_MEAN_STD
 from lkca_deploy.lowering.apply import apply_forms, fp32_nodes, lower_model
 from lkca_deploy.lowering.graph import opset_of
 from lkca_deploy.lowering.planner import lower_auto
@@ -42,11 +46,13 @@ from lkca_deploy.lowering.report import LoweringReport
 from lkca_deploy.lowering.rules.matmul import DEFAULT_MATMUL_BUDGET
 from lkca_deploy.lowering.tune import TuneRow, tune_model
 from lkca_deploy.lowering.upsample import upsample_as_matmuls
+from lkca_deploy.models.zoo import create_model, get_config, list_models
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
 from lkca_deploy.targets import DEFAULT_TARGET, get_target
 from lkca_runtime.backends.base import PRECISIONS, run_batched
 from lkca_runtime.errors import UserError
 from lkca_runtime.onnx_io import save_onnx_atomic
+from lkca_runtime.spec import PreprocessSpec
 
 LOWERINGS = (*STRATEGIES, "auto", "tune")
 TUNE_BACKENDS = ("onnxruntime", "openvino")
@@ -207,8 +213,6 @@ def export_model(
 
 def default_spec(config) -> Any:
     """The preprocessing a zoo model without a checkpoint gets: digits' for 1 channel, ImageNet's for 3."""
-    from lkca_deploy.data.datasets import DIGITS_MEAN_STD, IMAGENET_MEAN_STD
-    from lkca_runtime.spec import PreprocessSpec
 
     mean, std = DIGITS_MEAN_STD if config.in_chans == 1 else IMAGENET_MEAN_STD
     return PreprocessSpec(
@@ -223,11 +227,9 @@ def default_spec(config) -> Any:
 
 def load_source(source: str | Path, seed: int = 0) -> _Source:
     """A checkpoint directory (its weights, spec and data set) or a zoo name (seeded weights, default spec)."""
-    from lkca_deploy.models.zoo import create_model, get_config, list_models
 
     path = Path(source)
     if path.is_dir():
-        from lkca_deploy.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 
         model, ckpt = load_checkpoint(path, view="conv")
         digest = hashlib.sha256((path / CONFIG_FILE).read_bytes())
@@ -434,7 +436,6 @@ def check_inputs_for(src: _Source, check_data: str | None, samples: int, seed: i
     An explicit `check_data` must load; the checkpoint's own data set may be missing on this machine (trained
     elsewhere), and then the check falls back to random inputs with a warning rather than refusing to export.
     """
-    from lkca_deploy.data import load_arrays
 
     data = check_data or src.data
     if data is not None:
@@ -500,7 +501,6 @@ def _metadata(
     max_abs_err: float,
     logits: str,
 ) -> dict:
-    from lkca_deploy import __version__
 
     return {
         "model_name": src.config.name,

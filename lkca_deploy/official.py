@@ -21,8 +21,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lkca_deploy.models.zoo import OFFICIAL_LKCA, OFFICIAL_PREFIX, OFFICIAL_VIT, ModelConfig, get_config
+from lkca_deploy.checkpoint import load_state_dict_file, save_checkpoint
+from lkca_deploy.models.zoo import (
+    OFFICIAL_LKCA,
+    OFFICIAL_PREFIX,
+    OFFICIAL_VIT,
+    ModelConfig,
+    build_model,
+    get_config,
+)
 from lkca_runtime.errors import UserError
+from lkca_runtime.spec import PreprocessSpec
 
 SOURCE = "lkca-official"  # `lkca-deploy import --from`: the code base that trained the checkpoint
 
@@ -133,7 +142,6 @@ def read_official_state(path: str | Path) -> dict:
     UserError for anything else: no file, no checkpoint, pickled objects, non-tensor entries."""
     import torch
 
-    from lkca_deploy.checkpoint import load_state_dict_file
 
     state = load_state_dict_file(path)  # weights_only: never unpickles; unwraps model_state_dict
     if not state or not all(isinstance(k, str) for k in state):
@@ -186,9 +194,6 @@ def import_official(ckpt: str | Path, model: str, dataset: str, out: str | Path,
     """Write `ckpt`, the paper's `model` trained on `dataset`, as a checkpoint directory at `out`."""
     import torch
 
-    from lkca_deploy.checkpoint import save_checkpoint
-    from lkca_deploy.models.zoo import build_model
-    from lkca_runtime.spec import PreprocessSpec
 
     config = official_config(model, dataset)
     state = read_official_state(ckpt)

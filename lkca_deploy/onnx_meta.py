@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 
 from lkca_runtime.backends.trtexec import FP16_FP32_NODES, TENSORRT_COMPATIBILITY
+from lkca_runtime.errors import UserError
+from lkca_runtime.onnx_io import input_spec
 from lkca_runtime.spec import PreprocessSpec
 
 # Reduced precision decided on the FP32 export, obeyed by every build from it (backends/build.py):
@@ -49,7 +51,6 @@ def read_metadata(model) -> dict:
 
 def spec_from_model(model) -> PreprocessSpec:
     """The model's preprocessing spec: from its metadata, or (a foreign model) guessed from its input shape."""
-    from lkca_runtime.errors import UserError
 
     meta = read_metadata(model)
     if isinstance(meta.get("preprocessing"), dict):
@@ -57,7 +58,6 @@ def spec_from_model(model) -> PreprocessSpec:
             return PreprocessSpec.from_dict(meta["preprocessing"])
         except (ValueError, TypeError, KeyError) as e:  # every value is checked (PreprocessSpec.__post_init__)
             raise UserError(f"the model's preprocessing metadata is not usable: {e}") from None
-    from lkca_runtime.onnx_io import input_spec
 
     dims = list(input_spec(model).shape)
     channels, h, w = (dims[1:] + [None, None, None])[:3]

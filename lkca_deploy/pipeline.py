@@ -15,21 +15,43 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lkca_deploy import __version__
+from lkca_deploy.backends.build import build_engine
+from lkca_deploy.backends.registry import get_backend
+from lkca_deploy.bundle import BundleWriter
+from lkca_deploy.bundle_readme import device_check_section
 from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
+from lkca_deploy.calibration.plan import plan_precision
+from lkca_deploy.checkpoint import read_checkpoint
+from lkca_deploy.export import INPUT_NAME, OUTPUT_NAME, export_model
 from lkca_deploy.interrupts import raise_if_interrupted
 from lkca_deploy.lowering.registry import CONV
+from lkca_deploy.measure.e2e import write_sample_images
+from lkca_deploy.models.zoo import get_config
+from lkca_deploy.onnx_meta import TENSORRT_COMPATIBILITY, read_metadata
+from lkca_deploy.polygraphy_golden import INPUTS_REL, OUTPUTS_REL, POLYGRAPHY_DIR, write_polygraphy_golden
 from lkca_deploy.proof import (
     DEFAULT_DATA,
     EVAL_BATCH,
     EvalContext,
+    engine_cost,
     engine_latency,
     engine_parity,
     localise_divergence,
 )
-from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET
+from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
+from lkca_deploy.reports.compare import compare, load_report
+from lkca_deploy.reports.contract import EngineResult, Report
+from lkca_deploy.reports.render import write_report
+from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET, TARGETS, get_target
+from lkca_deploy.train import TrainOptions, default_batch_size, default_epochs, train
 from lkca_runtime.backends.registry import BACKENDS
+from lkca_runtime.backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
 from lkca_runtime.bundle import engine_name
 from lkca_runtime.errors import UserError
+from lkca_runtime.golden import GOLDEN_REL, make_golden, pick_samples, tolerance_for, write_golden
+from lkca_runtime.metrics import Thresholds
+from lkca_runtime.verify_engine import verify_runner
 
 DEFAULT_BACKENDS = BACKENDS  # every backend: those not installed are skipped with their reason
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -69,8 +91,6 @@ class PipelineOptions:
     target: str | None = None
 
     def __post_init__(self) -> None:
-        from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
-        from lkca_deploy.targets import TARGETS, get_target
 
         if self.target is not None and get_target(self.target).backend != "tensorrt":
             tensorrt = ", ".join(t.name for t in TARGETS.values() if t.backend == "tensorrt")
@@ -105,8 +125,6 @@ class Stages:
 def run_pipeline(source: str | Path | None = None, data: str | None = None, out: str | Path = "lkca-bundle",
                  opts: PipelineOptions | None = None, echo: Callable[[str], None] | None = None):
     """Run the whole path and write the bundle at ``out``; returns the Report (also in out/reports/)."""
-    from lkca_deploy.bundle import BundleWriter
-    from lkca_deploy.reports.compare import load_report
 
     opts = opts or PipelineOptions()
     unknown = [b for b in opts.backends if b not in BACKENDS]
@@ -137,9 +155,6 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
 
 def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
     """A checkpoint inside the bundle: copied from CKPT_DIR, or trained from a zoo name (default lkca_vit_nano)."""
-    from lkca_deploy.checkpoint import read_checkpoint
-    from lkca_deploy.models.zoo import get_config
-    from lkca_deploy.train import TrainOptions, default_batch_size, default_epochs, train
 
     if source is not None and Path(source).is_dir():
         read_checkpoint(source)  # validates before copying
@@ -156,7 +171,6 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
 
 def _golden_stage(ctx: EvalContext, bundle, opts: PipelineOptions):
     """The golden samples the device re-proves engines with (golden.py), written into the bundle; None for 0."""
-    from lkca_runtime.golden import GOLDEN_REL, make_golden, write_golden
 
     if not opts.golden:
         return None
@@ -173,10 +187,6 @@ def _polygraphy_golden(ctx: EvalContext, golden, bundle, opts: PipelineOptions) 
     """The golden samples again in Polygraphy's format, with the full reference outputs (polygraphy_golden.py)."""
     import numpy as np
 
-    from lkca_deploy.export import INPUT_NAME, OUTPUT_NAME
-    from lkca_deploy.polygraphy_golden import INPUTS_REL, OUTPUTS_REL, POLYGRAPHY_DIR, write_polygraphy_golden
-    from lkca_runtime.backends.trtexec import TensorRTSettings
-    from lkca_runtime.golden import pick_samples
 
     reference = np.asarray(ctx.reference)[pick_samples(len(ctx.x), opts.golden, opts.seed)]
     info = write_polygraphy_golden(bundle.path / POLYGRAPHY_DIR, golden.x, reference, input_name=INPUT_NAME,
@@ -188,8 +198,6 @@ def _polygraphy_golden(ctx: EvalContext, golden, bundle, opts: PipelineOptions) 
 
 def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptions) -> dict | None:
     """What an engine achieved on the golden samples here, and the tolerance the device must meet."""
-    from lkca_runtime.golden import tolerance_for
-    from lkca_runtime.verify_engine import verify_runner
 
     if golden is None:
         return None
@@ -204,8 +212,6 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
 
     Returns backend (or "backend:int8") -> (ONNX path, lowering label); _export_for picks one.
     """
-    from lkca_deploy.export import export_model
-    from lkca_deploy.targets import get_target
 
     def export(name: str, lowering: str, target: str, precision: str | None = None) -> tuple[Path, str]:
         rel = f"onnx/model.{name}.onnx"
@@ -234,7 +240,6 @@ def _export_for(exports: dict[str, tuple[Path, str]], backend: str, precision: s
 def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
     """Accuracy-aware INT8 and FP16 headroom decided on the exports and written into their metadata, which
     build_engine obeys for every backend (calibration/plan.py)."""
-    from lkca_deploy.calibration.plan import plan_precision
 
     int8_backends = [b for b in opts.backends if b in exports]
     return plan_precision({label: path for label, (path, _) in exports.items()},
@@ -274,8 +279,6 @@ class _Built:
 
 
 def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
-    from lkca_deploy.backends.build import build_engine
-    from lkca_deploy.backends.registry import get_backend
 
     built = []
     for backend in opts.backends:
@@ -301,8 +304,6 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
 
 
 def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions, golden=None):
-    from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.reports.contract import EngineResult
 
     results = []
     for item in engines:
@@ -336,8 +337,6 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
 def _cost_of_engines(ctx: EvalContext, results, opts: PipelineOptions) -> None:
     """Load time, peak memory and the Predictor's latency per stage of every engine that ran, each in a torch-free
     child process of its own (proof.engine_cost), on test images of the data set written out as PNG files."""
-    from lkca_deploy.measure.e2e import write_sample_images
-    from lkca_deploy.proof import engine_cost
 
     ran = [(item, result) for item, result in results if result.status != "skipped"]
     if not ran:
@@ -360,11 +359,6 @@ def _kind_of(path: Path) -> str:
 
 
 def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=None, plan=None):
-    from lkca_deploy import __version__
-    from lkca_deploy.reports.compare import compare
-    from lkca_deploy.reports.contract import Report
-    from lkca_deploy.reports.render import write_report
-    from lkca_runtime.metrics import Thresholds
 
     config = ctx.ckpt.config
     report = Report.on_this_machine(config.name, config.task, [r for _, r in results], dataset=ctx.data,
@@ -402,7 +396,6 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
 def _bundle_readme(bundle, config, device_builds: list[dict], rows: list[dict]) -> None:
     """README.md: which Jetson each engine recipe parses on, and how a device checks the bundle, with the runtime
     and with Polygraphy (bundle_readme.py)."""
-    from lkca_deploy.bundle_readme import device_check_section
 
     text = bundle_readme(config.name, rows) if rows else f"# {config.name}: a bundle written by lkca-deploy\n"
     golden = bundle.extra.get("golden") or {}
@@ -414,9 +407,6 @@ def _bundle_readme(bundle, config, device_builds: list[dict], rows: list[dict]) 
 def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -> dict | None:
     """How the device builds this engine itself (TensorRT): the baked ONNX, script and calibration cache in the
     bundle, the one TensorRTSettings the script was written from, and the tolerance to prove it with."""
-    from lkca_deploy.onnx_meta import TENSORRT_COMPATIBILITY, read_metadata
-    from lkca_runtime.backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
-    from lkca_runtime.golden import tolerance_for
 
     if item.backend != "tensorrt":
         return None

@@ -13,8 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
+from lkca_deploy.backends.build import build_engine
+from lkca_deploy.backends.registry import get_backend
+from lkca_deploy.calibration.plan import carry_plan
+from lkca_deploy.calibration.sources import load_calibration
+from lkca_deploy.checkpoint import load_checkpoint
+from lkca_deploy.data import load_arrays
+from lkca_deploy.export import export_model, logits_module, logits_size
+from lkca_deploy.measure.cost import measure_cost
+from lkca_deploy.measure.e2e import EndToEnd, write_sample_images
+from lkca_deploy.measure.latency import sweep
+from lkca_deploy.reports.contract import EngineResult, Report
 from lkca_deploy.targets import BACKEND_TARGETS
-from lkca_runtime.backends.base import run_batched, static_batch
+from lkca_runtime.backends.base import run_batched, sidecar_path, static_batch
+from lkca_runtime.bundle import check_engine_precision, read_manifest, require_whole
+from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import json_loads
+from lkca_runtime.limits import check_fits
+from lkca_runtime.metrics import Thresholds, first_divergent_block, parity_meter, with_verdict
 
 EVAL_BATCH = 32
 LOCALISE_SAMPLES = 64
@@ -44,10 +60,6 @@ class EvalContext:
         ("grid": the reference is PyTorch's grid logits too; parity upsamples both to the labels)."""
         import torch
 
-        from lkca_deploy.calibration.sources import load_calibration
-        from lkca_deploy.checkpoint import load_checkpoint
-        from lkca_deploy.data import load_arrays
-        from lkca_deploy.export import logits_module, logits_size
 
         model, ckpt = load_checkpoint(ckpt_dir, view="conv")
         data = data or ckpt.meta.get("data") or DEFAULT_DATA[ckpt.config.task]
@@ -80,7 +92,6 @@ def engine_logits(runner, x: np.ndarray) -> np.ndarray:
 
 
 def engine_parity(runner, x, reference, labels, task: str, precision: str, thresholds=None) -> dict:
-    from lkca_runtime.metrics import parity_meter, with_verdict
 
     meter = parity_meter(task)
     meter.update(engine_logits(runner, x), reference, labels)
@@ -89,7 +100,6 @@ def engine_parity(runner, x, reference, labels, task: str, precision: str, thres
 
 def engine_latency(runner, sample: np.ndarray, batches: Sequence[int], budget_s: float) -> dict:
     """The one latency protocol (reports.latency) on real preprocessed inputs at each batch size."""
-    from lkca_deploy.measure.latency import sweep
 
     static = static_batch(runner)
     batches = [static] if static else list(batches)
@@ -111,11 +121,6 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
     memory on transformers). plan_from: the export the engine was built from, whose reduced-precision plan (float
     units, FP16 headroom) the block export then follows. Returns (per-block errors, first divergent block) or
     (None, None) if unsupported."""
-    from lkca_deploy.backends.build import build_engine
-    from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.calibration.plan import carry_plan
-    from lkca_deploy.export import export_model
-    from lkca_runtime.metrics import first_divergent_block
 
     with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
         tmp = Path(tmp)
@@ -138,10 +143,6 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
 def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=None, data_root: str | None = None,
                   download: bool = False, threads: int | None = None, localise: bool = True):
     """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""
-    from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.reports.contract import EngineResult, Report
-    from lkca_runtime.bundle import check_engine_precision, read_manifest, require_whole
-    from lkca_runtime.metrics import Thresholds
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -165,8 +166,6 @@ def engine_cost(backend: str, artifact: str | Path, sample: np.ndarray | None, b
     """(EngineCost, EndToEnd | None) of one engine: load time and peak memory in a torch-free child process of its
     own (measure/cost.py) and, given image files and the PreprocessSpec, the Predictor's latency per stage on them
     at batch 1 in the same child (measure/e2e.py). The engine loads as the Predictor loads it (default options)."""
-    from lkca_deploy.measure.cost import measure_cost
-    from lkca_deploy.measure.e2e import EndToEnd
 
     request = None
     if images:
@@ -178,8 +177,6 @@ def engine_cost(backend: str, artifact: str | Path, sample: np.ndarray | None, b
 
 def _bundle_images(bundle_dir: Path, manifest, folder: Path) -> tuple[list[Path], str | None]:
     """Test images of the data set a bundle was proven on, as files; ([], why not) where it cannot be read here."""
-    from lkca_deploy.measure.e2e import write_sample_images
-    from lkca_runtime.errors import UserError
 
     data = manifest.extra.get("data")
     if not data:
@@ -196,12 +193,6 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
 
     With `cost`, each row also holds "cost" (load time, peak memory) and, for a bundle's engines, "e2e" (the
     Predictor per stage on its data set's test images, where that data set can be read here; else "e2e_note")."""
-    from lkca_deploy.backends.registry import get_backend
-    from lkca_runtime.backends.base import sidecar_path
-    from lkca_runtime.bundle import read_manifest, require_whole
-    from lkca_runtime.errors import UserError
-    from lkca_runtime.fsutil import json_loads
-    from lkca_runtime.limits import check_fits
 
     targets: list[tuple[str, Path, str, Path | None]] = []  # (backend, artifact, precision, bundle)
     for path in map(Path, paths):
@@ -238,7 +229,6 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
 
 
 def _bench_cost(backend, artifact, sample, batches, threads, bundle, images, tmp: Path) -> dict:
-    from lkca_runtime.bundle import read_manifest
 
     files, note, manifest = [], None, None
     if bundle is not None:

@@ -24,11 +24,14 @@ from lkca_deploy.checkpoint import (
     save_checkpoint,
 )
 from lkca_deploy.data import open_split
+from lkca_deploy.data.segmentation import open_segmentation_source
 from lkca_deploy.interrupts import raise_if_interrupted
+from lkca_deploy.models.lkca import LKCA
 from lkca_deploy.models.zoo import build_model, get_config
 from lkca_deploy.progress import TrainProgress
 from lkca_deploy.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
 from lkca_deploy.tasks import get_task
+from lkca_deploy.tasks.segmentation import evaluate_sliding
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import check_replaceable
 from lkca_runtime.masks import Slide, slide_options
@@ -175,8 +178,6 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     task = ckpt.config.task
     slide = slide_options(slide, task, f"{checkpoint} is a {task} checkpoint")
     if slide:
-        from lkca_deploy.data.segmentation import open_segmentation_source
-        from lkca_deploy.tasks.segmentation import evaluate_sliding
 
         source = open_segmentation_source(data, split, data_root, download)
         _require_classes(data, source.class_names, ckpt.config.num_classes)
@@ -268,6 +269,5 @@ class _Distributed:
 
 
 def _view_of(net) -> str | None:
-    from lkca_deploy.models.lkca import LKCA
 
     return next((m.view for m in net.modules() if isinstance(m, LKCA)), None)

@@ -123,3 +123,24 @@ def test_the_repository_speaks_of_itself_alone():
     assert found.returncode in (0, 1), found.stderr  # 1: no match
     lines = [line for line in found.stdout.splitlines() if "InferenceSession" not in line]
     assert lines == []
+
+
+def test_own_modules_are_imported_at_the_top_except_where_a_module_must_stay_light():
+    """A reader sees a module's dependencies at its top. The exceptions, each for a promise: the CLI's commands load
+    their work when run (`--help`, `predict` and `verify` import no torch or onnx), the packages load the Predictor
+    on first use, and the runtime reads ONNX files only where the onnx package is installed."""
+    allowed_modules = ("lkca_runtime.onnx_io", "lkca_runtime.backends.base", "lkca_runtime.predictor", "lkca_runtime")
+    offenders = []
+    for package in SOURCES:
+        for path in package.rglob("*.py"):
+            if path.parent.name == "cli" and path.parent.parent == PACKAGE:
+                continue
+            tree = ast.parse(path.read_text())
+            top = {id(n) for stmt in tree.body for n in ast.walk(stmt) if isinstance(stmt, (ast.Try, ast.If))}
+            top |= {id(n) for n in tree.body}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and id(node) not in top and not node.level:
+                    module = node.module or ""
+                    if module.split(".")[0] in ("lkca_deploy", "lkca_runtime") and module not in allowed_modules:
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
+    assert offenders == []

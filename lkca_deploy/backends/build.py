@@ -23,6 +23,12 @@ import onnx
 
 from lkca_deploy.backends.base import Backend, BuildResult, BuildStep
 from lkca_deploy.backends.registry import get_backend
+from lkca_deploy.calibration import quantize
+from lkca_deploy.calibration.accuracy_aware import planned_float_nodes
+from lkca_deploy.calibration.headroom import planned_fp32_nodes
+from lkca_deploy.check import tensorrt_compatibility
+from lkca_deploy.lowering.apply import fp32_nodes
+from lkca_deploy.lowering.upsample import upsample_nodes
 from lkca_deploy.onnx_meta import FP16_FP32_NODES, TENSORRT_COMPATIBILITY, read_metadata, set_metadata
 from lkca_deploy.targets import int8_weight_form
 from lkca_runtime.backends.base import check_precision, load_onnx, onnx_precision
@@ -117,7 +123,6 @@ def build_engine(
 def stamp_tensorrt(model: onnx.ModelProto, provenance: dict[str, Any]) -> onnx.ModelProto:
     """Write into `model`'s metadata the oldest TensorRT whose ONNX parser takes it and the JetPacks that ship one
     (check.tensorrt_compatibility), and the nodes a weakly typed build must keep FP32 (FP16_FP32_NODES)."""
-    from lkca_deploy.check import tensorrt_compatibility
 
     compatibility = tensorrt_compatibility(model)
     values = {TENSORRT_COMPATIBILITY: compatibility}
@@ -156,11 +161,6 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     stay FP32 (calibration/headroom.py), the units the accuracy-aware search returned to float stay float in the
     Q/DQ flavours and in NNCF's ignored scope (calibration/accuracy_aware.py).
     """
-    from lkca_deploy.calibration import quantize
-    from lkca_deploy.calibration.accuracy_aware import planned_float_nodes
-    from lkca_deploy.calibration.headroom import planned_fp32_nodes
-    from lkca_deploy.lowering.apply import fp32_nodes
-    from lkca_deploy.lowering.upsample import upsample_nodes
 
     if precision == "fp16":
         # headroom's nodes, and a decomposed LayerNorm's (it overflows in FP16: docs/jetson.md, section 2)

@@ -14,7 +14,6 @@ from lkca_runtime.backends.base import (
     check_options,
     check_precision,
     input_facts,
-    load_onnx,
     require_onnx_precision,
     write_sidecar,
 )
@@ -28,6 +27,7 @@ from lkca_runtime.backends.onnxruntime import (
 )
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_output
+from lkca_runtime.onnx_io import external_data_locations, load_onnx
 
 
 class OnnxRuntimeBackend(OnnxRuntimeLoader, BackendBase):
@@ -86,7 +86,6 @@ BUILD_OPTIONS = ("optimization",)
 
 
 def _external_data(path: Path) -> list[str]:
-    from lkca_runtime.onnx_io import external_data_locations, load_onnx
 
     return external_data_locations(load_onnx(path, load_external_data=False))
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lkca_deploy.backends.base import BackendBase, BuildStep
+from lkca_deploy.calibration.quantize import trt_cache_header, write_trt_calibration_cache
+from lkca_deploy.onnx_meta import read_metadata
+from lkca_deploy.targets import TARGETS, min_tensorrt
 from lkca_runtime.backends.tensorrt import TensorRTLoader, installed_version
 from lkca_runtime.backends.trtexec import TensorRTSettings, strongly_typed_only, write_trtexec_script
+from lkca_runtime.onnx_io import save_onnx_atomic
 
 
 class TensorRTBackend(TensorRTLoader, BackendBase):
@@ -17,8 +21,6 @@ class TensorRTBackend(TensorRTLoader, BackendBase):
         """Write what the device needs to build the engine itself: the calibration cache (INT8) and a trtexec
         script per route. DLA on TensorRT 10 takes INT8 only implicitly (fp32 ONNX + calibration cache): that
         route gets its own script, and this machine's TensorRT 10 builds from it too."""
-        from lkca_deploy.calibration.quantize import trt_cache_header, write_trt_calibration_cache
-        from lkca_runtime.onnx_io import save_onnx_atomic
 
         out, options = step.out, dict(step.options)
         settings = TensorRTSettings.from_options(step.precision, step.device, **options)
@@ -43,8 +45,6 @@ class TensorRTBackend(TensorRTLoader, BackendBase):
 def cache_tensorrt(model) -> str:
     """The TensorRT a calibration cache is written for when none is installed: the oldest the export's target
     means (the header must name the device's TensorRT, or TensorRT recalibrates), else JetPack 6.1/6.2's 10.3."""
-    from lkca_deploy.onnx_meta import read_metadata
-    from lkca_deploy.targets import TARGETS, min_tensorrt
 
     target = read_metadata(model).get("target")
     return (min_tensorrt(target) if target in TARGETS else None) or "10.3.0"

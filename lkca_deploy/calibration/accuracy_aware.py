@@ -26,7 +26,10 @@ import onnx
 from lkca_deploy.calibration import DEFAULT_MAX_DROP
 from lkca_deploy.calibration import quantize as q
 from lkca_deploy.calibration.units import Unit, find_units, nodes_of
+from lkca_deploy.onnx_meta import INT8_ACCURACY, read_metadata
 from lkca_runtime.errors import UserError
+from lkca_runtime.masks import upsampled_argmax
+from lkca_runtime.metrics import confusion_matrix, kl_divergence, miou_from_confusion
 
 SENSITIVITY_SAMPLES = 256  # enough to rank units by KL; the metric itself uses the whole subset
 RUN_BATCH = 64
@@ -176,7 +179,6 @@ def quantize_accuracy_aware(
 def metadata_for(model: onnx.ModelProto, summary: dict) -> dict:
     """The INT8_ACCURACY metadata of `model` for a search's summary, float nodes named as in `model` (units are
     named by structure, so a split found on one lowering of a model names the same units in another)."""
-    from lkca_deploy.onnx_meta import INT8_ACCURACY
 
     nodes = nodes_of(find_units(model), summary["float_units"])
     return {INT8_ACCURACY: {**summary, "float_nodes": nodes}}
@@ -184,7 +186,6 @@ def metadata_for(model: onnx.ModelProto, summary: dict) -> dict:
 
 def planned_float_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(float units, their nodes in `model`) that its metadata says INT8 builds keep float; empty when none."""
-    from lkca_deploy.onnx_meta import INT8_ACCURACY, read_metadata
 
     plan = read_metadata(model).get(INT8_ACCURACY)
     units = list(plan.get("float_units") or []) if isinstance(plan, dict) else []
@@ -208,8 +209,6 @@ def task_metric(logits: np.ndarray, labels: np.ndarray, task: str) -> float:
     grid logits are upsampled bilinearly to the masks, as parity does), in percent."""
     if task == "classification":
         return float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
-    from lkca_runtime.masks import upsampled_argmax
-    from lkca_runtime.metrics import confusion_matrix, miou_from_confusion
 
     size = tuple(labels.shape[-2:])
     pred = (np.argmax(logits, axis=1) if tuple(logits.shape[-2:]) == size
@@ -271,7 +270,6 @@ def _final(steps: Sequence[Step]) -> Step:
 
 
 def _mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
-    from lkca_runtime.metrics import kl_divergence
 
     with np.errstate(all="ignore"):
         kl = kl_divergence(reference_logits, logits, axis=1)

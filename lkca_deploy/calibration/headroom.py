@@ -20,6 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from lkca_deploy.calibration.quantize import _with_node_names, calibrate, to_fp16
+from lkca_deploy.onnx_meta import FP16_HEADROOM, read_metadata
+
 FP16_MAX = 65504.0
 DEFAULT_MARGIN = 4.0  # two bits of headroom over what the calibration samples reached
 # Ops that square their input inside (variance, sum of squares, L2 norm).
@@ -99,7 +102,6 @@ def keep_fp32_nodes(risks: Sequence[Risk]) -> list[str]:
 
 def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEFAULT_MARGIN) -> list[Risk]:
     """find_risks on the ranges of `calib`, nodes named as quantize_int8 and to_fp16_with_headroom name them."""
-    from lkca_deploy.calibration.quantize import _with_node_names
 
     named = _with_node_names(model)
     return find_risks(named, tensor_ranges(named, calib), margin)
@@ -107,7 +109,6 @@ def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEF
 
 def tensor_ranges(model: onnx.ModelProto, calib: np.ndarray) -> dict[str, tuple[float, float]]:
     """(lo, hi) of every float tensor over `calib`: the minmax calibration INT8 uses, run on its own."""
-    from lkca_deploy.calibration.quantize import calibrate
 
     return calibrate(model, calib, flavor="tensorrt", method="minmax").ranges
 
@@ -116,7 +117,6 @@ def to_fp16_with_headroom(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN
 ) -> tuple[onnx.ModelProto, list[Risk]]:
     """quantize.to_fp16 with the risks' nodes kept FP32; returns the model and the risks."""
-    from lkca_deploy.calibration.quantize import _with_node_names, to_fp16
 
     named = _with_node_names(model)
     risks = find_risks(named, ranges, margin)
@@ -125,7 +125,6 @@ def to_fp16_with_headroom(
 
 def headroom_metadata(risks: Sequence[Risk], margin: float = DEFAULT_MARGIN, samples: int | None = None) -> dict:
     """The FP16_HEADROOM metadata: the risks with their observed maxima and the nodes FP16 builds keep FP32."""
-    from lkca_deploy.onnx_meta import FP16_HEADROOM
 
     return {FP16_HEADROOM: {"limit": FP16_MAX, "margin": margin, "calibration_samples": samples,
                             "risks": [r.to_dict() for r in risks], "keep_fp32": keep_fp32_nodes(risks)}}
@@ -133,7 +132,6 @@ def headroom_metadata(risks: Sequence[Risk], margin: float = DEFAULT_MARGIN, sam
 
 def planned_fp32_nodes(model: onnx.ModelProto) -> list[str]:
     """The nodes `model`'s metadata says FP16 builds keep FP32 (those that still exist in it)."""
-    from lkca_deploy.onnx_meta import FP16_HEADROOM, read_metadata
 
     plan = read_metadata(model).get(FP16_HEADROOM)
     if not isinstance(plan, dict):

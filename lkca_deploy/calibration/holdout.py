@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lkca_deploy.data.datasets import open_source, preprocess_all, seeded_subset
+from lkca_deploy.data.segmentation import open_segmentation_source, preprocess_pairs
 from lkca_runtime.errors import UserError
 from lkca_runtime.spec import PreprocessSpec
 
@@ -54,7 +56,6 @@ def validation_subset(
         raise UserError(f"the validation subset needs at least one sample, got {samples}")
     source, read = _training_split(data, spec, data_root, download)
     size = len(source)
-    from lkca_deploy.data.datasets import seeded_subset
 
     excluded = seeded_subset(size, calib_samples, calib_seed) if calib_samples else np.zeros(0, np.int64)
     rest = np.setdiff1d(np.arange(size), excluded)
@@ -77,11 +78,9 @@ def validation_subset(
 def _training_split(data: str, spec: PreprocessSpec, root, download):
     """(source, read(indices) -> (x, targets)) for a data set's training split."""
     if spec.task == "segmentation":
-        from lkca_deploy.data.segmentation import open_segmentation_source, preprocess_pairs
 
         source = open_segmentation_source(data, "train", root, download)
         return source, lambda indices: preprocess_pairs(source, spec, indices)
-    from lkca_deploy.data.datasets import open_source, preprocess_all
 
     source = open_source(data, "train", root, download)
     return source, lambda indices: (preprocess_all(source, spec, indices), source.labels[indices])

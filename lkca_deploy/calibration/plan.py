@@ -19,6 +19,8 @@ import numpy as np
 from lkca_deploy.calibration import DEFAULT_METHOD, headroom
 from lkca_deploy.calibration.accuracy_aware import AccuracyAwareResult, metadata_for, quantize_accuracy_aware
 from lkca_deploy.calibration.holdout import validation_subset
+from lkca_deploy.onnx_meta import FP16_HEADROOM, INT8_ACCURACY, read_metadata, set_metadata
+from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
 
 @dataclass
@@ -103,8 +105,6 @@ def plan_precision(
     the INT8 search runs on. max_drop None: plain INT8 (no search). calib_samples / calib_seed: the draw `calib`
     came from (load_calibration(data, ...)), left out of the validation subset.
     """
-    from lkca_deploy.onnx_meta import set_metadata
-    from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     plan = PrecisionPlan()
     if int8 and max_drop is not None:
@@ -132,8 +132,6 @@ def carry_plan(source: Path, target: Path) -> None:
     """Write the plan in `source`'s metadata into `target`, another export of the same model (with block outputs,
     say), so an engine built from `target` keeps the same parts in float. INT8 units are named by structure and
     found again in `target`; the FP16 nodes keep their names (builds skip names a graph lacks)."""
-    from lkca_deploy.onnx_meta import FP16_HEADROOM, INT8_ACCURACY, read_metadata, set_metadata
-    from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     plan = read_metadata(load_onnx(source))
     model = load_onnx(target)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lkca_deploy.calibration import CALIB_SAMPLES
+from lkca_deploy.data import load_arrays
 from lkca_runtime.errors import UserError
 from lkca_runtime.spec import PreprocessSpec
 
@@ -95,7 +96,6 @@ def _count_warnings(found: int, asked: int, source: str) -> list[str]:
 
 
 def _from_data_set(name, spec, samples, seed, data_root, download) -> CalibrationSet:
-    from lkca_deploy.data import load_arrays
 
     x, _ = load_arrays(name, split="train", spec=spec, root=data_root, download=download, limit=samples, seed=seed)
     return CalibrationSet(np.ascontiguousarray(x, dtype=np.float32), f"{name} (train split)")

@@ -17,6 +17,7 @@ from lkca_runtime.errors import UserError
 
 # Each module registers its commands on `app`, in this order in `lkca-deploy --help`: the data flow, then the device.
 from lkca_deploy.cli import models, graph, engines, runs, device  # noqa: F401  isort: skip
+from lkca_deploy.interrupts import Interrupted, interrupts_raise
 
 __all__ = ["app", "main"]
 
@@ -34,7 +35,6 @@ def main() -> None:
     except ImportError:
         from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from lkca_deploy.interrupts import Interrupted, interrupts_raise
 
     stdout = sys.stdout
     sys.stdout = _GuardedOutput(stdout)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from lkca_deploy.calibration.sources import load_calibration
 from lkca_runtime.cli import strict_json
 
 app = typer.Typer(
@@ -32,7 +33,6 @@ def warn(message: str) -> None:
 
 
 def calibration_samples(source: str, onnx_path: Path, samples: int, data_root: Path | None, download: bool):
-    from lkca_deploy.calibration.sources import load_calibration
     from lkca_deploy.onnx_meta import spec_from_model
     from lkca_runtime.onnx_io import load_onnx
 

@@ -9,6 +9,9 @@ import typer
 from lkca_deploy.cli.common import SCALE_HELP, STRIDE_HELP, app, echo_json
 from lkca_deploy.ranges import POSITIVE, POSITIVE_INT, option
 from lkca_runtime.cli import prediction_lines, verify_table
+from lkca_runtime.masks import cli_slide
+from lkca_runtime.predictor import predict as run_prediction
+from lkca_runtime.verify import build_device_engines, verify_bundle
 
 
 @app.command()
@@ -27,8 +30,6 @@ def predict(
                                                                   "the bundle's golden samples before serving."),
 ) -> None:
     """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
-    from lkca_runtime.masks import cli_slide
-    from lkca_runtime.predictor import predict as run_prediction
 
     results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision,
                              slide=cli_slide(slide, stride, scale), verify=verify_mode)
@@ -54,7 +55,6 @@ def verify(
 ) -> None:
     """Re-prove engines on THIS machine with the bundle's golden samples (no torch, no data set); exit 1 when one
     misses its tolerance or raises (engines this machine cannot run are listed as refused, with the reason). A TensorRT engine the bundle's trtexec script wrote is adopted only when it passes."""
-    from lkca_runtime.verify import verify_bundle
 
     result = verify_bundle(bundle, backend=backend, precision=precision, engine=engine, all_engines=all_engines,
                            threads=threads)
@@ -76,7 +76,6 @@ def build_device(
     """Build the TensorRT engine(s) on THIS device from the bundle's ONNX with the trtexec script's settings,
     prove each on the golden samples, and cache it beside the bundle (or in the user cache when the bundle is
     read-only) under this GPU, compute capability, TensorRT version and driver; exit 1 when one fails."""
-    from lkca_runtime.verify import build_device_engines
 
     checks = build_device_engines(bundle, precision=precision, all_engines=all_engines, gpu_index=gpu,
                                   echo=lambda line: typer.echo(line, err=True))

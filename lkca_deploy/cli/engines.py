@@ -10,6 +10,7 @@ from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_METHOD
 from lkca_deploy.cli.common import app, calibration_samples
 from lkca_deploy.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, PERCENTILE, POSITIVE_INT, option
 from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import atomic_outputs, guard_output
 
 
 @app.command()
@@ -39,7 +40,6 @@ def quantize(
 ) -> None:
     """Quantize an ONNX model to INT8 Q/DQ, calibrated on real samples; sensitive ops stay float."""
     from lkca_deploy.calibration.quantize import quantize_int8, trt_cache_header, write_trt_calibration_cache
-    from lkca_runtime.fsutil import atomic_outputs, guard_output
     from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     # Every output is checked before the work and written only when all of them succeed.
@@ -105,7 +105,6 @@ def build(
 ) -> None:
     """Build a backend artifact at a precision (precision is baked into the ONNX first)."""
     from lkca_deploy.backends.build import build_engine
-    from lkca_runtime.fsutil import guard_output
 
     guard_output(out, [file, calib if calib and Path(calib).exists() else None])
     array = calibration_samples(calib, file, calib_samples, data_root, False) if calib else None

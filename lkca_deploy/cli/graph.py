@@ -12,6 +12,7 @@ from lkca_deploy.lowering.registry import MATMUL_BUDGET_MIB, STRATEGIES
 from lkca_deploy.ranges import NON_NEGATIVE_INT, OPSET, POSITIVE, POSITIVE_INT, option
 from lkca_deploy.targets import DEFAULT_TARGET, TARGET_NAMES
 from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import guard_output
 
 
 @app.command()
@@ -37,7 +38,6 @@ def export(
 ) -> None:
     """Export to ONNX with the large-kernel conv lowered for a target; checks itself against PyTorch."""
     from lkca_deploy.export import export_model
-    from lkca_runtime.fsutil import guard_output
 
     guard_output(out, [source if Path(source).exists() else None])  # before tracing: fails in a second
 
@@ -69,7 +69,6 @@ def lower(
 ) -> None:
     """Rewrite every large stride-1 depthwise/grouped Conv of any ONNX model; says what changed and why."""
     from lkca_deploy.lowering.apply import lower_file
-    from lkca_runtime.fsutil import guard_output
 
     guard_output(out, [src])
 

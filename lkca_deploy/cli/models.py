@@ -9,6 +9,7 @@ import typer
 
 from lkca_deploy.cli.common import SCALE_HELP, STRIDE_HELP, app, echo_json
 from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, option
+from lkca_runtime.masks import cli_slide
 
 
 @app.command()
@@ -80,7 +81,6 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: top-1/top-5 (classification) or mIoU/pixel accuracy (segmentation)."""
     from lkca_deploy.train import evaluate as run_evaluation
-    from lkca_runtime.masks import cli_slide
 
     metrics = run_evaluation(checkpoint, data, split, data_root, download, device,
                              slide=cli_slide(slide, stride, scale))

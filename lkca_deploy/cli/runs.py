@@ -10,8 +10,18 @@ import typer
 from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
 from lkca_deploy.cli.common import app, echo_json
 from lkca_deploy.lowering.registry import STRATEGIES
+from lkca_deploy.measure.e2e import STAGES, TOTAL
 from lkca_deploy.ranges import FRACTION, NON_NEGATIVE, POINTS, POSITIVE, POSITIVE_INT, int_list_option, option
+from lkca_deploy.reports.compare import CompareThresholds
+from lkca_deploy.reports.compare import compare as run_comparison
+from lkca_deploy.reports.render import summary_table, write_report
+from lkca_runtime.backends.base import PRECISIONS
+from lkca_runtime.backends.openvino import cpu_flags, cpu_has_bf16
+from lkca_runtime.backends.registry import BACKENDS
 from lkca_runtime.errors import UserError
+from lkca_runtime.fsutil import guard_output
+from lkca_runtime.machine import isa_summary
+from lkca_runtime.metrics import Thresholds
 
 
 def _split_list(value: str, valid, what: str) -> list[str]:
@@ -65,10 +75,6 @@ def pipeline(
     """The main job: train or load, export, build every backend x precision, parity, bench, bundle."""
     from lkca_deploy.export import check_logits
     from lkca_deploy.pipeline import PipelineOptions, run_pipeline
-    from lkca_deploy.reports.render import summary_table
-    from lkca_runtime.backends.base import PRECISIONS
-    from lkca_runtime.backends.openvino import cpu_flags, cpu_has_bf16
-    from lkca_runtime.backends.registry import BACKENDS
 
     check_logits(logits)  # before any training: a typo ends here, in one line
     limits = _baseline_limits(baseline, baseline_max_accuracy_drop, baseline_max_latency_increase,
@@ -93,7 +99,6 @@ def pipeline(
 
 def _baseline_limits(baseline: Path | None, accuracy: float | None, latency: float | None, memory: float | None):
     """pipeline's --baseline-max-* limits over compare's defaults; UserError when they come without --baseline."""
-    from lkca_deploy.reports.compare import CompareThresholds
 
     given = {"max_accuracy_drop": accuracy, "max_latency_increase": latency, "max_memory_increase": memory}
     given = {k: v for k, v in given.items() if v is not None}
@@ -117,8 +122,6 @@ def compare(
                                                help="Other machine facts are a regression; latency gates anyway."),
 ) -> None:
     """What got worse from BASE to NEW, engine by engine; exit 1 on a regression, 0 otherwise."""
-    from lkca_deploy.reports.compare import CompareThresholds
-    from lkca_deploy.reports.compare import compare as run_comparison
 
     limits = CompareThresholds(max_accuracy_drop, max_latency_increase, max_memory_increase, same_machine_required)
     result = run_comparison(base, new, limits)
@@ -144,9 +147,6 @@ def parity(
 ) -> None:
     """Re-prove a bundle's engines against PyTorch FP32 on the evaluation split; exit 1 when one fails."""
     from lkca_deploy.proof import bundle_parity
-    from lkca_deploy.reports.render import summary_table, write_report
-    from lkca_runtime.fsutil import guard_output
-    from lkca_runtime.metrics import Thresholds
 
     if out is not None:
         guard_output(out, [bundle], folder=True)
@@ -180,7 +180,6 @@ def bench(
     """Latency of engines: warm-up, then p50/p90/p99 and throughput per batch size, with the machine's facts;
     then what each engine costs beyond that: load time, peak memory, end-to-end latency through the Predictor."""
     from lkca_deploy.proof import bench_artifacts
-    from lkca_runtime.machine import isa_summary
 
     rows = bench_artifacts(targets, batches, threads, budget, cost=cost)
     if as_json:
@@ -199,7 +198,6 @@ def bench(
 
 def _echo_costs(rows: list[dict]) -> None:
     """Load time and peak memory per engine, then the Predictor's stages (p50 / p99 ms) where they were timed."""
-    from lkca_deploy.measure.e2e import STAGES, TOTAL
 
     typer.echo("\nload: artifact on disk -> first result, fresh process; peak: resident memory the engine adds")
     typer.echo(f"{'backend':<12} {'precision':<9} {'load ms':>9} {'peak MiB':>9} {'library MiB':>11}  artifact")

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lkca_deploy.data.datasets import load_arrays as load_classification_arrays
+from lkca_deploy.data.datasets import open_source, preprocess_all, spec_for
+from lkca_deploy.data.segmentation import load_segmentation_arrays, open_segmentation_split
+from lkca_runtime.errors import UserError
 from lkca_runtime.spec import PreprocessSpec, Split
 
 SEGMENTATION_DATASETS = ("digit-scenes", "ade20k")
@@ -26,18 +30,15 @@ def open_split(name: str, split: str, task: str, img_size: int, root=None, downl
                spec: PreprocessSpec | None = None) -> Split:
     """`spec`: the model's own preprocessing (a checkpoint's), which every image then goes through, converted to
     its channels as the Predictor converts; the class names stay the data set's. None: the data set's own."""
-    from lkca_runtime.errors import UserError
 
     if task == "segmentation":
         if not is_segmentation_data(name):
             raise UserError(f"{name} is not a segmentation data set; valid: {', '.join(SEGMENTATION_DATASETS)}, "
                             "or a folder with images/ and masks/")
-        from lkca_deploy.data.segmentation import open_segmentation_split
 
         return open_segmentation_split(name, split, img_size, root, download, spec=spec)
     if is_segmentation_data(name):
         raise UserError(f"{name} is a segmentation data set, but the model is a classifier")
-    from lkca_deploy.data.datasets import open_source, spec_for
 
     source = open_source(name, split, root, download)
     spec = spec_for(source, img_size) if spec is None else replace(spec, class_names=source.class_names)
@@ -48,10 +49,8 @@ def load_arrays(name: str, split: str, spec: PreprocessSpec, root=None, download
                 limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A split as numpy (x float32 NCHW preprocessed by ``spec``, targets); ``limit`` takes a seeded subset."""
     if spec.task == "segmentation":
-        from lkca_deploy.data.segmentation import load_segmentation_arrays
 
         return load_segmentation_arrays(name, split, spec, root, download, limit, seed)
-    from lkca_deploy.data.datasets import load_arrays as load_classification_arrays
 
     return load_classification_arrays(name, split, spec, root, download, limit, seed)
 
@@ -63,7 +62,6 @@ def _classification_dataset(source, spec: PreprocessSpec):
     import torch
     from torch.utils.data import Dataset, TensorDataset
 
-    from lkca_deploy.data.datasets import preprocess_all
 
     if len(source) <= IN_MEMORY_LIMIT:
         x = torch.from_numpy(preprocess_all(source, spec))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkca_deploy.data.datasets import DIGITS_MEAN_STD
+from lkca_deploy.data.datasets import DIGITS_MEAN_STD, digits_images, digits_split_indices
 
 SCENE_SIZE = 64
 SCENE_COUNTS = {"train": 2000, "test": 500}
@@ -43,7 +43,6 @@ class Scenes:
 
 def make_scenes(split: str = "train", count: int | None = None, seed: int = 0, size: int = SCENE_SIZE) -> Scenes:
     """Scenes of one split, deterministic from ``seed``; train and test draw from disjoint digit images."""
-    from lkca_deploy.data.datasets import digits_images, digits_split_indices
 
     if split not in SCENE_COUNTS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SCENE_COUNTS)}")

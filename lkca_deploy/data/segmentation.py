@@ -29,6 +29,7 @@ from lkca_deploy.data.datasets import (
     SourceInfo,
     seeded_subset,
 )
+from lkca_deploy.data.scenes import CLASS_NAMES, MEAN_STD, make_scenes
 from lkca_runtime.errors import UserError
 from lkca_runtime.spec import IGNORE_INDEX, PreprocessSpec, Split
 
@@ -52,7 +53,6 @@ class SegmentationSource(SourceInfo):
 
 
 def _digit_scenes(split: str) -> SegmentationSource:
-    from lkca_deploy.data.scenes import CLASS_NAMES, MEAN_STD, make_scenes
 
     scenes = make_scenes("train" if split == "train" else "test")
     mean, std = MEAN_STD

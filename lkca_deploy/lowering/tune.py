@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.lowering.apply import lower_model
 from lkca_deploy.lowering.registry import CONV, STRATEGIES, tune_candidates
 from lkca_deploy.lowering.rules.matmul import DEFAULT_MATMUL_BUDGET
 from lkca_deploy.lowering.sites import with_conv_names
+from lkca_deploy.measure.latency import measure_latency
 from lkca_runtime.errors import UserError
 from lkca_runtime.onnx_io import graph_inputs, input_spec, save_onnx_atomic
 
@@ -155,14 +157,12 @@ class _CandidateTimer:
     """time_fn for tune_lowering: seconds per run of a candidate on one backend, each built and loaded once."""
 
     def __init__(self, backend_name: str, folder: Path, x: np.ndarray):
-        from lkca_deploy.backends.registry import get_backend
 
         self.backend = get_backend(backend_name)
         self.folder, self.x = folder, x
         self.runners: dict[int, Any] = {}
 
     def __call__(self, model: onnx.ModelProto) -> float:
-        from lkca_deploy.measure.latency import measure_latency
 
         runner = self.runners.get(id(model))
         if runner is None:

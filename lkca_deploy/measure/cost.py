@@ -41,6 +41,13 @@ from typing import Any
 
 import numpy as np
 
+from lkca_deploy.backends.registry import get_backend
+from lkca_deploy.measure.e2e import measure_e2e
+from lkca_runtime.backends.base import read_sidecar
+from lkca_runtime.errors import UserError
+from lkca_runtime.predictor import Predictor
+from lkca_runtime.spec import PreprocessSpec
+
 RUNS = 5  # calls per batch size while the peak is watched
 TIMEOUT_S = 600.0
 _MIB = 1024.0  # /proc/self/status reports kB
@@ -94,7 +101,6 @@ def measure_cost(
     keyword arguments (warmup, iters, budget_s, min_iters)} to time the Predictor on those files in the same child.
     A UserError in the child (say, the backend is not installed) is raised here with its one line.
     """
-    from lkca_runtime.errors import UserError
 
     if runs < 1 or not batches or any(b < 1 for b in batches):
         raise ValueError(f"need runs >= 1 and positive batch sizes (got {runs}, {list(batches)})")
@@ -193,7 +199,6 @@ def _engine_input_shape(request: Mapping[str, Any]) -> tuple[int, ...]:
 
     Read before loading so the inputs are not counted in the engine's memory; read_sidecar's UserErrors name a
     missing artifact or one built for another backend."""
-    from lkca_runtime.backends.base import read_sidecar
 
     facts = read_sidecar(Path(request["artifact"]), request["backend"])
     return tuple(int(d) for d in facts["input"]["shape"][1:])
@@ -209,7 +214,6 @@ def _import_onnx_reader() -> None:
 
 def child_main(request: Mapping[str, Any]) -> dict[str, Any]:
     """Steps 1-5 of the module docstring; returns {"cost": EngineCost dict, "e2e": dict | None, "torch_imported"}."""
-    from lkca_deploy.backends.registry import get_backend
 
     before_import = _rss_kb()
     backend = get_backend(request["backend"])  # UserError when not installed; imports the library
@@ -258,9 +262,6 @@ def child_main(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _child_e2e(runner, spec: Mapping[str, Any]) -> dict[str, Any]:
-    from lkca_deploy.measure.e2e import measure_e2e
-    from lkca_runtime.predictor import Predictor
-    from lkca_runtime.spec import PreprocessSpec
 
     predictor = Predictor.around(
         runner, PreprocessSpec.from_dict(spec["spec"]), spec["task"], class_names=spec.get("class_names")
@@ -270,7 +271,6 @@ def _child_e2e(runner, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _main(argv: Sequence[str]) -> int:
-    from lkca_runtime.errors import UserError
 
     try:
         result = child_main(json.loads(argv[0]))

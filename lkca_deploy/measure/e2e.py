@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lkca_deploy.data.datasets import open_source, seeded_subset
+from lkca_deploy.data.segmentation import open_segmentation_source
 from lkca_deploy.measure.latency import MAX_ITERS, LatencyStats, stats_from_samples
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
@@ -123,17 +125,14 @@ def write_sample_images(
     The e2e timings read these files as a device would read its camera's or its user's."""
     from PIL import Image
 
-    from lkca_deploy.data.datasets import seeded_subset
 
     if task == "segmentation":
-        from lkca_deploy.data.segmentation import open_segmentation_source
 
         source = open_segmentation_source(data, "test", data_root, download)
 
         def read(i: int):
             return source.read(i)[0]
     else:
-        from lkca_deploy.data.datasets import open_source
 
         source = open_source(data, "test", data_root, download)
         read = source.read

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lkca_deploy.checkpoint import load_checkpoint, save_checkpoint
+from lkca_deploy.models.lkca import LKCA, MHSA
 from lkca_runtime.errors import UserError
 
 
@@ -19,7 +21,6 @@ def plant_value_outlier(model, block: int, channel: int, factor: float) -> None:
     """Rescale `channel` of block `block`'s value projection by `factor` in place (and its reader by 1/factor)."""
     import torch
 
-    from lkca_deploy.models.lkca import LKCA, MHSA
 
     if not 0 <= block < len(model.blocks):
         raise UserError(f"block {block} does not exist; the model has {len(model.blocks)}")
@@ -44,7 +45,6 @@ def plant_value_outlier(model, block: int, channel: int, factor: float) -> None:
 
 def outlier_checkpoint(ckpt_dir: str | Path, out: str | Path, *, block: int, channel: int, factor: float) -> Path:
     """A copy of a checkpoint with `plant_value_outlier` applied; the rescale is recorded in its metadata."""
-    from lkca_deploy.checkpoint import load_checkpoint, save_checkpoint
 
     model, ckpt = load_checkpoint(ckpt_dir)
     plant_value_outlier(model, block, channel, factor)

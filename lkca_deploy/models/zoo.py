@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from lkca_deploy.models.lkca import default_kernel_size, default_view
+from lkca_deploy.models.vit import ViT
+from lkca_deploy.ranges import POSITIVE, POSITIVE_INT, Range
 from lkca_runtime.errors import UserError
 
 
@@ -122,7 +124,6 @@ def config_from_dict(d) -> ModelConfig:
     model, mixer and task the zoo's for it, sizes positive integers that split evenly (image into patches, width
     into heads), channels 1 or 3. Fields the dict lacks come from the zoo. ValueError (TypeError for no dict at
     all) says which field is wrong."""
-    from lkca_deploy.ranges import POSITIVE, POSITIVE_INT, Range
 
     if not isinstance(d, dict):
         raise TypeError(f"'model' must be an object naming a zoo model, not {d!r}")
@@ -175,7 +176,6 @@ def get_config(name: str, **overrides) -> ModelConfig:
 
 def build_model(config: ModelConfig, view: str | None = None):
     """A ViT for this config; view None picks the faster training view for its grid."""
-    from lkca_deploy.models.vit import ViT
 
     return ViT(
         mixer=config.mixer,

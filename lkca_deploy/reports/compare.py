@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lkca_deploy.reports.contract import validate_report_dict
-from lkca_runtime.bundle import engine_name
+from lkca_runtime.bundle import MANIFEST, engine_name, read_manifest, require_hashes
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import json_loads
 
@@ -100,7 +100,6 @@ def load_report(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any],
 def _report_in_dir(folder: Path) -> Path:
     if (folder / REPORT_FILE).is_file():
         return folder / REPORT_FILE
-    from lkca_runtime.bundle import MANIFEST, read_manifest, require_hashes
 
     if not (folder / MANIFEST).is_file():
         raise UserError(f"{folder} holds neither {REPORT_FILE} nor a bundle manifest")

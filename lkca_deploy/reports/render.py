@@ -30,12 +30,20 @@ from typing import Any, NamedTuple
 
 from lkca_deploy.measure.e2e import TOTAL
 from lkca_deploy.measure.latency import LatencyStats
+from lkca_deploy.reports import figures as plots
+from lkca_deploy.reports.compare import (
+    comparison_markdown,
+    comparison_summary_lines,
+    comparison_tables,
+    comparison_text,
+)
 from lkca_deploy.reports.contract import (
     E2E_STAGES,
     EngineResult,
     Report,
     validate_report_dict,
 )
+from lkca_deploy.reports.figures import accuracy_latency, baseline_changes
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_outputs
 from lkca_runtime.machine import isa_summary
@@ -254,7 +262,6 @@ def summary_table(report: Report) -> str:
     if failures:
         parts.append("Failures:\n" + "\n".join(f"  {line}" for line in failures))
     if report.comparison is not None:
-        from lkca_deploy.reports.compare import comparison_text
 
         parts.append("Against the baseline:\n" + comparison_text(report.comparison))
     return "\n\n".join(parts) + "\n"
@@ -290,7 +297,6 @@ def render_markdown(report: Report) -> str:
             _divergence_text(report),
         ]
     if report.comparison is not None:
-        from lkca_deploy.reports.compare import comparison_markdown
 
         parts += ["## Against the baseline", comparison_markdown(report.comparison, heading=None).strip()]
     return "\n\n".join(parts) + "\n"
@@ -317,7 +323,6 @@ def _png_base64(fig: Any) -> str:
 
 def _accuracy_latency_figure(report: Report) -> Any | None:
     """Accuracy (or agreement, without labels) against p50 latency at the smallest batch."""
-    from lkca_deploy.reports.figures import accuracy_latency
 
     cols = _TASK_COLUMNS[report.task]
     batches = _batches(report)
@@ -368,8 +373,6 @@ def _html_figure(fig: Any | None, alt: str) -> str:
 
 def _comparison_html(comparison: dict[str, Any]) -> list[str]:
     """The `compare` verdict against the baseline run: findings, the change per engine as tables and a figure."""
-    from lkca_deploy.reports.compare import comparison_summary_lines, comparison_tables
-    from lkca_deploy.reports.figures import baseline_changes
 
     regressed = comparison["regressed"]
     verdict = f'<span class="{"fail" if regressed else "pass"}">{"REGRESSED" if regressed else "NO REGRESSION"}</span>'
@@ -403,7 +406,6 @@ def render_html(report: Report) -> str:
         parts += ["<h2>Skipped engines</h2>", _html_table(headers, skipped)]
     if any(e.e2e for e in report.engines):
         parts += [f"<h2>{_E2E_TITLE}</h2>", _html_table(*e2e_table(report)), f"<p>{html.escape(_COST_NOTE)}</p>"]
-    from lkca_deploy.reports import figures as plots
 
     figures = [
         ("Accuracy against latency", _accuracy_latency_figure(report)),

@@ -8,6 +8,8 @@ meter, the golden sets and the Predictor's output. README.md ("Architecture") li
 
 from __future__ import annotations
 
+from lkca_deploy.tasks.classification import ClassificationTask
+from lkca_deploy.tasks.segmentation import SegmentationTask
 from lkca_runtime.spec import TASKS
 
 __all__ = ["TASKS", "get_task"]
@@ -15,11 +17,9 @@ __all__ = ["TASKS", "get_task"]
 
 def get_task(name: str):
     if name == "classification":
-        from lkca_deploy.tasks.classification import ClassificationTask
 
         return ClassificationTask()
     if name == "segmentation":
-        from lkca_deploy.tasks.segmentation import SegmentationTask
 
         return SegmentationTask()
     raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")

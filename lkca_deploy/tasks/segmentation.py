@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lkca_runtime.masks import slide_image_logits, upsampled_argmax
 from lkca_runtime.metrics import SegmentationMeter
 
 IGNORE_INDEX = 255
@@ -100,7 +101,6 @@ def evaluate_sliding(net, source, spec, device, slide) -> dict:
     `source` is a data.segmentation.SegmentationSource (raw images and label maps), `spec` the model's
     PreprocessSpec; one image at a time, since images differ in size.
     """
-    from lkca_runtime.masks import slide_image_logits, upsampled_argmax
 
     strides = slide.strides(tuple(spec.input_size))  # checked before the first image
 

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lkca_runtime.errors import UserError
+from lkca_runtime.masks import cli_slide
+from lkca_runtime.predictor import predict
+from lkca_runtime.verify import verify_bundle
 
 PROG = "lkca-runtime"
 
@@ -124,7 +127,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args) -> int:
-    from lkca_runtime.verify import verify_bundle
 
     result = verify_bundle(args.bundle, backend=args.backend, precision=args.precision, engine=args.engine,
                            all_engines=args.all_engines, threads=args.threads)
@@ -133,8 +135,6 @@ def _verify(args) -> int:
 
 
 def _predict(args) -> int:
-    from lkca_runtime.masks import cli_slide
-    from lkca_runtime.predictor import predict
 
     results = predict(args.bundle, args.images, args.backend, args.top_k, args.save_mask, precision=args.precision,
                       slide=cli_slide(args.slide, args.stride, args.scale), verify=args.verify)

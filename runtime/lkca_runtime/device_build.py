@@ -22,11 +22,32 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lkca_runtime.backends.base import PRECISIONS
+from lkca_runtime.backends.base import (
+    PRECISIONS,
+    input_facts,
+    load_onnx,
+    onnx_precision,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+from lkca_runtime.backends.registry import get_loader
+from lkca_runtime.backends.tensorrt import current_gpu_facts
+from lkca_runtime.backends.trtexec import (
+    BUILD_OPTIONS,
+    COMPAT_FACTS,
+    TensorRTSettings,
+    engine_mismatches,
+    parse_device,
+    precision_plan,
+)
 from lkca_runtime.bundle import Manifest, engine_name, inside, require_hashes
 from lkca_runtime.errors import UserError
+from lkca_runtime.fingerprint import fingerprint_key, jetson_facts
+from lkca_runtime.fsutil import sha256_file
 from lkca_runtime.golden import GoldenSet
 from lkca_runtime.jetpack import check_recipe_fits
+from lkca_runtime.machine import machine_facts
 from lkca_runtime.records import DeviceCache
 from lkca_runtime.verify_engine import EngineVerdict, verify_loaded
 
@@ -62,8 +83,6 @@ def choose_build(manifest: Manifest, precision: str | None = None) -> dict[str, 
 
 def gpu_driver(gpu_index: int = 0, *, gpus: list[dict[str, Any]] | None = None, root: str | Path = "/") -> str | None:
     """The GPU driver version from nvidia-smi; on a Jetson, where the driver ships with L4T, 'L4T <release>'."""
-    from lkca_runtime.fingerprint import jetson_facts
-    from lkca_runtime.machine import machine_facts
 
     rows = machine_facts()["gpus"] if gpus is None else gpus
     if gpu_index < len(rows) and rows[gpu_index].get("driver") not in (None, "", "N/A", "[N/A]"):
@@ -87,7 +106,6 @@ def build_key(build: dict[str, Any], here: dict[str, Any], onnx_sha256: str) -> 
 def build_arguments(build: dict[str, Any], bundle_dir: Path, folder: Path) -> tuple[Path, str | None, dict[str, Any]]:
     """(ONNX, device, keyword options) for TensorRTBackend.build from the recipe's settings: the calibration
     cache read from the bundle, the timing cache kept beside the engine being built."""
-    from lkca_runtime.backends.trtexec import BUILD_OPTIONS, TensorRTSettings
 
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     options = {k: getattr(settings, k) for k in BUILD_OPTIONS}
@@ -100,7 +118,6 @@ def build_arguments(build: dict[str, Any], bundle_dir: Path, folder: Path) -> tu
 def script_engine(bundle_dir: Path, manifest: Manifest, build: dict[str, Any]) -> Path | None:
     """The engine the bundle's trtexec script wrote on this device: at the recipe's engine path, and not the
     bundle's own listed file (that one was built elsewhere and is judged by its sidecar)."""
-    from lkca_runtime.fsutil import sha256_file
 
     path = inside(bundle_dir, build["engine"])
     if not path.is_file():
@@ -113,8 +130,6 @@ def bundle_engine_here(bundle_dir: Path, manifest: Manifest, build: dict[str, An
                        here: dict[str, Any]) -> dict[str, Any] | None:
     """The bundle's own engine for this recipe when its sidecar says it was built on a GPU and TensorRT like
     these (a pipeline run on the device itself, or on an identical one)."""
-    from lkca_runtime.backends.base import read_sidecar
-    from lkca_runtime.backends.trtexec import engine_mismatches
 
     for engine in manifest.engines:
         if engine["backend"] != BACKEND or engine_name(engine) != engine_name(build):
@@ -133,7 +148,6 @@ def bundle_engine_here(bundle_dir: Path, manifest: Manifest, build: dict[str, An
 
 def here_facts(gpu_index: int = 0) -> dict[str, Any]:
     """This GPU's name and compute capability, the TensorRT version and the driver."""
-    from lkca_runtime.backends.tensorrt import current_gpu_facts
 
     return {**current_gpu_facts(gpu_index), "driver": gpu_driver(gpu_index)}
 
@@ -141,8 +155,6 @@ def here_facts(gpu_index: int = 0) -> dict[str, Any]:
 def _write_adopted_sidecar(engine: Path, onnx_path: Path, build: dict[str, Any], here: dict[str, Any],
                            device: str | None) -> None:
     """trtexec writes no sidecar: describe the engine it built from the recipe and this machine's facts."""
-    from lkca_runtime.backends.base import input_facts, load_onnx, onnx_precision, write_sidecar
-    from lkca_runtime.backends.trtexec import COMPAT_FACTS, TensorRTSettings, parse_device, precision_plan
 
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     model = load_onnx(onnx_path)
@@ -183,8 +195,6 @@ def provide_engine(
     when it passes; when it fails the file is None and the check says why. `adopt_only`: never build, only adopt
     a script-built engine (UserError when there is none). A recipe whose ONNX needs a newer TensorRT than this
     device's is refused (UserError naming the JetPack to use, jetpack.py)."""
-    from lkca_runtime.backends.base import sidecar_path
-    from lkca_runtime.backends.registry import get_loader
 
     bundle_dir = Path(bundle_dir)
     cache = cache or DeviceCache(bundle_dir)
@@ -245,6 +255,5 @@ def _remove_script_output(bundle_dir: Path, manifest: Manifest, engine: Path) ->
 
 
 def _key_name(key: dict[str, Any]) -> str:
-    from lkca_runtime.fingerprint import fingerprint_key
 
     return fingerprint_key(key)

@@ -20,6 +20,7 @@ import numpy as np
 
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_output, sha256_file
+from lkca_runtime.masks import upsampled_argmax
 from lkca_runtime.metrics import (
     IGNORE_INDEX,
     ClassificationParityMeter,
@@ -96,7 +97,6 @@ def compact_segmentation_reference(logits: np.ndarray, mask_size: tuple[int, int
         "ref_margin": (top1 - second).astype(np.float16),
     }
     if mask_size is not None and tuple(mask_size) != logits.shape[2:]:
-        from lkca_runtime.masks import upsampled_argmax
 
         compact[_UPSAMPLED_KEY] = np.stack([upsampled_argmax(sample, mask_size) for sample in logits]).astype(ids)
     return compact
@@ -222,7 +222,6 @@ def _segmentation_metrics(golden: GoldenSet, outputs: np.ndarray) -> dict[str, A
         raise UserError(f"the golden masks name classes beyond the engine's {classes}: an engine of another model")
     scored, scored_ref = pred, ref
     if labels.shape[1:] != ref.shape[1:]:  # grid logits: scored after the one upsample to the masks, as parity does
-        from lkca_runtime.masks import upsampled_argmax
 
         if _UPSAMPLED_KEY not in golden.reference:
             raise UserError("the golden set has no upsampled reference for these grid logits: rebuild the bundle")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lkca_runtime.errors import UserError
+from lkca_runtime.masks import upsampled_argmax
 from lkca_runtime.spec import TASKS
 
 IGNORE_INDEX = 255
@@ -264,7 +265,6 @@ class SegmentationParityMeter:
             raise ValueError(f"segmentation logits must be (batch, classes, H, W), got shape {logits.shape}")
         self._error.update(logits, reference)
         if labels is not None and np.shape(labels)[1:] != logits.shape[2:]:
-            from lkca_runtime.masks import upsampled_argmax
 
             size = np.shape(labels)[1:]
             pred = np.stack([upsampled_argmax(sample, size) for sample in logits])

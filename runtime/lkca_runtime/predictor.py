@@ -21,12 +21,23 @@ from typing import Any
 import numpy as np
 
 from lkca_runtime.backends.base import PRECISIONS, run_batched, static_batch
-from lkca_runtime.backends.registry import backend_status
-from lkca_runtime.bundle import Manifest, check_engine_precision, inside, read_manifest, require_whole
+from lkca_runtime.backends.registry import BACKENDS, backend_status, get_loader
+from lkca_runtime.backends.trtexec import parse_device
+from lkca_runtime.bundle import (
+    Manifest,
+    check_engine_precision,
+    engine_name,
+    inside,
+    read_manifest,
+    require_whole,
+)
+from lkca_runtime.device_build import choose_build, device_builds, provide_engine
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_files, atomic_output, guard_output
 from lkca_runtime.masks import Slide, resize_bilinear, slide_image_logits, slide_options, upsampled_argmax
 from lkca_runtime.spec import PreprocessSpec
+from lkca_runtime.suitability import unsuitable
+from lkca_runtime.verify_engine import VERIFY_MODES, golden_info, load_golden, verify_loaded
 
 AUTO = "auto"
 # "auto" takes the first of these that is installed here and present in the bundle: fastest where it exists.
@@ -56,7 +67,6 @@ def choose_engine(
     `unsuitable(engine)`: why this machine must pass an engine over (suitability.unsuitable), consulted whenever
     the choice is automatic (no precision named); each engine passed over is appended to `skipped` as
     (name, reason)."""
-    from lkca_runtime.backends.registry import BACKENDS
 
     if unsuitable is not None and (backend == AUTO or precision is None):
         engines = _suitable(engines, unsuitable, skipped if skipped is not None else [])
@@ -131,7 +141,6 @@ def _best_of(engines, backend: str, precision: str | None, *, explicit: bool) ->
 
 def _suitable(engines, unsuitable, skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The engines this machine can take, in the bundle's order; the others go to `skipped`."""
-    from lkca_runtime.bundle import engine_name
 
     kept = []
     for engine in engines:
@@ -289,8 +298,6 @@ class Predictor:
         top_k: int = 5,
         verify: str = "first-use",
     ):
-        from lkca_runtime.backends.registry import get_loader
-        from lkca_runtime.verify_engine import VERIFY_MODES
 
         if verify not in VERIFY_MODES:
             raise UserError(f"unknown verify mode {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
@@ -343,8 +350,6 @@ class Predictor:
     def _choose(self, backend: str, precision: str | None) -> dict[str, Any]:
         """choose_engine over the engines this machine can take (suitability.py); one warning line names the
         engines passed over and why (also kept in self.skipped)."""
-        from lkca_runtime.bundle import engine_name
-        from lkca_runtime.suitability import unsuitable
 
         self.skipped: list[tuple[str, str]] = []
         engine = choose_engine(self.manifest.engines, backend, precision, skipped=self.skipped,
@@ -359,14 +364,12 @@ class Predictor:
     def verify(self):
         """Check the loaded engine on the bundle's golden samples now, record it for this machine, and return
         the verify_engine.EngineVerdict (passed or not: this never refuses)."""
-        from lkca_runtime.verify_engine import load_golden, verify_loaded
 
         golden = load_golden(self.bundle_dir, self.manifest)
         self.verification = verify_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden)
         return self.verification
 
     def _verify_on_load(self, mode: str) -> None:
-        from lkca_runtime.verify_engine import golden_info, load_golden, verify_loaded
 
         if golden_info(self.manifest) is None and mode == "first-use":
             return  # a bundle built without golden samples has nothing to check with
@@ -384,9 +387,6 @@ class Predictor:
     def _device_engine(self, precision: str | None, device: str | None) -> Path:
         """A TensorRT engine for this device from the bundle's ONNX (device_build.py); UserError when TensorRT
         is missing or the engine fails its golden check."""
-        from lkca_runtime.backends.trtexec import parse_device
-        from lkca_runtime.device_build import choose_build, provide_engine
-        from lkca_runtime.verify_engine import load_golden
 
         installed, reason = backend_status("tensorrt")
         if not installed:
@@ -510,7 +510,6 @@ def _rgb(spec: PreprocessSpec) -> PreprocessSpec:
 
 
 def _device_builds(manifest: Manifest) -> list:
-    from lkca_runtime.device_build import device_builds
 
     return device_builds(manifest)
 

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lkca_runtime.errors import UserError
 from lkca_runtime.fingerprint import fingerprint_key
 from lkca_runtime.fsutil import atomic_copy, atomic_dir, atomic_write_text, json_loads, sha256_file
 
@@ -91,7 +92,6 @@ class DeviceCache:
         if self._write_place is None:
             place = next((p for p in self.places if _writable(p)), None)
             if place is None:
-                from lkca_runtime.errors import UserError
 
                 raise UserError(
                     f"cannot write a device cache beside {self.bundle_dir} nor in {self.places[-1]}: "

@@ -15,6 +15,9 @@ from typing import Any
 
 from lkca_runtime.backends.registry import backend_status, get_loader
 from lkca_runtime.bundle import Manifest, inside
+from lkca_runtime.fingerprint import machine_fingerprint
+from lkca_runtime.records import DeviceCache
+from lkca_runtime.verify_engine import engine_id
 
 
 def refusal(bundle_dir: str | Path, manifest: Manifest, engine: dict[str, Any]) -> str | None:
@@ -25,9 +28,6 @@ def refusal(bundle_dir: str | Path, manifest: Manifest, engine: dict[str, Any]) 
 
 def recorded_here(bundle_dir: str | Path, manifest: Manifest, engine: dict[str, Any]) -> dict[str, Any] | None:
     """The golden check recorded for this engine on a machine with this fingerprint (passed or not), or None."""
-    from lkca_runtime.fingerprint import machine_fingerprint
-    from lkca_runtime.records import DeviceCache
-    from lkca_runtime.verify_engine import engine_id
 
     doc = DeviceCache(bundle_dir).load_result(engine_id(manifest, engine), machine_fingerprint(engine["backend"]))
     return None if doc is None else doc["result"]

@@ -16,14 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lkca_runtime.backends.registry import backend_status
+from lkca_runtime.backends.registry import backend_status, get_loader
+from lkca_runtime.backends.tensorrt import installed_version
 from lkca_runtime.bundle import Manifest, engine_name, read_manifest
 from lkca_runtime.device_build import BACKEND as TENSORRT
-from lkca_runtime.device_build import device_builds, provide_engine
+from lkca_runtime.device_build import choose_build, device_builds, provide_engine
 from lkca_runtime.errors import UserError
+from lkca_runtime.fingerprint import jetson_facts
 from lkca_runtime.golden import GoldenSet
+from lkca_runtime.jetpack import recipe_refusal
+from lkca_runtime.machine import isa_summary, machine_facts
+from lkca_runtime.predictor import choose_engine
 from lkca_runtime.records import DeviceCache
-from lkca_runtime.verify_engine import EngineVerdict, golden_info, load_golden, verify_engine
+from lkca_runtime.suitability import refusal
+from lkca_runtime.verify_engine import EngineVerdict, golden_info, load_golden, verify_engine, verify_loaded
 
 
 @dataclass
@@ -65,7 +71,6 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
                    engine: str | None = None, all_engines: bool = False) -> list[dict[str, Any]]:
     """--engine NAME, or --all (narrowed by backend/precision), or the engine the Predictor would choose.
     Device builds (TensorRT) count as engines of their own name."""
-    from lkca_runtime.predictor import choose_engine
 
     listed = [e for e in manifest.engines if e["backend"] != TENSORRT or not device_builds(manifest)]
     candidates = listed + device_builds(manifest)
@@ -78,7 +83,6 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
     if all_engines:
         return [e for e in candidates if backend in ("auto", e["backend"]) and precision in (None, e["precision"])]
     if backend == TENSORRT and device_builds(manifest):
-        from lkca_runtime.device_build import choose_build
 
         return [choose_build(manifest, precision)]
     return [choose_engine(manifest.engines, backend, precision)]
@@ -88,10 +92,6 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
 def _verify_tensorrt(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
                     cache: DeviceCache) -> EngineVerdict:
     """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
-    from lkca_runtime.backends.registry import get_loader
-    from lkca_runtime.backends.tensorrt import installed_version
-    from lkca_runtime.jetpack import recipe_refusal
-    from lkca_runtime.verify_engine import verify_loaded
 
     name = engine_name(build)
     installed = installed_version()
@@ -114,8 +114,6 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
                   engine: str | None = None, all_engines: bool = False, threads: int | None = None) -> BundleVerdict:
     """Check engines of a bundle on this machine (see the module doc). UserError for a bundle without golden
     samples, an altered golden or engine file, or an unknown engine name."""
-    from lkca_runtime.fingerprint import jetson_facts
-    from lkca_runtime.machine import isa_summary, machine_facts
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -133,7 +131,6 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
 def _verify_one(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], golden: GoldenSet,
                   cache: DeviceCache, threads: int | None) -> EngineVerdict:
     """One engine's result, whatever happens to it (see the module doc)."""
-    from lkca_runtime.suitability import refusal
 
     name, backend, precision = engine_name(engine), engine["backend"], engine["precision"]
     installed, reason = backend_status(backend)
@@ -155,7 +152,6 @@ def _verify_one(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], go
 def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None, all_engines: bool = False,
                          gpu_index: int = 0, echo: Callable[[str], None] | None = None) -> list[EngineVerdict]:
     """Build (or adopt, or find cached) the TensorRT engines for this device and prove each on the golden set."""
-    from lkca_runtime.device_build import choose_build
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lkca_runtime.backends.base import run_batched, static_batch
+from lkca_runtime.backends.registry import get_loader
 from lkca_runtime.bundle import Manifest, engine_files, engine_name, inside, require_hashes
 from lkca_runtime.errors import UserError
 from lkca_runtime.fingerprint import machine_fingerprint
@@ -104,7 +106,6 @@ def engine_tolerance(manifest: Manifest, engine: dict[str, Any], golden: GoldenS
 
 def verify_runner(runner, golden: GoldenSet, precision: str, tolerance: dict[str, float]) -> dict[str, Any]:
     """Run a loaded engine on the golden inputs and judge it: golden.judge_outputs's dict."""
-    from lkca_runtime.backends.base import run_batched, static_batch
 
     static = static_batch(runner)
     outputs = run_batched(runner, golden.x, step=static or runner.max_batch or GOLDEN_BATCH, static=static)
@@ -172,7 +173,6 @@ def verify_engine(
     cache: DeviceCache | None = None,
 ) -> EngineVerdict:
     """Load one engine of the bundle (files checked against the manifest first) and check it now."""
-    from lkca_runtime.backends.registry import get_loader
 
     bundle_dir = Path(bundle_dir)
     require_hashes(bundle_dir, manifest, engine_files(manifest, engine))

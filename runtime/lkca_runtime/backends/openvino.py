@@ -27,6 +27,7 @@ from lkca_runtime.backends.base import (
 )
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import sha256_file
+from lkca_runtime.machine import parse_cpuinfo
 
 NAME = "openvino"
 INSTALL_HINT = "OpenVINO is not installed: pip install openvino"
@@ -46,7 +47,6 @@ def _ov():
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
     """The CPU's ISA flags of interest (lkca_runtime.machine reads them); None where there is no /proc/cpuinfo."""
-    from lkca_runtime.machine import parse_cpuinfo
 
     if cpuinfo is None:
         try:

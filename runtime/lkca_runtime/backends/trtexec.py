@@ -17,7 +17,7 @@ from typing import Any
 from lkca_runtime.backends.base import check_options, check_precision, load_onnx, onnx_precision
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_write_text
-from lkca_runtime.jetpack import dla_releases, parse_version
+from lkca_runtime.jetpack import advice, dla_releases, parse_version, recipe_name
 
 NAME = "tensorrt"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -288,7 +288,6 @@ def write_trtexec_script(onnx_path: Path, settings: TensorRTSettings, *, engine_
     11, Q/DQ INT8 on DLA with 10) prints why; both exit 2. Without a timing cache in the settings, the script keeps
     one beside the engine.
     """
-    from lkca_runtime.jetpack import advice, recipe_name
 
     onnx_path = Path(onnx_path)
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
