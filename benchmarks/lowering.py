@@ -23,7 +23,7 @@ import numpy as np
 BACKENDS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}  # backend -> its `auto` target
 DEFAULT_MODELS = ("lkca_vit_tiny", "lkca_seg_nano", "lkca_seg_tiny")
 BATCH_1_ONLY = ("lkca_seg_tiny",)  # 512 px: batch 32 would take minutes per call on 2 cores
-AUTO_WITHIN = 0.05  # the goal: auto never more than 5% slower than the best candidate
+AUTO_WITHIN = 0.05  # the goal: auto never more than 5% slower than the best candidate
 AUTO_SPEEDUP_GOAL = 1.3  # and at least 1.3x the plain conv on ONNX Runtime for lkca_vit_tiny at batch 1
 BOUND = "no mixer"  # a timing bound, not a candidate: never "best", never auto's pick
 

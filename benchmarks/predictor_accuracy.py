@@ -3,7 +3,7 @@
 What a device sees: PNG files on disk -> Predictor (numpy + PIL + one backend) -> labels or masks. The split is
 written as files first (digits: the raw 8x8 images; digit-scenes: the 64x64 scenes and their label masks), then a
 child process scores the Predictor with each backend and checks that torch was never imported. Printed beside
-the bundle's PyTorch reference (report.json), which the issues ask the Predictor to reach: >= 97% top-1 on digits,
+the bundle's PyTorch reference (report.json), against the goals the Predictor must reach: >= 97% top-1 on digits,
 the `evaluate` mIoU within 0.5 point on digit-scenes.
 
     python benchmarks/predictor_accuracy.py lkca-bundle
