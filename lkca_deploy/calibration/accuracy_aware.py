@@ -30,10 +30,10 @@ from lkca_deploy.onnx_meta import INT8_ACCURACY, read_metadata
 from lkca_runtime.errors import UserError
 from lkca_runtime.masks import upsampled_argmax
 from lkca_runtime.metrics import confusion_matrix, kl_divergence, miou_from_confusion
+from lkca_runtime.spec import METRIC_NAMES
 
 SENSITIVITY_SAMPLES = 256  # enough to rank units by KL; the metric itself uses the whole subset
 RUN_BATCH = 64
-METRIC_NAMES = {"classification": "top-1", "segmentation": "mIoU"}
 
 
 @dataclass(frozen=True)

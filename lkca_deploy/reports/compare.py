@@ -35,6 +35,7 @@ from lkca_deploy.reports.contract import validate_report_dict
 from lkca_runtime.bundle import MANIFEST, engine_name, read_manifest, require_hashes
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import json_loads
+from lkca_runtime.spec import METRIC_NAMES
 
 REPORT_FILE = "report.json"
 COMPARISON_SCHEMA = 1
@@ -47,7 +48,6 @@ _ACCURACY_KEYS = {
     "classification": ("top1", "top1_drop", "agreement"),
     "segmentation": ("miou", "miou_drop", "pixel_agreement"),
 }
-_ACCURACY_TITLES = {"classification": "top-1", "segmentation": "mIoU"}
 # Where an engine's cost figures live in report.json; the first key path present is used.
 _MEMORY_PATHS = (("cost", "peak_mb"), ("extra", "cost", "peak_mb"))
 _LOAD_PATHS = (("cost", "load_ms"), ("extra", "cost", "load_ms"))
@@ -189,7 +189,7 @@ def _nested(engine: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> fl
 def _accuracy_changes(base: Mapping, new: Mapping, task: str, t: CompareThresholds) -> list[Change]:
     metric, drop, agreement = _ACCURACY_KEYS[task]
     bp, np_ = base.get("parity") or {}, new.get("parity") or {}
-    title = _ACCURACY_TITLES[task]
+    title = METRIC_NAMES[task]
     limit = t.max_accuracy_drop
     return [
         _points("accuracy", title, "%", _as_pct(bp.get(metric)), _as_pct(np_.get(metric)), True, limit),

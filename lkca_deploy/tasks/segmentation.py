@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from lkca_runtime.masks import slide_image_logits, upsampled_argmax
 from lkca_runtime.metrics import SegmentationMeter
+from lkca_runtime.spec import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 NATURAL_SCALES = (0.5, 2.0)  # photos (ADE20K): the usual range of the paper's segmentation recipes
 DIGIT_SCALES = (0.8, 1.25)  # digit-scenes: digits stay near the sizes test scenes hold (a fifth to a third)
 

@@ -19,9 +19,7 @@ import numpy as np
 
 from lkca_runtime.errors import UserError
 from lkca_runtime.masks import upsampled_argmax
-from lkca_runtime.spec import TASKS
-
-IGNORE_INDEX = 255
+from lkca_runtime.spec import IGNORE_INDEX, TASKS
 
 # Direction of each metric a threshold may name: a limit is a minimum for the first set, a maximum for the second.
 HIGHER_IS_BETTER = frozenset({"top1", "miou", "agreement", "pixel_agreement", "pixel_acc", "cosine"})

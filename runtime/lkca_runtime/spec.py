@@ -16,6 +16,7 @@ import numpy as np
 from lkca_runtime.errors import UserError
 
 TASKS = ("classification", "segmentation")  # the one list: bundles, reports and golden sets check names against it
+METRIC_NAMES = {"classification": "top-1", "segmentation": "mIoU"}  # each task's accuracy, as reports name it
 
 IGNORE_INDEX = 255
 RESIZE_MODES = ("bilinear", "nearest", "bicubic")
