@@ -29,6 +29,7 @@ from lkca_runtime.backends.trtexec import (
     profile_shapes,
     script_versions,
 )
+from lkca_runtime.bundle import recipe_name
 from lkca_runtime.errors import UserError
 from lkca_runtime.onnx_io import input_spec
 
@@ -101,7 +102,7 @@ def device_check_section(bundle_dir: str | Path, *, engines: Sequence[Mapping[st
                      polygraphy_command(fp32_onnx, ["--onnxrt"], tolerance_for("fp32")), "```"]
         for build in device_builds:
             tolerance = tolerance_for(build["precision"], errors.get(build["precision"], ()))
-            name = f"{build['precision']}{'-' + build['quantizer'] if build.get('quantizer') else ''}"
+            name = recipe_name(build)
             text += ["", f"TensorRT {name} (builds the engine from `{build['onnx']}`, as its trtexec script does):",
                      "", "```bash", *tensorrt_lines(bundle_dir, build, tolerance), "```"]
     return "\n".join(text) + "\n"

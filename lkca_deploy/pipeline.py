@@ -47,7 +47,7 @@ from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET, TARGETS, get_ta
 from lkca_deploy.train import TrainOptions, default_batch_size, default_epochs, train
 from lkca_runtime.backends.registry import BACKENDS
 from lkca_runtime.backends.trtexec import SCRIPT_SUFFIX, TensorRTSettings
-from lkca_runtime.bundle import engine_name
+from lkca_runtime.bundle import engine_name, recipe_name
 from lkca_runtime.errors import UserError
 from lkca_runtime.golden import GOLDEN_REL, make_golden, pick_samples, tolerance_for, write_golden
 from lkca_runtime.metrics import Thresholds
@@ -441,7 +441,7 @@ def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -
 def compatibility_rows(device_builds: list[dict]) -> list[dict]:
     """Per engine recipe: the oldest TensorRT that parses its ONNX and the JetPacks it parses on (manifest and
     README; the device refuses a recipe its TensorRT is too old for, jetpack.check_recipe_fits)."""
-    return [{"recipe": f"{d['precision']}{'-' + d['quantizer'] if d.get('quantizer') else ''}", "onnx": d["onnx"],
+    return [{"recipe": recipe_name(d), "onnx": d["onnx"],
              "min_tensorrt": d.get("min_tensorrt"), "jetpacks": d.get("jetpacks", [])} for d in device_builds]
 
 

@@ -144,3 +144,24 @@ def test_own_modules_are_imported_at_the_top_except_where_a_module_must_stay_lig
                     if module.split(".")[0] in ("lkca_deploy", "lkca_runtime") and module not in allowed_modules:
                         offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
     assert offenders == []
+
+
+# Facts written once: (what, a pattern that writes the fact itself, the one file allowed to).
+ONE_HOME = [
+    ("an engine's name and folder", r"'-' \+ \w*\[?'?quantizer", "runtime/lkca_runtime/bundle.py"),
+    ("the calibration sample count", r"(?i)samples\w*\s*(:\s*\w+\s*)?=\s*512\b|option\(512\b", "lkca_deploy/calibration/__init__.py"),
+    ("the accuracy-aware INT8 bound", r"max_drop\W.*\b0\.5\b|DEFAULT_MAX_DROP = ", "lkca_deploy/calibration/__init__.py"),
+    ("the backend -> target map", r"\"onnxruntime\": \"onnxruntime-cpu\"", "lkca_deploy/targets.py"),
+    ("the task names", r"\(\"classification\", \"segmentation\"\)", "runtime/lkca_runtime/spec.py"),
+    ("the precision order", r"\(\"fp32\", \"fp16\", \"bf16\", \"int8\"\)\s*$", "runtime/lkca_runtime/backends/base.py"),
+    ("each task's metric name", r"\"classification\": \"top-1\"", "runtime/lkca_runtime/spec.py"),
+    ("the segmentation ignore label", r"IGNORE_INDEX = ", "runtime/lkca_runtime/spec.py"),
+]
+
+
+@pytest.mark.parametrize(("what", "pattern", "home"), ONE_HOME, ids=[row[0] for row in ONE_HOME])
+def test_each_shared_fact_is_written_in_one_place(what, pattern, home):
+    found = sorted({str(path.relative_to(REPO)) for package in SOURCES for path in package.rglob("*.py")
+                    if any(re.search(pattern, line) for line in path.read_text().splitlines()
+                           if not line.lstrip().startswith("#"))})
+    assert found == [home], what

@@ -89,8 +89,13 @@ class Manifest:
 def engine_name(engine: Mapping[str, Any]) -> str:
     """'onnxruntime/int8-cpu': backend, precision and INT8 flavour (`quantizer`), an engine's name everywhere and its
     folder in a bundle."""
+    return f"{engine['backend']}/{recipe_name(engine)}"
+
+
+def recipe_name(engine: Mapping[str, Any]) -> str:
+    """'int8-cpu': precision and INT8 flavour, an engine's name within its backend."""
     quantizer = engine.get("quantizer")
-    return f"{engine['backend']}/{engine['precision']}{'-' + quantizer if quantizer else ''}"
+    return f"{engine['precision']}{'-' + quantizer if quantizer else ''}"
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lkca_runtime.backends.base import (
+    PRECISIONS,
     RunnerBase,
     as_model_input,
     check_options,
@@ -191,7 +192,7 @@ class OpenVinoRunner(RunnerBase):
 
 class OpenVinoLoader:
     name = NAME
-    precisions = ("fp32", "fp16", "bf16", "int8")
+    precisions = PRECISIONS  # every one, bf16 where the CPU has it
     artifact_suffix = ".xml"
 
     def available(self) -> tuple[bool, str]:
