@@ -225,7 +225,6 @@ class BundleWriter:
                     )
 
     def _write_manifest(self) -> None:
-
         self._check_complete()
         for engine in self._engines:
             engine["files"] = list(dict.fromkeys(self._engine_companions(engine)))

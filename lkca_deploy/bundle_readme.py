@@ -46,7 +46,6 @@ def achieved_errors(engines: Sequence[Mapping[str, Any]]) -> dict[str, list[floa
 
 def tensorrt_lines(bundle_dir: Path, build: Mapping[str, Any], tolerance: Mapping[str, float]) -> list[str]:
     """'# TensorRT N' and its command per TensorRT major the recipe's trtexec script has a line for."""
-
     model = load_onnx(bundle_dir / build["onnx"])
     spec = input_spec(model)
     settings = TensorRTSettings.from_dict(build["settings"])

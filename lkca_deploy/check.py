@@ -251,7 +251,6 @@ def _int8_constant(ctx: _Context, node: onnx.NodeProto) -> bool:
 def tensorrt_compatibility(model: onnx.ModelProto) -> dict:
     """Which TensorRT releases parse `model` (every release of targets.TENSORRT_RELEASES whose opsets, operator
     table and forms it fits), the oldest version among them and the JetPacks that ship them."""
-
     ctx = _Context(model)
     parses = []
     for name, release in TENSORRT_RELEASES.items():

@@ -213,7 +213,6 @@ def export_model(
 
 def default_spec(config) -> Any:
     """The preprocessing a zoo model without a checkpoint gets: digits' for 1 channel, ImageNet's for 3."""
-
     mean, std = DIGITS_MEAN_STD if config.in_chans == 1 else IMAGENET_MEAN_STD
     return PreprocessSpec(
         input_size=(config.img_size, config.img_size),
@@ -227,7 +226,6 @@ def default_spec(config) -> Any:
 
 def load_source(source: str | Path, seed: int = 0) -> _Source:
     """A checkpoint directory (its weights, spec and data set) or a zoo name (seeded weights, default spec)."""
-
     path = Path(source)
     if path.is_dir():
 
@@ -436,7 +434,6 @@ def check_inputs_for(src: _Source, check_data: str | None, samples: int, seed: i
     An explicit `check_data` must load; the checkpoint's own data set may be missing on this machine (trained
     elsewhere), and then the check falls back to random inputs with a warning rather than refusing to export.
     """
-
     data = check_data or src.data
     if data is not None:
         try:
@@ -501,7 +498,6 @@ def _metadata(
     max_abs_err: float,
     logits: str,
 ) -> dict:
-
     return {
         "model_name": src.config.name,
         "task": src.config.task,

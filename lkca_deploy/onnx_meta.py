@@ -51,7 +51,6 @@ def read_metadata(model) -> dict:
 
 def spec_from_model(model) -> PreprocessSpec:
     """The model's preprocessing spec: from its metadata, or (a foreign model) guessed from its input shape."""
-
     meta = read_metadata(model)
     if isinstance(meta.get("preprocessing"), dict):
         try:

@@ -91,7 +91,6 @@ class PipelineOptions:
     target: str | None = None
 
     def __post_init__(self) -> None:
-
         if self.target is not None and get_target(self.target).backend != "tensorrt":
             tensorrt = ", ".join(t.name for t in TARGETS.values() if t.backend == "tensorrt")
             raise UserError(f"pipeline --target names the device TensorRT's recipes are written for: one of "
@@ -125,7 +124,6 @@ class Stages:
 def run_pipeline(source: str | Path | None = None, data: str | None = None, out: str | Path = "lkca-bundle",
                  opts: PipelineOptions | None = None, echo: Callable[[str], None] | None = None):
     """Run the whole path and write the bundle at ``out``; returns the Report (also in out/reports/)."""
-
     opts = opts or PipelineOptions()
     unknown = [b for b in opts.backends if b not in BACKENDS]
     if unknown:
@@ -155,7 +153,6 @@ def run_pipeline(source: str | Path | None = None, data: str | None = None, out:
 
 def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
     """A checkpoint inside the bundle: copied from CKPT_DIR, or trained from a zoo name (default lkca_vit_nano)."""
-
     if source is not None and Path(source).is_dir():
         read_checkpoint(source)  # validates before copying
         shutil.copytree(source, dest)
@@ -171,7 +168,6 @@ def _model_stage(source, data, dest: Path, opts: PipelineOptions) -> Path:
 
 def _golden_stage(ctx: EvalContext, bundle, opts: PipelineOptions):
     """The golden samples the device re-proves engines with (golden.py), written into the bundle; None for 0."""
-
     if not opts.golden:
         return None
     golden = make_golden(ctx.x, ctx.labels, ctx.reference, ctx.ckpt.config.task, samples=opts.golden, seed=opts.seed)
@@ -198,7 +194,6 @@ def _polygraphy_golden(ctx: EvalContext, golden, bundle, opts: PipelineOptions) 
 
 def _golden_entry(runner, golden, task: str, precision: str, opts: PipelineOptions) -> dict | None:
     """What an engine achieved on the golden samples here, and the tolerance the device must meet."""
-
     if golden is None:
         return None
     tolerance = tolerance_for(task, precision, opts.thresholds, golden.samples)
@@ -212,7 +207,6 @@ def _export_stage(ctx: EvalContext, bundle, opts: PipelineOptions) -> dict[str, 
 
     Returns backend (or "backend:int8") -> (ONNX path, lowering label); _export_for picks one.
     """
-
     def export(name: str, lowering: str, target: str, precision: str | None = None) -> tuple[Path, str]:
         rel = f"onnx/model.{name}.onnx"
         result = export_model(ctx.ckpt_dir, bundle.path / rel, lowering=lowering, target=target, logits=ctx.logits,
@@ -240,7 +234,6 @@ def _export_for(exports: dict[str, tuple[Path, str]], backend: str, precision: s
 def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
     """Accuracy-aware INT8 and FP16 headroom decided on the exports and written into their metadata, which
     build_engine obeys for every backend (calibration/plan.py)."""
-
     int8_backends = [b for b in opts.backends if b in exports]
     return plan_precision({label: path for label, (path, _) in exports.items()},
                           search_on=int8_backends[0] if int8_backends else "plain", calib=ctx.calib, data=ctx.data,
@@ -279,7 +272,6 @@ class _Built:
 
 
 def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -> list[_Built]:
-
     built = []
     for backend in opts.backends:
         be = get_backend(backend, require_available=False)
@@ -304,7 +296,6 @@ def _build_stage(ctx: EvalContext, exports, work: Path, opts: PipelineOptions) -
 
 
 def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: PipelineOptions, golden=None):
-
     results = []
     for item in engines:
         rel_dir = engine_name(vars(item))
@@ -337,7 +328,6 @@ def _measure_stage(ctx: EvalContext, engines: list[_Built], bundle, opts: Pipeli
 def _cost_of_engines(ctx: EvalContext, results, opts: PipelineOptions) -> None:
     """Load time, peak memory and the Predictor's latency per stage of every engine that ran, each in a torch-free
     child process of its own (proof.engine_cost), on test images of the data set written out as PNG files."""
-
     ran = [(item, result) for item, result in results if result.status != "skipped"]
     if not ran:
         return
@@ -359,7 +349,6 @@ def _kind_of(path: Path) -> str:
 
 
 def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=None, plan=None):
-
     config = ctx.ckpt.config
     report = Report.on_this_machine(config.name, config.task, [r for _, r in results], dataset=ctx.data,
                                     thresholds=(opts.thresholds or Thresholds()).to_dict(),
@@ -396,7 +385,6 @@ def _finish(ctx: EvalContext, results, bundle, opts: PipelineOptions, baseline=N
 def _bundle_readme(bundle, config, device_builds: list[dict], rows: list[dict]) -> None:
     """README.md: which Jetson each engine recipe parses on, and how a device checks the bundle, with the runtime
     and with Polygraphy (bundle_readme.py)."""
-
     text = bundle_readme(config.name, rows) if rows else f"# {config.name}: a bundle written by lkca-deploy\n"
     golden = bundle.extra.get("golden") or {}
     text += device_check_section(bundle.path, engines=bundle.engines, device_builds=device_builds,
@@ -407,7 +395,6 @@ def _bundle_readme(bundle, config, device_builds: list[dict], rows: list[dict]) 
 def _device_build_entry(item: _Built, ctx: EvalContext, opts: PipelineOptions) -> dict | None:
     """How the device builds this engine itself (TensorRT): the baked ONNX, script and calibration cache in the
     bundle, the one TensorRTSettings the script was written from, and the tolerance to prove it with."""
-
     if item.backend != "tensorrt":
         return None
     rel_dir = engine_name(vars(item))

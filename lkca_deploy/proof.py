@@ -92,7 +92,6 @@ def engine_logits(runner, x: np.ndarray) -> np.ndarray:
 
 
 def engine_parity(runner, x, reference, labels, task: str, precision: str, thresholds=None) -> dict:
-
     meter = parity_meter(task)
     meter.update(engine_logits(runner, x), reference, labels)
     return with_verdict(meter.result(), precision, task, thresholds)
@@ -100,7 +99,6 @@ def engine_parity(runner, x, reference, labels, task: str, precision: str, thres
 
 def engine_latency(runner, sample: np.ndarray, batches: Sequence[int], budget_s: float) -> dict:
     """The one latency protocol (reports.latency) on real preprocessed inputs at each batch size."""
-
     static = static_batch(runner)
     batches = [static] if static else list(batches)
 
@@ -121,7 +119,6 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
     memory on transformers). plan_from: the export the engine was built from, whose reduced-precision plan (float
     units, FP16 headroom) the block export then follows. Returns (per-block errors, first divergent block) or
     (None, None) if unsupported."""
-
     with tempfile.TemporaryDirectory(prefix="lkca-blocks-") as tmp:
         tmp = Path(tmp)
         onnx_path = export_model(ctx.ckpt_dir, tmp / "blocks.onnx", lowering=lowering, logits=ctx.logits,
@@ -143,7 +140,6 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
 def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=None, data_root: str | None = None,
                   download: bool = False, threads: int | None = None, localise: bool = True):
     """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""
-
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     require_whole(bundle_dir, manifest)  # the checkpoint, the reference of every verdict, included
@@ -166,7 +162,6 @@ def engine_cost(backend: str, artifact: str | Path, sample: np.ndarray | None, b
     """(EngineCost, EndToEnd | None) of one engine: load time and peak memory in a torch-free child process of its
     own (measure/cost.py) and, given image files and the PreprocessSpec, the Predictor's latency per stage on them
     at batch 1 in the same child (measure/e2e.py). The engine loads as the Predictor loads it (default options)."""
-
     request = None
     if images:
         request = {"files": [str(f) for f in images], "spec": spec.to_dict(), "task": task or spec.task,
@@ -177,7 +172,6 @@ def engine_cost(backend: str, artifact: str | Path, sample: np.ndarray | None, b
 
 def _bundle_images(bundle_dir: Path, manifest, folder: Path) -> tuple[list[Path], str | None]:
     """Test images of the data set a bundle was proven on, as files; ([], why not) where it cannot be read here."""
-
     data = manifest.extra.get("data")
     if not data:
         return [], f"{bundle_dir} does not name its data set"
@@ -193,7 +187,6 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
 
     With `cost`, each row also holds "cost" (load time, peak memory) and, for a bundle's engines, "e2e" (the
     Predictor per stage on its data set's test images, where that data set can be read here; else "e2e_note")."""
-
     targets: list[tuple[str, Path, str, Path | None]] = []  # (backend, artifact, precision, bundle)
     for path in map(Path, paths):
         if path.is_dir():
@@ -229,7 +222,6 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
 
 
 def _bench_cost(backend, artifact, sample, batches, threads, bundle, images, tmp: Path) -> dict:
-
     files, note, manifest = [], None, None
     if bundle is not None:
         manifest = read_manifest(bundle)

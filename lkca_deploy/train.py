@@ -269,5 +269,4 @@ class _Distributed:
 
 
 def _view_of(net) -> str | None:
-
     return next((m.view for m in net.modules() if isinstance(m, LKCA)), None)

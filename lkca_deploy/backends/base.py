@@ -49,9 +49,7 @@ class Backend(Protocol):
     artifact_suffix: str
     interleaved_load_options: dict[str, Any]  # load options for engines timed in turn with others
     built_on_device: bool  # True: the baked ONNX and device files are written even where the library is missing
-
     def available(self) -> tuple[bool, str]: ...
-
     def prepare_build(self, step: BuildStep) -> BuildStep: ...
 
     def build(

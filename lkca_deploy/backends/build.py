@@ -123,7 +123,6 @@ def build_engine(
 def stamp_tensorrt(model: onnx.ModelProto, provenance: dict[str, Any]) -> onnx.ModelProto:
     """Write into `model`'s metadata the oldest TensorRT whose ONNX parser takes it and the JetPacks that ship one
     (check.tensorrt_compatibility), and the nodes a weakly typed build must keep FP32 (FP16_FP32_NODES)."""
-
     compatibility = tensorrt_compatibility(model)
     values = {TENSORRT_COMPATIBILITY: compatibility}
     if provenance.get("fp16_keep_fp32_nodes"):
@@ -161,7 +160,6 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     stay FP32 (calibration/headroom.py), the units the accuracy-aware search returned to float stay float in the
     Q/DQ flavours and in NNCF's ignored scope (calibration/accuracy_aware.py).
     """
-
     if precision == "fp16":
         # headroom's nodes, and a decomposed LayerNorm's (it overflows in FP16: docs/jetson.md, section 2)
         keep = list(dict.fromkeys([*planned_fp32_nodes(source), *fp32_nodes(source)]))

@@ -86,7 +86,6 @@ BUILD_OPTIONS = ("optimization",)
 
 
 def _external_data(path: Path) -> list[str]:
-
     return external_data_locations(load_onnx(path, load_external_data=False))
 
 

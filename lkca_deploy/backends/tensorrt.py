@@ -21,7 +21,6 @@ class TensorRTBackend(TensorRTLoader, BackendBase):
         """Write what the device needs to build the engine itself: the calibration cache (INT8) and a trtexec
         script per route. DLA on TensorRT 10 takes INT8 only implicitly (fp32 ONNX + calibration cache): that
         route gets its own script, and this machine's TensorRT 10 builds from it too."""
-
         out, options = step.out, dict(step.options)
         settings = TensorRTSettings.from_options(step.precision, step.device, **options)
         if step.ranges is not None:
@@ -45,6 +44,5 @@ class TensorRTBackend(TensorRTLoader, BackendBase):
 def cache_tensorrt(model) -> str:
     """The TensorRT a calibration cache is written for when none is installed: the oldest the export's target
     means (the header must name the device's TensorRT, or TensorRT recalibrates), else JetPack 6.1/6.2's 10.3."""
-
     target = read_metadata(model).get("target")
     return (min_tensorrt(target) if target in TARGETS else None) or "10.3.0"

@@ -179,14 +179,12 @@ def quantize_accuracy_aware(
 def metadata_for(model: onnx.ModelProto, summary: dict) -> dict:
     """The INT8_ACCURACY metadata of `model` for a search's summary, float nodes named as in `model` (units are
     named by structure, so a split found on one lowering of a model names the same units in another)."""
-
     nodes = nodes_of(find_units(model), summary["float_units"])
     return {INT8_ACCURACY: {**summary, "float_nodes": nodes}}
 
 
 def planned_float_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(float units, their nodes in `model`) that its metadata says INT8 builds keep float; empty when none."""
-
     plan = read_metadata(model).get(INT8_ACCURACY)
     units = list(plan.get("float_units") or []) if isinstance(plan, dict) else []
     return units, (nodes_of(find_units(model), units) if units else [])
@@ -270,7 +268,6 @@ def _final(steps: Sequence[Step]) -> Step:
 
 
 def _mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
-
     with np.errstate(all="ignore"):
         kl = kl_divergence(reference_logits, logits, axis=1)
     return float(np.mean(kl)) if np.all(np.isfinite(kl)) else math.inf

@@ -102,14 +102,12 @@ def keep_fp32_nodes(risks: Sequence[Risk]) -> list[str]:
 
 def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEFAULT_MARGIN) -> list[Risk]:
     """find_risks on the ranges of `calib`, nodes named as quantize_int8 and to_fp16_with_headroom name them."""
-
     named = _with_node_names(model)
     return find_risks(named, tensor_ranges(named, calib), margin)
 
 
 def tensor_ranges(model: onnx.ModelProto, calib: np.ndarray) -> dict[str, tuple[float, float]]:
     """(lo, hi) of every float tensor over `calib`: the minmax calibration INT8 uses, run on its own."""
-
     return calibrate(model, calib, flavor="tensorrt", method="minmax").ranges
 
 
@@ -117,7 +115,6 @@ def to_fp16_with_headroom(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN
 ) -> tuple[onnx.ModelProto, list[Risk]]:
     """quantize.to_fp16 with the risks' nodes kept FP32; returns the model and the risks."""
-
     named = _with_node_names(model)
     risks = find_risks(named, ranges, margin)
     return to_fp16(named, keep_fp32_nodes=keep_fp32_nodes(risks)), risks
@@ -125,14 +122,12 @@ def to_fp16_with_headroom(
 
 def headroom_metadata(risks: Sequence[Risk], margin: float = DEFAULT_MARGIN, samples: int | None = None) -> dict:
     """The FP16_HEADROOM metadata: the risks with their observed maxima and the nodes FP16 builds keep FP32."""
-
     return {FP16_HEADROOM: {"limit": FP16_MAX, "margin": margin, "calibration_samples": samples,
                             "risks": [r.to_dict() for r in risks], "keep_fp32": keep_fp32_nodes(risks)}}
 
 
 def planned_fp32_nodes(model: onnx.ModelProto) -> list[str]:
     """The nodes `model`'s metadata says FP16 builds keep FP32 (those that still exist in it)."""
-
     plan = read_metadata(model).get(FP16_HEADROOM)
     if not isinstance(plan, dict):
         return []

@@ -105,7 +105,6 @@ def plan_precision(
     the INT8 search runs on. max_drop None: plain INT8 (no search). calib_samples / calib_seed: the draw `calib`
     came from (load_calibration(data, ...)), left out of the validation subset.
     """
-
     plan = PrecisionPlan()
     if int8 and max_drop is not None:
         result = search_int8(load_onnx(exports[search_on]), calib, data, spec=spec, task=task, max_drop=max_drop,
@@ -132,7 +131,6 @@ def carry_plan(source: Path, target: Path) -> None:
     """Write the plan in `source`'s metadata into `target`, another export of the same model (with block outputs,
     say), so an engine built from `target` keeps the same parts in float. INT8 units are named by structure and
     found again in `target`; the FP16 nodes keep their names (builds skip names a graph lacks)."""
-
     plan = read_metadata(load_onnx(source))
     model = load_onnx(target)
     values = metadata_for(model, plan[INT8_ACCURACY]) if isinstance(plan.get(INT8_ACCURACY), dict) else {}

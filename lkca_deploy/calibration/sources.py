@@ -96,7 +96,6 @@ def _count_warnings(found: int, asked: int, source: str) -> list[str]:
 
 
 def _from_data_set(name, spec, samples, seed, data_root, download) -> CalibrationSet:
-
     x, _ = load_arrays(name, split="train", spec=spec, root=data_root, download=download, limit=samples, seed=seed)
     return CalibrationSet(np.ascontiguousarray(x, dtype=np.float32), f"{name} (train split)")
 

@@ -30,7 +30,6 @@ def predict(
                                                                   "the bundle's golden samples before serving."),
 ) -> None:
     """Run a bundle on images with numpy + one backend (no torch); top-k labels or segmentation masks."""
-
     results = run_prediction(bundle, [str(i) for i in images], backend, top_k, save_mask, precision=precision,
                              slide=cli_slide(slide, stride, scale), verify=verify_mode)
     if as_json:
@@ -55,7 +54,6 @@ def verify(
 ) -> None:
     """Re-prove engines on THIS machine with the bundle's golden samples (no torch, no data set); exit 1 when one
     misses its tolerance or raises (engines this machine cannot run are listed as refused, with the reason). A TensorRT engine the bundle's trtexec script wrote is adopted only when it passes."""
-
     result = verify_bundle(bundle, backend=backend, precision=precision, engine=engine, all_engines=all_engines,
                            threads=threads)
     if as_json:
@@ -76,7 +74,6 @@ def build_device(
     """Build the TensorRT engine(s) on THIS device from the bundle's ONNX with the trtexec script's settings,
     prove each on the golden samples, and cache it beside the bundle (or in the user cache when the bundle is
     read-only) under this GPU, compute capability, TensorRT version and driver; exit 1 when one fails."""
-
     checks = build_device_engines(bundle, precision=precision, all_engines=all_engines, gpu_index=gpu,
                                   echo=lambda line: typer.echo(line, err=True))
     for c in checks:

@@ -99,7 +99,6 @@ def pipeline(
 
 def _baseline_limits(baseline: Path | None, accuracy: float | None, latency: float | None, memory: float | None):
     """pipeline's --baseline-max-* limits over compare's defaults; UserError when they come without --baseline."""
-
     given = {"max_accuracy_drop": accuracy, "max_latency_increase": latency, "max_memory_increase": memory}
     given = {k: v for k, v in given.items() if v is not None}
     if given and baseline is None:
@@ -122,7 +121,6 @@ def compare(
                                                help="Other machine facts are a regression; latency gates anyway."),
 ) -> None:
     """What got worse from BASE to NEW, engine by engine; exit 1 on a regression, 0 otherwise."""
-
     limits = CompareThresholds(max_accuracy_drop, max_latency_increase, max_memory_increase, same_machine_required)
     result = run_comparison(base, new, limits)
     if as_json:
@@ -198,7 +196,6 @@ def bench(
 
 def _echo_costs(rows: list[dict]) -> None:
     """Load time and peak memory per engine, then the Predictor's stages (p50 / p99 ms) where they were timed."""
-
     typer.echo("\nload: artifact on disk -> first result, fresh process; peak: resident memory the engine adds")
     typer.echo(f"{'backend':<12} {'precision':<9} {'load ms':>9} {'peak MiB':>9} {'library MiB':>11}  artifact")
     for r in rows:

@@ -30,7 +30,6 @@ def open_split(name: str, split: str, task: str, img_size: int, root=None, downl
                spec: PreprocessSpec | None = None) -> Split:
     """`spec`: the model's own preprocessing (a checkpoint's), which every image then goes through, converted to
     its channels as the Predictor converts; the class names stay the data set's. None: the data set's own."""
-
     if task == "segmentation":
         if not is_segmentation_data(name):
             raise UserError(f"{name} is not a segmentation data set; valid: {', '.join(SEGMENTATION_DATASETS)}, "

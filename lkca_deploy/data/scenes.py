@@ -43,7 +43,6 @@ class Scenes:
 
 def make_scenes(split: str = "train", count: int | None = None, seed: int = 0, size: int = SCENE_SIZE) -> Scenes:
     """Scenes of one split, deterministic from ``seed``; train and test draw from disjoint digit images."""
-
     if split not in SCENE_COUNTS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SCENE_COUNTS)}")
     digits, labels = digits_images()

@@ -53,7 +53,6 @@ class SegmentationSource(SourceInfo):
 
 
 def _digit_scenes(split: str) -> SegmentationSource:
-
     scenes = make_scenes("train" if split == "train" else "test")
     mean, std = MEAN_STD
     return SegmentationSource("digit-scenes", split, CLASS_NAMES, 1, mean, std, len(scenes),

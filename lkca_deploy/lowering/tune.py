@@ -157,13 +157,11 @@ class _CandidateTimer:
     """time_fn for tune_lowering: seconds per run of a candidate on one backend, each built and loaded once."""
 
     def __init__(self, backend_name: str, folder: Path, x: np.ndarray):
-
         self.backend = get_backend(backend_name)
         self.folder, self.x = folder, x
         self.runners: dict[int, Any] = {}
 
     def __call__(self, model: onnx.ModelProto) -> float:
-
         runner = self.runners.get(id(model))
         if runner is None:
             runner = self.runners[id(model)] = self._load(model)

@@ -77,7 +77,6 @@ def _sizes(node: onnx.NodeProto, shapes: dict) -> tuple[tuple[int, int], tuple[i
 def upsample_nodes(model: onnx.ModelProto) -> list[str]:
     """The MatMuls this pass wrote into an export (its metadata names the Resize nodes replaced). INT8 builds keep
     them float, as the Resize was: they interpolate the logits, they are no layer to quantize."""
-
     replaced = (read_metadata(model).get("lowering") or {}).get("upsample_matmuls") or []
     wanted = {f"{base}/upsample_{axis}" for base in replaced for axis in ("w", "h")}
     return [n.name for n in model.graph.node if n.name in wanted]

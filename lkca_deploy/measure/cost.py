@@ -101,7 +101,6 @@ def measure_cost(
     keyword arguments (warmup, iters, budget_s, min_iters)} to time the Predictor on those files in the same child.
     A UserError in the child (say, the backend is not installed) is raised here with its one line.
     """
-
     if runs < 1 or not batches or any(b < 1 for b in batches):
         raise ValueError(f"need runs >= 1 and positive batch sizes (got {runs}, {list(batches)})")
     request = {
@@ -199,7 +198,6 @@ def _engine_input_shape(request: Mapping[str, Any]) -> tuple[int, ...]:
 
     Read before loading so the inputs are not counted in the engine's memory; read_sidecar's UserErrors name a
     missing artifact or one built for another backend."""
-
     facts = read_sidecar(Path(request["artifact"]), request["backend"])
     return tuple(int(d) for d in facts["input"]["shape"][1:])
 
@@ -214,7 +212,6 @@ def _import_onnx_reader() -> None:
 
 def child_main(request: Mapping[str, Any]) -> dict[str, Any]:
     """Steps 1-5 of the module docstring; returns {"cost": EngineCost dict, "e2e": dict | None, "torch_imported"}."""
-
     before_import = _rss_kb()
     backend = get_backend(request["backend"])  # UserError when not installed; imports the library
     _import_onnx_reader()
@@ -262,7 +259,6 @@ def child_main(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _child_e2e(runner, spec: Mapping[str, Any]) -> dict[str, Any]:
-
     predictor = Predictor.around(
         runner, PreprocessSpec.from_dict(spec["spec"]), spec["task"], class_names=spec.get("class_names")
     )
@@ -271,7 +267,6 @@ def _child_e2e(runner, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _main(argv: Sequence[str]) -> int:
-
     try:
         result = child_main(json.loads(argv[0]))
     except UserError as e:

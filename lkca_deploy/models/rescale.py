@@ -45,7 +45,6 @@ def plant_value_outlier(model, block: int, channel: int, factor: float) -> None:
 
 def outlier_checkpoint(ckpt_dir: str | Path, out: str | Path, *, block: int, channel: int, factor: float) -> Path:
     """A copy of a checkpoint with `plant_value_outlier` applied; the rescale is recorded in its metadata."""
-
     model, ckpt = load_checkpoint(ckpt_dir)
     plant_value_outlier(model, block, channel, factor)
     meta = {**ckpt.meta, "rescaled": {"block": block, "channel": channel, "factor": factor}}

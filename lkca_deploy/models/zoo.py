@@ -124,7 +124,6 @@ def config_from_dict(d) -> ModelConfig:
     model, mixer and task the zoo's for it, sizes positive integers that split evenly (image into patches, width
     into heads), channels 1 or 3. Fields the dict lacks come from the zoo. ValueError (TypeError for no dict at
     all) says which field is wrong."""
-
     if not isinstance(d, dict):
         raise TypeError(f"'model' must be an object naming a zoo model, not {d!r}")
     name = d.get("name")
@@ -176,7 +175,6 @@ def get_config(name: str, **overrides) -> ModelConfig:
 
 def build_model(config: ModelConfig, view: str | None = None):
     """A ViT for this config; view None picks the faster training view for its grid."""
-
     return ViT(
         mixer=config.mixer,
         task=config.task,

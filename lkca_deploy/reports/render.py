@@ -323,7 +323,6 @@ def _png_base64(fig: Any) -> str:
 
 def _accuracy_latency_figure(report: Report) -> Any | None:
     """Accuracy (or agreement, without labels) against p50 latency at the smallest batch."""
-
     cols = _TASK_COLUMNS[report.task]
     batches = _batches(report)
     if not batches:
@@ -373,7 +372,6 @@ def _html_figure(fig: Any | None, alt: str) -> str:
 
 def _comparison_html(comparison: dict[str, Any]) -> list[str]:
     """The `compare` verdict against the baseline run: findings, the change per engine as tables and a figure."""
-
     regressed = comparison["regressed"]
     verdict = f'<span class="{"fail" if regressed else "pass"}">{"REGRESSED" if regressed else "NO REGRESSION"}</span>'
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in comparison_summary_lines(comparison))

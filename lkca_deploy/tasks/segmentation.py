@@ -101,7 +101,6 @@ def evaluate_sliding(net, source, spec, device, slide) -> dict:
     `source` is a data.segmentation.SegmentationSource (raw images and label maps), `spec` the model's
     PreprocessSpec; one image at a time, since images differ in size.
     """
-
     strides = slide.strides(tuple(spec.input_size))  # checked before the first image
 
     @torch.inference_mode()

@@ -127,7 +127,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args) -> int:
-
     result = verify_bundle(args.bundle, backend=args.backend, precision=args.precision, engine=args.engine,
                            all_engines=args.all_engines, threads=args.threads)
     print(strict_json(result.to_dict()) if args.as_json else verify_table(result))
@@ -135,7 +134,6 @@ def _verify(args) -> int:
 
 
 def _predict(args) -> int:
-
     results = predict(args.bundle, args.images, args.backend, args.top_k, args.save_mask, precision=args.precision,
                       slide=cli_slide(args.slide, args.stride, args.scale), verify=args.verify)
     print(strict_json(results) if args.as_json else "\n".join(prediction_lines(results)))

@@ -83,7 +83,6 @@ def choose_build(manifest: Manifest, precision: str | None = None) -> dict[str, 
 
 def gpu_driver(gpu_index: int = 0, *, gpus: list[dict[str, Any]] | None = None, root: str | Path = "/") -> str | None:
     """The GPU driver version from nvidia-smi; on a Jetson, where the driver ships with L4T, 'L4T <release>'."""
-
     rows = machine_facts()["gpus"] if gpus is None else gpus
     if gpu_index < len(rows) and rows[gpu_index].get("driver") not in (None, "", "N/A", "[N/A]"):
         return rows[gpu_index]["driver"]
@@ -106,7 +105,6 @@ def build_key(build: dict[str, Any], here: dict[str, Any], onnx_sha256: str) -> 
 def build_arguments(build: dict[str, Any], bundle_dir: Path, folder: Path) -> tuple[Path, str | None, dict[str, Any]]:
     """(ONNX, device, keyword options) for TensorRTBackend.build from the recipe's settings: the calibration
     cache read from the bundle, the timing cache kept beside the engine being built."""
-
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     options = {k: getattr(settings, k) for k in BUILD_OPTIONS}
     options["calib_cache"] = str(inside(bundle_dir, build["calib_cache"])) if settings.calib_cache else None
@@ -118,7 +116,6 @@ def build_arguments(build: dict[str, Any], bundle_dir: Path, folder: Path) -> tu
 def script_engine(bundle_dir: Path, manifest: Manifest, build: dict[str, Any]) -> Path | None:
     """The engine the bundle's trtexec script wrote on this device: at the recipe's engine path, and not the
     bundle's own listed file (that one was built elsewhere and is judged by its sidecar)."""
-
     path = inside(bundle_dir, build["engine"])
     if not path.is_file():
         return None
@@ -130,7 +127,6 @@ def bundle_engine_here(bundle_dir: Path, manifest: Manifest, build: dict[str, An
                        here: dict[str, Any]) -> dict[str, Any] | None:
     """The bundle's own engine for this recipe when its sidecar says it was built on a GPU and TensorRT like
     these (a pipeline run on the device itself, or on an identical one)."""
-
     for engine in manifest.engines:
         if engine["backend"] != BACKEND or engine_name(engine) != engine_name(build):
             continue
@@ -148,14 +144,12 @@ def bundle_engine_here(bundle_dir: Path, manifest: Manifest, build: dict[str, An
 
 def here_facts(gpu_index: int = 0) -> dict[str, Any]:
     """This GPU's name and compute capability, the TensorRT version and the driver."""
-
     return {**current_gpu_facts(gpu_index), "driver": gpu_driver(gpu_index)}
 
 
 def _write_adopted_sidecar(engine: Path, onnx_path: Path, build: dict[str, Any], here: dict[str, Any],
                            device: str | None) -> None:
     """trtexec writes no sidecar: describe the engine it built from the recipe and this machine's facts."""
-
     settings = TensorRTSettings.from_dict(build.get("settings") or {"precision": build["precision"]})
     model = load_onnx(onnx_path)
     plan = precision_plan(settings.precision, str(here["tensorrt_version"]), onnx_precision=onnx_precision(model),
@@ -195,7 +189,6 @@ def provide_engine(
     when it passes; when it fails the file is None and the check says why. `adopt_only`: never build, only adopt
     a script-built engine (UserError when there is none). A recipe whose ONNX needs a newer TensorRT than this
     device's is refused (UserError naming the JetPack to use, jetpack.py)."""
-
     bundle_dir = Path(bundle_dir)
     cache = cache or DeviceCache(bundle_dir)
     echo = echo or (lambda _line: None)
@@ -255,5 +248,4 @@ def _remove_script_output(bundle_dir: Path, manifest: Manifest, engine: Path) ->
 
 
 def _key_name(key: dict[str, Any]) -> str:
-
     return fingerprint_key(key)

@@ -67,7 +67,6 @@ def choose_engine(
     `unsuitable(engine)`: why this machine must pass an engine over (suitability.unsuitable), consulted whenever
     the choice is automatic (no precision named); each engine passed over is appended to `skipped` as
     (name, reason)."""
-
     if unsuitable is not None and (backend == AUTO or precision is None):
         engines = _suitable(engines, unsuitable, skipped if skipped is not None else [])
 
@@ -141,7 +140,6 @@ def _best_of(engines, backend: str, precision: str | None, *, explicit: bool) ->
 
 def _suitable(engines, unsuitable, skipped: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The engines this machine can take, in the bundle's order; the others go to `skipped`."""
-
     kept = []
     for engine in engines:
         why = unsuitable(engine)
@@ -298,7 +296,6 @@ class Predictor:
         top_k: int = 5,
         verify: str = "first-use",
     ):
-
         if verify not in VERIFY_MODES:
             raise UserError(f"unknown verify mode {verify!r}: choose one of {', '.join(VERIFY_MODES)}")
         self.bundle_dir = Path(bundle_dir)
@@ -350,7 +347,6 @@ class Predictor:
     def _choose(self, backend: str, precision: str | None) -> dict[str, Any]:
         """choose_engine over the engines this machine can take (suitability.py); one warning line names the
         engines passed over and why (also kept in self.skipped)."""
-
         self.skipped: list[tuple[str, str]] = []
         engine = choose_engine(self.manifest.engines, backend, precision, skipped=self.skipped,
                                unsuitable=lambda e: unsuitable(self.bundle_dir, self.manifest, e))
@@ -364,13 +360,11 @@ class Predictor:
     def verify(self):
         """Check the loaded engine on the bundle's golden samples now, record it for this machine, and return
         the verify_engine.EngineVerdict (passed or not: this never refuses)."""
-
         golden = load_golden(self.bundle_dir, self.manifest)
         self.verification = verify_loaded(self.bundle_dir, self.manifest, self.engine, self.runner, golden)
         return self.verification
 
     def _verify_on_load(self, mode: str) -> None:
-
         if golden_info(self.manifest) is None and mode == "first-use":
             return  # a bundle built without golden samples has nothing to check with
         try:
@@ -387,7 +381,6 @@ class Predictor:
     def _device_engine(self, precision: str | None, device: str | None) -> Path:
         """A TensorRT engine for this device from the bundle's ONNX (device_build.py); UserError when TensorRT
         is missing or the engine fails its golden check."""
-
         installed, reason = backend_status("tensorrt")
         if not installed:
             raise UserError(reason)
@@ -510,7 +503,6 @@ def _rgb(spec: PreprocessSpec) -> PreprocessSpec:
 
 
 def _device_builds(manifest: Manifest) -> list:
-
     return device_builds(manifest)
 
 

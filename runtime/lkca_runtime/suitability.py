@@ -28,7 +28,6 @@ def refusal(bundle_dir: str | Path, manifest: Manifest, engine: dict[str, Any]) 
 
 def recorded_here(bundle_dir: str | Path, manifest: Manifest, engine: dict[str, Any]) -> dict[str, Any] | None:
     """The golden check recorded for this engine on a machine with this fingerprint (passed or not), or None."""
-
     doc = DeviceCache(bundle_dir).load_result(engine_id(manifest, engine), machine_fingerprint(engine["backend"]))
     return None if doc is None else doc["result"]
 

@@ -71,7 +71,6 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
                    engine: str | None = None, all_engines: bool = False) -> list[dict[str, Any]]:
     """--engine NAME, or --all (narrowed by backend/precision), or the engine the Predictor would choose.
     Device builds (TensorRT) count as engines of their own name."""
-
     listed = [e for e in manifest.engines if e["backend"] != TENSORRT or not device_builds(manifest)]
     candidates = listed + device_builds(manifest)
     if engine is not None:
@@ -92,7 +91,6 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
 def _verify_tensorrt(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
                     cache: DeviceCache) -> EngineVerdict:
     """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
-
     name = engine_name(build)
     installed = installed_version()
     refusal = recipe_refusal(build, installed) if installed else None
@@ -114,7 +112,6 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
                   engine: str | None = None, all_engines: bool = False, threads: int | None = None) -> BundleVerdict:
     """Check engines of a bundle on this machine (see the module doc). UserError for a bundle without golden
     samples, an altered golden or engine file, or an unknown engine name."""
-
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     golden = load_golden(bundle_dir, manifest)
@@ -131,7 +128,6 @@ def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: s
 def _verify_one(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], golden: GoldenSet,
                   cache: DeviceCache, threads: int | None) -> EngineVerdict:
     """One engine's result, whatever happens to it (see the module doc)."""
-
     name, backend, precision = engine_name(engine), engine["backend"], engine["precision"]
     installed, reason = backend_status(backend)
     if not installed:
@@ -152,7 +148,6 @@ def _verify_one(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], go
 def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None, all_engines: bool = False,
                          gpu_index: int = 0, echo: Callable[[str], None] | None = None) -> list[EngineVerdict]:
     """Build (or adopt, or find cached) the TensorRT engines for this device and prove each on the golden set."""
-
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     installed, reason = backend_status(TENSORRT)

@@ -106,7 +106,6 @@ def engine_tolerance(manifest: Manifest, engine: dict[str, Any], golden: GoldenS
 
 def verify_runner(runner, golden: GoldenSet, precision: str, tolerance: dict[str, float]) -> dict[str, Any]:
     """Run a loaded engine on the golden inputs and judge it: golden.judge_outputs's dict."""
-
     static = static_batch(runner)
     outputs = run_batched(runner, golden.x, step=static or runner.max_batch or GOLDEN_BATCH, static=static)
     return judge_outputs(golden, outputs, precision, tolerance)
@@ -173,7 +172,6 @@ def verify_engine(
     cache: DeviceCache | None = None,
 ) -> EngineVerdict:
     """Load one engine of the bundle (files checked against the manifest first) and check it now."""
-
     bundle_dir = Path(bundle_dir)
     require_hashes(bundle_dir, manifest, engine_files(manifest, engine))
     artifact = inside(bundle_dir, engine["artifact"])

@@ -35,11 +35,8 @@ class Runner(Protocol):
 
     def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every output by name (parity localisation reads the block outputs)."""
-
     def close(self) -> None: ...
-
     def __enter__(self): ...
-
     def __exit__(self, *exc: object) -> None: ...
 
 

@@ -48,7 +48,6 @@ def _ov():
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
     """The CPU's ISA flags of interest (lkca_runtime.machine reads them); None where there is no /proc/cpuinfo."""
-
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()

@@ -185,7 +185,6 @@ class TensorRTSettings:
 
     def with_files_named_beside(self, folder: Path) -> TensorRTSettings:
         """The same settings with cache paths that lie in `folder` written as bare names (bundles move)."""
-
         def rel(name: str | None) -> str | None:
             if not name:
                 return None
@@ -288,7 +287,6 @@ def write_trtexec_script(onnx_path: Path, settings: TensorRTSettings, *, engine_
     11, Q/DQ INT8 on DLA with 10) prints why; both exit 2. Without a timing cache in the settings, the script keeps
     one beside the engine.
     """
-
     onnx_path = Path(onnx_path)
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
     if settings.timing_cache is None:
