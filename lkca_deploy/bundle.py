@@ -24,7 +24,6 @@ from lkca_runtime.spec import TASKS, PreprocessSpec
 _WEIGHTS_KIND = {"openvino-ir": "openvino-weights"}
 
 
-
 class BundleWriter:
     """Build a bundle in a temp directory beside `out_dir`; on a clean exit hash files, write the manifest, rename.
 
@@ -250,7 +249,6 @@ class BundleWriter:
             extra=self._extra,
         )
         (self.path / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
-
 
 
 def _sidecar_weights(sidecar: Path) -> str | None:

@@ -135,8 +135,6 @@ def localise_divergence(ctx: EvalContext, backend: str, precision: str, quantize
     return first_divergent_block(engine, ctx.reference_blocks(x))
 
 
-
-
 def bundle_parity(bundle_dir: str | Path, data: str | None = None, thresholds=None, data_root: str | None = None,
                   download: bool = False, threads: int | None = None, localise: bool = True):
     """Re-prove every engine of a bundle against its own checkpoint in PyTorch FP32; returns a Report."""

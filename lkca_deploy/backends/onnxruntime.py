@@ -84,10 +84,8 @@ class OnnxRuntimeBackend(OnnxRuntimeLoader, BackendBase):
 BUILD_OPTIONS = ("optimization",)
 
 
-
 def _external_data(path: Path) -> list[str]:
     return external_data_locations(load_onnx(path, load_external_data=False))
-
 
 
 def _save_inline(model, tmp: Path, source: Path) -> None:

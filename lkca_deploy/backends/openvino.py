@@ -128,9 +128,7 @@ class OpenVinoBackend(OpenVinoLoader, BackendBase):
 NNCF_PRESETS = ("mixed", "performance")
 
 
-
 BUILD_OPTIONS = ("performance_hint", "inference_precision", "nncf_preset", "nncf_smooth_quant", "nncf_ignored_nodes")
-
 
 
 # What the ONNX handed to build must already compute in, per precision (precision lives in the ONNX): bf16 is a
@@ -138,12 +136,10 @@ BUILD_OPTIONS = ("performance_hint", "inference_precision", "nncf_preset", "nncf
 ACCEPTED_ONNX = {"fp32": ("fp32",), "fp16": ("fp16",), "bf16": ("fp32",), "int8": ("int8", "fp32")}
 
 
-
 def calibration_items(calib: np.ndarray) -> list[np.ndarray]:
     """NNCF wants an iterable of model inputs; one sample per item so subset_size counts samples."""
     calib = np.ascontiguousarray(calib, dtype=np.float32)
     return [calib[i : i + 1] for i in range(len(calib))]
-
 
 
 def nncf_quantize(
@@ -197,7 +193,6 @@ def nncf_quantize(
     )
 
 
-
 def _fold_constants(ov_model) -> None:
     """Constant subgraphs become constants: token_spectral builds its Toeplitz blocks as Gathers from small tables,
     and NNCF 3.4 fails (KeyError) on a weight that a Gather feeds into a MatMul."""
@@ -206,7 +201,6 @@ def _fold_constants(ov_model) -> None:
     passes = Manager()
     passes.register_pass(ConstantFolding())
     passes.run_passes(ov_model)
-
 
 
 def constant_first_matmuls(ov_model) -> list[str]:
@@ -219,7 +213,6 @@ def constant_first_matmuls(ov_model) -> list[str]:
         for op in ov_model.get_ordered_ops()
         if op.get_type_name() == "MatMul" and op.input_value(0).get_node().get_type_name() == "Constant"
     ]
-
 
 
 def ov_op_names(ov_model, onnx_nodes: Sequence[str]) -> list[str]:
@@ -236,13 +229,11 @@ def ov_op_names(ov_model, onnx_nodes: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-
 def _nncf_target(device: str):
     import nncf
 
     family = device_family(device)
     return getattr(nncf.TargetDevice, family) if family in ("CPU", "GPU", "NPU") else nncf.TargetDevice.ANY
-
 
 
 def _read_onnx(core, onnx_path: Path):
@@ -266,7 +257,6 @@ def _read_onnx(core, onnx_path: Path):
         raise UserError(
             f"OpenVINO cannot convert {onnx_path.name}: {str(err).strip().splitlines()[0]}"
         ) from None
-
 
 
 def _save_and_check(

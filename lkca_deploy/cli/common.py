@@ -30,8 +30,6 @@ def warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
-
-
 def calibration_samples(source: str, onnx_path: Path, samples: int, data_root: Path | None, download: bool):
     from lkca_deploy.onnx_meta import spec_from_model
     from lkca_runtime.onnx_io import load_onnx

@@ -73,7 +73,6 @@ def _sizes(node: onnx.NodeProto, shapes: dict) -> tuple[tuple[int, int], tuple[i
     return (h, w), (height, width)
 
 
-
 def upsample_nodes(model: onnx.ModelProto) -> list[str]:
     """The MatMuls this pass wrote into an export (its metadata names the Resize nodes replaced). INT8 builds keep
     them float, as the Resize was: they interpolate the logits, they are no layer to quantize."""

@@ -216,10 +216,8 @@ class EngineResult:
         return _jsonable(d)
 
 
-
 def _now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
 
 
 @dataclass
@@ -273,7 +271,6 @@ class Report:
                 **({"comparison": self.comparison} if self.comparison is not None else {}),
             }
         )
-
 
 
 def _jsonable(value: Any) -> Any:

@@ -72,24 +72,22 @@ def prediction_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
+def _positive(convert, noun: str):
+    """An argparse type: `convert` of the text, refused unless a finite number > 0 (bad values exit 2 in one line)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
+_positive_int = _positive(int, "an integer")
+_positive_float = _positive(float, "a number")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -110,11 +110,11 @@ def recipe_refusal(recipe: dict[str, Any], installed: str) -> str | None:
         return None
     here = line_of(installed)
     where = f" (JetPack {here.label})" if here else ""
-    return f"{recipe_name(recipe)} needs TensorRT {needed} or later, this device has TensorRT {installed}{where}: " \
+    return f"{describe_recipe(recipe)} needs TensorRT {needed} or later, this device has TensorRT {installed}{where}: " \
         + advice(needed, installed)
 
 
-def recipe_name(recipe: dict[str, Any]) -> str:
+def describe_recipe(recipe: dict[str, Any]) -> str:
     """'the fp16 recipe tensorrt/fp16/model.fp16.onnx'."""
     return " ".join(p for p in ("the", recipe.get("precision"), "recipe", recipe.get("onnx")) if p)
 

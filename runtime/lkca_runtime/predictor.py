@@ -54,7 +54,6 @@ ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
 # ---------------------------------------------------------------- engine choice (pure)
 
 
-
 def choose_engine(
     engines: Sequence[dict[str, Any]],
     backend: str = AUTO,

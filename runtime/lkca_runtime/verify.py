@@ -65,8 +65,6 @@ class BundleVerdict:
                 "engines": [c.to_dict() for c in self.checks]}
 
 
-
-
 def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str | None = None,
                    engine: str | None = None, all_engines: bool = False) -> list[dict[str, Any]]:
     """--engine NAME, or --all (narrowed by backend/precision), or the engine the Predictor would choose.
@@ -87,7 +85,6 @@ def select_engines(manifest: Manifest, *, backend: str = "auto", precision: str 
     return [choose_engine(manifest.engines, backend, precision)]
 
 
-
 def _verify_tensorrt(bundle_dir: Path, manifest: Manifest, build: dict[str, Any], golden: GoldenSet,
                     cache: DeviceCache) -> EngineVerdict:
     """The engine valid on this device for a recipe, checked now; skipped when none was built here yet."""
@@ -105,7 +102,6 @@ def _verify_tensorrt(bundle_dir: Path, manifest: Manifest, build: dict[str, Any]
         return check
     with get_loader(TENSORRT).load(path) as runner:
         return verify_loaded(bundle_dir, manifest, entry, runner, golden, mode="always", cache=cache)
-
 
 
 def verify_bundle(bundle_dir: str | Path, *, backend: str = "auto", precision: str | None = None,
@@ -142,7 +138,6 @@ def _verify_one(bundle_dir: Path, manifest: Manifest, engine: dict[str, Any], go
     except Exception as e:  # noqa: BLE001 -- kept as this engine's result: the others are still checked
         message = " ".join(str(e).split()) or type(e).__name__
         return EngineVerdict(name, backend, precision, "error", reason=f"{type(e).__name__}: {message}")
-
 
 
 def build_device_engines(bundle_dir: str | Path, *, precision: str | None = None, all_engines: bool = False,

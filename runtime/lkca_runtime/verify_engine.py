@@ -27,7 +27,6 @@ VERIFY_MODES = ("first-use", "always", "off")
 GOLDEN_BATCH = 32  # golden samples run at once where the engine takes any batch
 
 
-
 def engine_id(manifest: Manifest, engine: dict[str, Any]) -> str:
     """The engine's name and the hash of its artifact: a changed engine file is a new engine to prove. A device-
     built engine carries its own (name and build key)."""

@@ -165,7 +165,6 @@ def _shape_text(shape: tuple[int | None, ...]) -> str:
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-
 def write_sidecar(
     artifact: Path,
     *,
@@ -198,12 +197,10 @@ def write_sidecar(
     return sidecar_path(artifact)
 
 
-
 def _portable_path(path: Path, base: Path) -> str:
     """Relative to the artifact's folder when it lies beside it (bundles move), else absolute."""
     path, base = path.resolve(), base.resolve()
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-
 
 
 def load_onnx(path: Path):
@@ -213,13 +210,11 @@ def load_onnx(path: Path):
     return load_checked(path)
 
 
-
 def input_facts(model) -> dict[str, Any]:
     """The model input as the sidecar records it."""
     from lkca_runtime.onnx_io import input_spec
 
     return input_spec(model).as_dict()
-
 
 
 def onnx_precision(model) -> str:
@@ -241,14 +236,12 @@ def onnx_precision(model) -> str:
     return "fp32"
 
 
-
 def _all_nodes(graph) -> Iterator:
     for node in graph.node:
         yield node
         for attr in node.attribute:
             for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
                 yield from _all_nodes(sub)
-
 
 
 def require_onnx_precision(model, path: Path, precision: str, accepted: tuple[str, ...]) -> str:

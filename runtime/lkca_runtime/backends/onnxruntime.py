@@ -15,6 +15,7 @@ from lkca_runtime.backends.base import (
     as_model_input,
     check_options,
     check_threads,
+    onnx_precision,
     read_sidecar,
 )
 from lkca_runtime.errors import UserError
@@ -158,7 +159,6 @@ def _computed_precision(artifact: Path, facts: dict[str, Any]) -> str:
     not hash or whose sidecar names another precision. Without the onnx package (a minimal device) the sidecar,
     whose hash binds it to this very artifact, speaks for it."""
     try:
-        from lkca_runtime.backends.base import onnx_precision
         from lkca_runtime.onnx_io import external_data_locations, load_onnx
     except ImportError:
         return facts["precision"]

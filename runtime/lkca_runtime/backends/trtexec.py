@@ -17,7 +17,7 @@ from typing import Any
 from lkca_runtime.backends.base import check_options, check_precision, load_onnx, onnx_precision
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_write_text
-from lkca_runtime.jetpack import advice, dla_releases, parse_version, recipe_name
+from lkca_runtime.jetpack import advice, describe_recipe, dla_releases, parse_version
 
 NAME = "tensorrt"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -294,7 +294,7 @@ def write_trtexec_script(onnx_path: Path, settings: TensorRTSettings, *, engine_
     needed = min_tensorrt_of(load_onnx(onnx_path))
     versions = script_versions(needed)
     lines = {major: _script_line(onnx_path, settings, engine_path, version) for major, version in versions.items()}
-    what = recipe_name({"precision": settings.precision, "onnx": onnx_path.name})
+    what = describe_recipe({"precision": settings.precision, "onnx": onnx_path.name})
     gate = "" if not needed else f"""if [ -n "$TRT_VERSION" ] && [ "$(printf '%s\\n' {needed} "$TRT_VERSION" | sort -V | head -n 1)" != {needed} ]; then
   echo {shlex.quote(f"{what} needs TensorRT {needed} or later, this device has TensorRT ")}"$TRT_VERSION"{shlex.quote(": " + advice(needed))} >&2
   exit 2
