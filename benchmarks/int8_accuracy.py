@@ -74,9 +74,9 @@ def main() -> None:
 
 
 def load_data(spec) -> dict:
-    from lkca_deploy.calibration.holdout import validation_subset
     from lkca_deploy.calibration.sources import load_calibration
     from lkca_deploy.data import load_arrays
+    from lkca_deploy.precision.holdout import validation_subset
 
     calib = load_calibration("digits", spec, samples=CALIB_SAMPLES, seed=SEED).array
     val = validation_subset("digits", spec, calib=calib, calib_samples=CALIB_SAMPLES, calib_seed=SEED)
@@ -93,8 +93,8 @@ def export(ckpt: Path, folder: Path) -> dict[str, Path]:
 
 def int8_rows(ckpt: Path, factor: float | None, folder: Path, data: dict, args) -> tuple[list[list], str]:
     """Per engine: plain INT8 and accuracy-aware INT8, top-1 on the test split and latency of both."""
-    from lkca_deploy.calibration.accuracy_aware import run_onnx, task_metric
-    from lkca_deploy.calibration.plan import plan_precision
+    from lkca_deploy.precision.accuracy_aware import run_onnx, task_metric
+    from lkca_deploy.precision.plan import plan_precision
     from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
     exports = export(ckpt, folder)
@@ -151,8 +151,9 @@ def steps_markdown(plan: dict) -> str:
 
 
 def fp16_rows(ckpt: Path, factor: float, folder: Path, data: dict) -> list[list]:
-    from lkca_deploy.calibration import headroom, quantize
-    from lkca_deploy.calibration.accuracy_aware import run_onnx
+    from lkca_deploy.calibration import quantize
+    from lkca_deploy.precision import headroom
+    from lkca_deploy.precision.accuracy_aware import run_onnx
     from lkca_runtime.onnx_io import load_onnx
 
     model = load_onnx(export(ckpt, folder)["onnxruntime"])

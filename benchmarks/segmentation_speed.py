@@ -8,7 +8,7 @@ per-round medians), ONNX Runtime with intra-op spinning off, OpenVINO with the f
                             Transposes per mixer; the head's Resize to 512 x 512
   token_spectral            the mixer alone changed: the whole mixer on the token layout, no Transpose (a real
                             DFT along H, a Toeplitz product along W per head); the head's Resize as before
-  token_spectral = auto     what `export` writes now: also the head's upsample as two MatMuls (lowering/upsample.py)
+  token_spectral = auto     what `export` writes now: also the head's upsample as two MatMuls (forms/upsample.py)
   token_spectral, grid      the graph ending at the 150 x 32 x 32 grid logits (export logits="grid")
 Beside each: its FLOPs as exported (MatMul, Gemm and Conv multiply-adds x 2 from the ONNX's static shapes) over the
 SGEMM peak measured here with 2 threads (ONNX Runtime's MatMul and numpy's, the better of the two): the time the

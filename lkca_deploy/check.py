@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.planner import choose_lowering
 from lkca_deploy.lowering.registry import CONV, CROP, MATMUL, TILED, rule_for
 from lkca_deploy.lowering.sites import ConvSite, find_conv_sites
+from lkca_deploy.planning.planner import choose_lowering
 from lkca_deploy.targets import (
     DLA_LIMITS,
     DLA_SUBGRAPHS_PER_CORE,

@@ -38,16 +38,18 @@ from lkca_deploy import __version__
 from lkca_deploy.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from lkca_deploy.data import load_arrays
 from lkca_deploy.data.datasets import DIGITS_MEAN_STD, IMAGENET_MEAN_STD
-from lkca_deploy.lowering.apply import apply_forms, fp32_nodes, lower_model
-from lkca_deploy.lowering.graph import opset_of
-from lkca_deploy.lowering.planner import lower_auto
-from lkca_deploy.lowering.registry import LAYERNORM_DECOMPOSED, STRATEGIES, TILED
+from lkca_deploy.forms.apply import apply_forms, fp32_nodes
+from lkca_deploy.forms.registry import LAYERNORM_DECOMPOSED
+from lkca_deploy.forms.upsample import upsample_as_matmuls
+from lkca_deploy.lowering.apply import lower_model
+from lkca_deploy.lowering.registry import STRATEGIES, TILED
 from lkca_deploy.lowering.report import LoweringReport
 from lkca_deploy.lowering.rules.matmul import DEFAULT_MATMUL_BUDGET
-from lkca_deploy.lowering.tune import TuneRow, tune_model
-from lkca_deploy.lowering.upsample import upsample_as_matmuls
 from lkca_deploy.models.zoo import create_model, get_config, list_models
+from lkca_deploy.onnx_graph import opset_of
 from lkca_deploy.onnx_meta import read_metadata, set_metadata
+from lkca_deploy.planning.planner import lower_auto
+from lkca_deploy.planning.tune import TuneRow, tune_model
 from lkca_deploy.targets import DEFAULT_TARGET, get_target
 from lkca_runtime.backends.base import PRECISIONS, run_batched
 from lkca_runtime.errors import UserError
@@ -61,7 +63,7 @@ BATCH_DIM = "batch"
 LOGITS_INPUT, LOGITS_GRID = "input", "grid"
 DEFAULT_LOGITS = LOGITS_INPUT  # what the PyTorch model returns; the pipeline's bundles choose "grid"
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT keeps it FP32 only as one op)
-# torch's dynamo exporter writes opset 18 at least; a lower opset is reached after folding (lowering/opsets.py),
+# torch's dynamo exporter writes opset 18 at least; a lower opset is reached after folding (forms/opsets.py),
 # once the Reduce axes are constants that the converter can read.
 TRACE_MIN_OPSET = 18
 # 20: GELU is one op, which ONNX Runtime fuses with its bias (BiasGelu); the split Erf form it does not fuse.
@@ -149,7 +151,7 @@ def export_model(
     block_0..block_{depth-1} (parity localisation). precision: what the engines built from this ONNX compute in,
     when known (auto plans for it: INT8 on tensorrt gets a MatMul mixer); None plans for any precision.
     logits (segmentation): "input" (default), "grid" or "HxW", see the module docstring. upsample_matmuls: the
-    head's bilinear Resize as two MatMuls (lowering/upsample.py); None: where the target runs that faster (the CPU
+    head's bilinear Resize as two MatMuls (forms/upsample.py); None: where the target runs that faster (the CPU
     targets). opset: None for DEFAULT_OPSET. Raises UserError for bad arguments and a matmul over
     `budget_bytes`, SelfCheckError when ONNX Runtime and PyTorch differ by more than `tolerance`; in both cases
     nothing is written at `out`.

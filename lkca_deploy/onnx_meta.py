@@ -16,8 +16,8 @@ from lkca_runtime.onnx_io import input_spec
 from lkca_runtime.spec import PreprocessSpec
 
 # Reduced precision decided on the FP32 export, obeyed by every build from it (backends/build.py):
-INT8_ACCURACY = "int8_accuracy"  # calibration/accuracy_aware.py: float units, drop per step, validation size
-FP16_HEADROOM = "fp16_headroom"  # calibration/headroom.py: tensors FP16 cannot hold, nodes kept FP32
+INT8_ACCURACY = "int8_accuracy"  # precision/accuracy_aware.py: float units, drop per step, validation size
+FP16_HEADROOM = "fp16_headroom"  # precision/headroom.py: tensors FP16 cannot hold, nodes kept FP32
 JSON_KEYS = ("preprocessing", "class_names", "lowering", INT8_ACCURACY, FP16_HEADROOM, TENSORRT_COMPATIBILITY,
              FP16_FP32_NODES)
 

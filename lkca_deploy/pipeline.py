@@ -20,8 +20,7 @@ from lkca_deploy.backends.build import build_engine
 from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.bundle import BundleWriter
 from lkca_deploy.bundle_readme import device_check_section
-from lkca_deploy.calibration import CALIB_SAMPLES, DEFAULT_MAX_DROP
-from lkca_deploy.calibration.plan import plan_precision
+from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_deploy.checkpoint import read_checkpoint
 from lkca_deploy.export import INPUT_NAME, OUTPUT_NAME, export_model
 from lkca_deploy.interrupts import raise_if_interrupted
@@ -30,6 +29,8 @@ from lkca_deploy.measure.e2e import write_sample_images
 from lkca_deploy.models.zoo import get_config
 from lkca_deploy.onnx_meta import TENSORRT_COMPATIBILITY, read_metadata
 from lkca_deploy.polygraphy_golden import INPUTS_REL, OUTPUTS_REL, POLYGRAPHY_DIR, write_polygraphy_golden
+from lkca_deploy.precision import DEFAULT_MAX_DROP
+from lkca_deploy.precision.plan import plan_precision
 from lkca_deploy.proof import (
     DEFAULT_DATA,
     EVAL_BATCH,
@@ -40,7 +41,7 @@ from lkca_deploy.proof import (
     localise_divergence,
 )
 from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
-from lkca_deploy.reports.compare import compare, load_report
+from lkca_deploy.compare import compare, load_report
 from lkca_deploy.reports.contract import EngineResult, Report
 from lkca_deploy.reports.render import write_report
 from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET, TARGETS, get_target
@@ -77,10 +78,10 @@ class PipelineOptions:
     cost: bool = True  # load time, peak memory and end-to-end Predictor latency per engine (proof.engine_cost)
     e2e_budget_s: float = 0.5  # seconds of timed Predictor calls per engine
     baseline: str | Path | None = None  # a report.json or bundle to compare the new report against
-    compare_thresholds: object = None  # reports.compare.CompareThresholds; None: the defaults
+    compare_thresholds: object = None  # compare.CompareThresholds; None: the defaults
     golden: int = 64  # golden samples stored in the bundle for the device's own check (0: none)
     # INT8 engines: units go back to float until the top-1/mIoU drop on a validation subset of the training split
-    # is at most this many points (calibration/accuracy_aware.py); None: plain INT8, every unit quantized.
+    # is at most this many points (precision/accuracy_aware.py); None: plain INT8, every unit quantized.
     max_drop: float | None = DEFAULT_MAX_DROP
     max_float_units: int | None = None  # None: a quarter of the units
     # Segmentation engines end at the grid logits: the Predictor upsamples once, to each image's own size
@@ -233,7 +234,7 @@ def _export_for(exports: dict[str, tuple[Path, str]], backend: str, precision: s
 
 def _precision_stage(ctx: EvalContext, exports, opts: PipelineOptions):
     """Accuracy-aware INT8 and FP16 headroom decided on the exports and written into their metadata, which
-    build_engine obeys for every backend (calibration/plan.py)."""
+    build_engine obeys for every backend (precision/plan.py)."""
     int8_backends = [b for b in opts.backends if b in exports]
     return plan_precision({label: path for label, (path, _) in exports.items()},
                           search_on=int8_backends[0] if int8_backends else "plain", calib=ctx.calib, data=ctx.data,

@@ -15,7 +15,6 @@ import numpy as np
 
 from lkca_deploy.backends.build import build_engine
 from lkca_deploy.backends.registry import get_backend
-from lkca_deploy.calibration.plan import carry_plan
 from lkca_deploy.calibration.sources import load_calibration
 from lkca_deploy.checkpoint import load_checkpoint
 from lkca_deploy.data import load_arrays
@@ -23,6 +22,7 @@ from lkca_deploy.export import export_model, logits_module, logits_size
 from lkca_deploy.measure.cost import measure_cost
 from lkca_deploy.measure.e2e import EndToEnd, write_sample_images
 from lkca_deploy.measure.latency import sweep
+from lkca_deploy.precision.plan import carry_plan
 from lkca_deploy.reports.contract import EngineResult, Report
 from lkca_deploy.targets import BACKEND_TARGETS
 from lkca_runtime.backends.base import run_batched, sidecar_path, static_batch

@@ -43,7 +43,7 @@ class Target:
     # ONNX opsets (default domain) it reads, lowest and highest; None: no documented ceiling, so the newest opset
     # the installed onnx package defines (a higher one is no released opset). Sources: docs/backend-limits.md.
     opsets: tuple[int, int | None] = (1, None)
-    # A segmentation head's bilinear Resize to the input size as two MatMuls (lowering/upsample.py): measured
+    # A segmentation head's bilinear Resize to the input size as two MatMuls (forms/upsample.py): measured
     # faster on the CPU backends (ONNX Runtime 1.8x, OpenVINO 1.15x at 150 x 32 x 32 -> 512 x 512).
     upsample_matmuls: bool = False
     # The TensorRT releases it means (keys of TENSORRT_RELEASES, oldest first): check reads their parser tables.

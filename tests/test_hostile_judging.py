@@ -38,7 +38,7 @@ def base_report(tmp_path_factory) -> dict:
 
 
 def _regressions(base: dict, new: dict) -> list[str]:
-    from lkca_deploy.reports.compare import compare
+    from lkca_deploy.compare import compare
 
     result = compare(base, new)
     json.dumps(result.to_dict(), allow_nan=False)  # whatever was read, the comparison is valid JSON

@@ -150,7 +150,7 @@ def test_own_modules_are_imported_at_the_top_except_where_a_module_must_stay_lig
 ONE_HOME = [
     ("an engine's name and folder", r"'-' \+ \w*\[?'?quantizer", "runtime/lkca_runtime/bundle.py"),
     ("the calibration sample count", r"(?i)samples\w*\s*(:\s*\w+\s*)?=\s*512\b|option\(512\b", "lkca_deploy/calibration/__init__.py"),
-    ("the accuracy-aware INT8 bound", r"max_drop\W.*\b0\.5\b|DEFAULT_MAX_DROP = ", "lkca_deploy/calibration/__init__.py"),
+    ("the accuracy-aware INT8 bound", r"max_drop\W.*\b0\.5\b|DEFAULT_MAX_DROP = ", "lkca_deploy/precision/__init__.py"),
     ("the backend -> target map", r"\"onnxruntime\": \"onnxruntime-cpu\"", "lkca_deploy/targets.py"),
     ("the task names", r"\(\"classification\", \"segmentation\"\)", "runtime/lkca_runtime/spec.py"),
     ("the precision order", r"\(\"fp32\", \"fp16\", \"bf16\", \"int8\"\)\s*$", "runtime/lkca_runtime/backends/base.py"),

@@ -24,12 +24,12 @@ import onnx
 from lkca_deploy.backends.base import Backend, BuildResult, BuildStep
 from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.calibration import quantize
-from lkca_deploy.calibration.accuracy_aware import planned_float_nodes
-from lkca_deploy.calibration.headroom import planned_fp32_nodes
 from lkca_deploy.check import tensorrt_compatibility
-from lkca_deploy.lowering.apply import fp32_nodes
-from lkca_deploy.lowering.upsample import upsample_nodes
+from lkca_deploy.forms.apply import fp32_nodes
+from lkca_deploy.forms.upsample import upsample_nodes
 from lkca_deploy.onnx_meta import FP16_FP32_NODES, TENSORRT_COMPATIBILITY, read_metadata, set_metadata
+from lkca_deploy.precision.accuracy_aware import planned_float_nodes
+from lkca_deploy.precision.headroom import planned_fp32_nodes
 from lkca_deploy.targets import int8_weight_form
 from lkca_runtime.backends.base import check_precision, load_onnx, onnx_precision
 from lkca_runtime.errors import UserError
@@ -157,8 +157,8 @@ def _bake(source, precision, int8_flavor, calib, method, keep_fp, provenance):
     """(ONNX that computes in `precision` or None when the backend takes the fp32 one, calibrated ranges).
 
     What the FP32 export's metadata decided is obeyed here, for every backend alike: the nodes FP16 cannot hold
-    stay FP32 (calibration/headroom.py), the units the accuracy-aware search returned to float stay float in the
-    Q/DQ flavours and in NNCF's ignored scope (calibration/accuracy_aware.py).
+    stay FP32 (precision/headroom.py), the units the accuracy-aware search returned to float stay float in the
+    Q/DQ flavours and in NNCF's ignored scope (precision/accuracy_aware.py).
     """
     if precision == "fp16":
         # headroom's nodes, and a decomposed LayerNorm's (it overflows in FP16: docs/jetson.md, section 2)

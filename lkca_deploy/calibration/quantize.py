@@ -72,7 +72,7 @@ def to_fp16(
     keep_fp32_nodes: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """Weights and compute in FP16; `keep_fp32_op_types` and the nodes named in `keep_fp32_nodes` (and their
-    inputs, cast before them) stay FP32. calibration/headroom.py names the nodes whose tensors FP16 cannot hold.
+    inputs, cast before them) stay FP32. precision/headroom.py names the nodes whose tensors FP16 cannot hold.
 
     Graph inputs and outputs stay float32 with casts at the edges, so callers feed and read the same arrays as for
     the FP32 model.
@@ -123,7 +123,7 @@ def _skip_fp16_round_trips(graph: onnx.GraphProto) -> None:
     """A node kept FP32 that reads another one's output reads it in FP32, not through a Cast to FP16 and back.
 
     The converter casts every kept node's output to FP16 and back before the next kept node, which turns a value
-    kept FP32 because it does not fit FP16 (calibration/headroom.py) into inf.
+    kept FP32 because it does not fit FP16 (precision/headroom.py) into inf.
     """
     producers = {out: node for node in graph.node for out in node.output}
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
@@ -185,7 +185,7 @@ def calibrate(
     _require_choice("method", method, METHODS)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
-    named = _with_node_names(model)
+    named = with_node_names(model)
     spec = _single_input(named)
     samples = _validated_samples(calib, spec)
     with tempfile.TemporaryDirectory(prefix="lkca-calib-") as work_dir:
@@ -219,7 +219,7 @@ def quantize_int8(
     """
     _require_choice("flavor", flavor, FLAVORS)
     _require_choice("weight form", weight_form, WEIGHT_FORMS)
-    named = _with_node_names(model)
+    named = with_node_names(model)
     excluded = nodes_matching(named, keep_fp)
     if calibration is None:
         calibration = calibrate(named, calib, flavor=flavor, method=method, percentile=percentile,
@@ -473,7 +473,7 @@ def _single_input(model: onnx.ModelProto) -> InputSpec:
     return inputs[0]
 
 
-def _with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy where every node has a unique name: exclusion lists and reports refer to nodes by name."""
     named = _copy(model)
     taken = {n.name for n in named.graph.node if n.name}

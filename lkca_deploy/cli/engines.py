@@ -72,9 +72,9 @@ def _accuracy_aware_int8(model, array, calib: str, calib_samples: int, flavor: s
                          max_float_units, val_data, data_root, download: bool):
     """quantize_accuracy_aware for `quantize --max-drop`: the search runs on both flavours (one split for every
     target), the table of tries goes to stderr, the result carries the plan in its metadata."""
-    from lkca_deploy.calibration.accuracy_aware import metadata_for
-    from lkca_deploy.calibration.plan import search_int8
     from lkca_deploy.onnx_meta import read_metadata, set_metadata, spec_from_model
+    from lkca_deploy.precision.accuracy_aware import metadata_for
+    from lkca_deploy.precision.plan import search_int8
 
     data = val_data or (calib if not Path(calib).exists() else None)
     if data is None:

@@ -108,7 +108,7 @@ def check(
     else:
         typer.echo(report.format_text())
         if risks is not None:
-            from lkca_deploy.calibration.headroom import risks_table
+            from lkca_deploy.precision.headroom import risks_table
 
             typer.echo(risks_table(risks))
     if not report.ok:
@@ -116,9 +116,9 @@ def check(
 
 
 def _fp16_headroom(model, file: Path, precision, calib, calib_samples: int, data_root):
-    """The FP16 risks (calibration/headroom.py) `check --precision fp16` prints; None without --precision."""
-    from lkca_deploy.calibration import headroom
+    """The FP16 risks (precision/headroom.py) `check --precision fp16` prints; None without --precision."""
     from lkca_deploy.onnx_meta import FP16_HEADROOM, read_metadata
+    from lkca_deploy.precision import headroom
 
     if precision is None:
         if calib is not None:

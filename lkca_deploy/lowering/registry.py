@@ -1,7 +1,6 @@
 """The lowering rules' one table: the strategy names, their order, and the class behind each. The strategy list,
 the CLI's choices, the tune candidates and the names the planner, the checks and the pipeline use all come from
-here. A new rule is a module under rules/ (conv lowerings) or forms/ (op forms for older parsers), its name and one
-line in RULES or FORMS here, and its test.
+here. A new rule is a module under rules/, its name and one line in RULES here, and its test.
 
 The table names each class by its module, imported on first use: the CLI reads the names at startup, and the
 rules import onnx and numpy.
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 from lkca_runtime.errors import UserError
 
 if TYPE_CHECKING:
-    from lkca_deploy.lowering.rule import ConvRule, FormRule
+    from lkca_deploy.lowering.rule import ConvRule
 
 CONV, CROP, MATMUL, TILED, SPECTRAL, TOKEN_SPECTRAL = "conv", "crop", "matmul", "tiled", "spectral", "token_spectral"
 MATMUL_BUDGET_MIB = 64  # most Toeplitz weights the matmul lowering may add to a model, by default
@@ -31,21 +30,11 @@ RULES = {
 }
 STRATEGIES = tuple(RULES)
 
-GELU_ERF, LAYERNORM_DECOMPOSED, REDUCE_AXES_ATTRIBUTE = "gelu_erf", "layernorm_decomposed", "reduce_axes_attribute"
-
-# Op forms for parsers of an older ONNX (targets.Target.graph_forms names them), in the order they are applied
-FORMS = {
-    GELU_ERF: "lkca_deploy.lowering.forms.gelu_erf:GeluErf",
-    LAYERNORM_DECOMPOSED: "lkca_deploy.lowering.forms.layernorm_decomposed:LayerNormDecomposed",
-    REDUCE_AXES_ATTRIBUTE: "lkca_deploy.lowering.forms.reduce_axes_attribute:ReduceAxesAttribute",
-}
-FORM_NAMES = tuple(FORMS)
-
 
 def rule_class(strategy: str) -> type[ConvRule]:
     if strategy not in RULES:
         raise UserError(f"unknown lowering strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    return _load(RULES[strategy])
+    return load_class(RULES[strategy])
 
 
 def rule_for(strategy: str, max_kernel: int | None = None) -> ConvRule:
@@ -53,17 +42,12 @@ def rule_for(strategy: str, max_kernel: int | None = None) -> ConvRule:
     return rule_class(strategy)(max_kernel)
 
 
-def form_class(name: str) -> type[FormRule]:
-    if name not in FORMS:
-        raise UserError(f"unknown graph form {name!r}: choose one of {', '.join(FORM_NAMES)}")
-    return _load(FORMS[name])
-
-
 def tune_candidates() -> tuple[str, ...]:
     """What `tune` times by default: every strategy with its default option (tiled at the DLA limit)."""
     return tuple(rule_for(name).label for name in STRATEGIES)
 
 
-def _load(where: str) -> type:
+def load_class(where: str) -> type:
+    """The class `module:Class` names, its module imported now."""
     module, _, name = where.partition(":")
     return getattr(importlib.import_module(module), name)

@@ -1,23 +1,22 @@
-"""The two kinds of lowering rule, and what every rule of a kind has.
+"""What every lowering rule has.
 
 ConvRule: one way to write a large grouped conv (a conv site, lowering/sites.py): what it matches (its flags and
-`refuses`), why it refuses a site (a reason string), how it rewrites one (`rewrite`). FormRule: one rewrite of an
-ONNX op into the form an older runtime parses (Gelu as Erf, Reduce axes as an attribute): what op it matches, why it
-leaves a node as it is, how it rewrites one. A rule is a class in its own module under rules/ or forms/, registered
-in lowering/registry.py, which is where the strategy list, the CLI's choices and the tune candidates come from.
+`refuses`), why it refuses a site (a reason string), how it rewrites one (`rewrite`). A rule is a class in its own
+module under rules/, registered in lowering/registry.py, which is where the strategy list, the CLI's choices and the
+tune candidates come from. (The op forms for older parsers are rules of their own kind: lkca_deploy/forms/.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import onnx
 
-from lkca_deploy.lowering.graph import FreshNames
 from lkca_deploy.lowering.report import NodeChange, kxk
 from lkca_deploy.lowering.sites import ConvSite, not_lowerable
+from lkca_deploy.onnx_graph import FreshNames
 
 DEFAULT_MIN_KERNEL = 7  # kernels up to 7x7 are "small": every backend runs them natively and fast
 
@@ -90,58 +89,3 @@ class ConvRule:
     def command(self) -> str:
         """The `lkca-deploy` command line that applies this rule to a file."""
         return f"lower --strategy {self.name}"
-
-
-@dataclass
-class FormChange:
-    """What a form rule did to one node."""
-
-    node: str
-    rule: str
-    action: str  # "rewritten" | "kept"
-    reason: str
-    new_nodes: list[str] = field(default_factory=list)
-
-
-class FormRule:
-    """One op written in the form an older runtime parses. Subclasses set `name`, `help` and `op_types` and
-    override `why_not` and `rewrite`; `keep_fp32`: the nodes it writes must stay FP32 in an FP16 build."""
-
-    name: ClassVar[str]
-    help: ClassVar[str]
-    op_types: ClassVar[tuple[str, ...]]
-    keep_fp32: ClassVar[bool] = False
-    max_opset: ClassVar[int | None] = None  # the form is valid up to this opset only (the file is converted)
-
-    def matches(self, node: onnx.NodeProto) -> bool:
-        return node.op_type in self.op_types and node.domain in ("", "ai.onnx")
-
-    def why_not(self, node: onnx.NodeProto, graph: FormGraph) -> str | None:
-        """Why this matching node is left as it is, or None."""
-        del node, graph
-        return None
-
-    def rewrite(self, node: onnx.NodeProto, graph: FormGraph) -> list[onnx.NodeProto]:
-        """The nodes that compute `node`'s outputs (constants go to graph.add_constant)."""
-        raise NotImplementedError
-
-    def node_name(self, node: onnx.NodeProto, graph: FormGraph, tag: str) -> str:
-        """A fresh name for a node this rule writes: `<original>/<rule>/<tag>`, so fp32_nodes() can find it."""
-        return graph.names.fresh(f"{node.name or node.output[0]}/{self.name}/{tag}")
-
-
-@dataclass
-class FormGraph:
-    """What a form rule reads and adds to besides the node: fresh names, constants, element types, the opset."""
-
-    names: FreshNames
-    constants: dict[str, onnx.TensorProto]
-    elem_types: dict[str, int]  # tensor name -> onnx.TensorProto data type, where known
-    ranks: dict[str, int]
-    opset: int
-    added: list[onnx.TensorProto] = field(default_factory=list)
-
-    def add_constant(self, tensor: onnx.TensorProto) -> str:
-        self.added.append(tensor)
-        self.constants[tensor.name] = tensor
-        return tensor.name

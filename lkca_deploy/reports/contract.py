@@ -1,7 +1,20 @@
 """The report.json contract: its keys, and the check that a dict keeps them (render writes it, compare reads it).
 
-The keys and their meaning are documented in reports/render.py's docstring and in the README; keys are only ever
-added, never renamed or removed.
+Keys (only ever added, never renamed or removed; `validate_report_dict` checks them):
+  model, task, machine, versions, passed, engines: [
+    {backend, precision, lowering, path, size_bytes, status ("ok" | "failed" | "skipped"), reason,
+     parity: null | {classification: top1, top1_reference, top1_drop, agreement, max_abs_err, cosine, passed;
+                     segmentation: miou, miou_reference, miou_drop, pixel_agreement, max_abs_err, cosine, passed},
+     latency: {"<batch>": {p50_ms, p90_ms, p99_ms, throughput, ...}},
+     cost: null | {load_ms, first_result_ms, peak_mb, process_peak_mb, library_mb, batches, runs, peak_method},
+     e2e: null | {batch: 1, images, stages: {decode, preprocess, inference, postprocess, total:
+                                             {p50_ms, p90_ms, p99_ms, ...}}}}]
+  comparison (only after `pipeline --baseline`): compare.Comparison.to_dict(), {regressed, regressions,
+     engines: [{engine, figures: {figure: {base, new, change, unit, limit, regressed}}}], machine, thresholds, ...}
+Fractions are in [0, 1], drops in percentage points, times in ms, memory in MiB, throughput in images/s at p50.
+cost and e2e (measure/cost.py, measure/e2e.py) are checked where present: reports written before them lack them.
+Non-finite numbers are written as null (strict JSON). Raw latency samples stay out of report.json; the HTML plots them.
+The README shows the same keys with an example.
 """
 
 from __future__ import annotations
@@ -234,7 +247,7 @@ class Report:
     thresholds: dict[str, Any] | None = None
     created_utc: str = field(default_factory=_now_utc)
     extra: dict[str, Any] = field(default_factory=dict)
-    comparison: dict[str, Any] | None = None  # reports.compare against a baseline run
+    comparison: dict[str, Any] | None = None  # compare.py against a baseline run
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -191,7 +191,7 @@ def block_errors(engines: Sequence[EngineResult]) -> Any | None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Change against the baseline (the dict reports.compare.Comparison.to_dict() makes).
+# Change against the baseline (the dict compare.Comparison.to_dict() makes).
 
 
 def _figure_values(engines: Sequence[Mapping[str, Any]], prefix: str) -> list[str]:

@@ -1,19 +1,6 @@
 """Reports: report.json (a contract other tools read), report.md, report.html (self-contained) and a terminal table.
 
-report.json contract (keys are only ever added, never renamed or removed; `validate_report_dict` checks them):
-  model, task, machine, versions, passed, engines: [
-    {backend, precision, lowering, path, size_bytes, status ("ok" | "failed" | "skipped"), reason,
-     parity: null | {classification: top1, top1_reference, top1_drop, agreement, max_abs_err, cosine, passed;
-                     segmentation: miou, miou_reference, miou_drop, pixel_agreement, max_abs_err, cosine, passed},
-     latency: {"<batch>": {p50_ms, p90_ms, p99_ms, throughput, ...}},
-     cost: null | {load_ms, first_result_ms, peak_mb, process_peak_mb, library_mb, batches, runs, peak_method},
-     e2e: null | {batch: 1, images, stages: {decode, preprocess, inference, postprocess, total:
-                                             {p50_ms, p90_ms, p99_ms, ...}}}}]
-  comparison (only after `pipeline --baseline`): reports.compare.Comparison.to_dict(), {regressed, regressions,
-     engines: [{engine, figures: {figure: {base, new, change, unit, limit, regressed}}}], machine, thresholds, ...}
-Fractions are in [0, 1], drops in percentage points, times in ms, memory in MiB, throughput in images/s at p50.
-cost and e2e (measure/cost.py, measure/e2e.py) are checked where present: reports written before them lack them.
-Non-finite numbers are written as null (strict JSON). Raw latency samples stay out of report.json; the HTML plots them.
+The report.json contract (its keys and units) is reports/contract.py's.
 """
 
 from __future__ import annotations
@@ -24,14 +11,13 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from lkca_deploy.measure.e2e import TOTAL
 from lkca_deploy.measure.latency import LatencyStats
 from lkca_deploy.reports import figures as plots
-from lkca_deploy.reports.compare import (
+from lkca_deploy.compare import (
     comparison_markdown,
     comparison_summary_lines,
     comparison_tables,
@@ -44,6 +30,7 @@ from lkca_deploy.reports.contract import (
     validate_report_dict,
 )
 from lkca_deploy.reports.figures import accuracy_latency, baseline_changes
+from lkca_deploy.reports.tables import html_table, md_table, text_table
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_outputs
 from lkca_runtime.machine import isa_summary
@@ -164,7 +151,7 @@ def float_parts_table(report: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def int8_search_table(report: Report) -> tuple[list[str], list[list[str]]]:
-    """The accuracy-aware INT8 search, one row per try (calibration/accuracy_aware.py); empty when none ran."""
+    """The accuracy-aware INT8 search, one row per try (precision/accuracy_aware.py); empty when none ran."""
     plan = report.extra.get("int8_accuracy") or {}
     steps = plan.get("steps") or []
     flavors = list(steps[0]["drop"]) if steps else []
@@ -236,28 +223,12 @@ def _header_lines(report: Report) -> list[str]:
     return lines + ([f"Versions: {versions}"] if versions else [])
 
 
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(headers), "|" + "---|" * len(headers)] + [line(r) for r in rows])
-
-
-def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
-
-
 def summary_table(report: Report) -> str:
     """Fixed-width text for the terminal: verdict, machine, engines, skipped engines, failures."""
-    parts = ["\n".join(_header_lines(report)), _text_table(*engine_table(report))]
+    parts = ["\n".join(_header_lines(report)), text_table(*engine_table(report))]
     headers, skipped = skipped_table(report)
     if skipped:
-        parts.append("Skipped:\n" + _text_table(headers, skipped))
+        parts.append("Skipped:\n" + text_table(headers, skipped))
     failures = _failure_lines(report)
     if failures:
         parts.append("Failures:\n" + "\n".join(f"  {line}" for line in failures))
@@ -279,21 +250,21 @@ def render_markdown(report: Report) -> str:
         f"# lkca-deploy report: {report.model} ({report.task})",
         "\n".join(f"- {x}" for x in _header_lines(report)),
     ]
-    parts += ["## Engines", _md_table(*engine_table(report))]
+    parts += ["## Engines", md_table(*engine_table(report))]
     for title, table in _precision_sections(report):
-        parts += [f"## {title}", _md_table(*table)]
+        parts += [f"## {title}", md_table(*table)]
     headers, skipped = skipped_table(report)
     if skipped:
-        parts += ["## Skipped engines", _md_table(headers, skipped)]
+        parts += ["## Skipped engines", md_table(headers, skipped)]
     failures = _failure_lines(report)
     if failures:
         parts += ["## Failures", "\n".join(f"- {line}" for line in failures)]
     if any(e.e2e for e in report.engines):
-        parts += [f"## {_E2E_TITLE}", _md_table(*e2e_table(report)), _COST_NOTE]
+        parts += [f"## {_E2E_TITLE}", md_table(*e2e_table(report)), _COST_NOTE]
     if _with_blocks(report):
         parts += [
             "## Per-block error (cosine / max abs err)",
-            _md_table(*block_table(report)),
+            md_table(*block_table(report)),
             _divergence_text(report),
         ]
     if report.comparison is not None:
@@ -350,18 +321,6 @@ ul.facts { list-style: none; padding: 0; } img { max-width: 100%; }
 """
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def cell(c: str, tag: str) -> str:
-        # verdicts, and a comparison's cells that compare.py marks with " !" (a regression), carry their colour
-        failed = c in ("FAIL", "REGRESSED") or c.endswith(" !")
-        css = ' class="fail"' if failed else ' class="pass"' if c == "PASS" else ""
-        return f"<{tag}{css}>{html.escape(c)}</{tag}>"
-
-    head = "".join(cell(h, "th") for h in headers)
-    body = "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _html_figure(fig: Any | None, alt: str) -> str:
     return (
         ""
@@ -376,7 +335,7 @@ def _comparison_html(comparison: dict[str, Any]) -> list[str]:
     verdict = f'<span class="{"fail" if regressed else "pass"}">{"REGRESSED" if regressed else "NO REGRESSION"}</span>'
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in comparison_summary_lines(comparison))
     parts = ['<h2 id="baseline">Against the baseline</h2>', f"<p>Verdict: {verdict}</p>", f"<ul>{lines}</ul>"]
-    parts += [_html_table(*table) for table in comparison_tables(comparison)]
+    parts += [html_table(*table) for table in comparison_tables(comparison)]
     return parts + [_html_figure(baseline_changes(comparison), "Change against the baseline")]
 
 
@@ -390,9 +349,9 @@ def render_html(report: Report) -> str:
         f"<p>Verdict: {verdict}</p>",
         f'<ul class="facts">{facts}</ul>',
     ]
-    parts += ["<h2>Engines</h2>", _html_table(*engine_table(report))]
+    parts += ["<h2>Engines</h2>", html_table(*engine_table(report))]
     for title, table in _precision_sections(report):
-        parts += [f"<h2>{title}</h2>", _html_table(*table)]
+        parts += [f"<h2>{title}</h2>", html_table(*table)]
     failures = _failure_lines(report)
     if failures:
         parts += [
@@ -401,9 +360,9 @@ def render_html(report: Report) -> str:
         ]
     headers, skipped = skipped_table(report)
     if skipped:
-        parts += ["<h2>Skipped engines</h2>", _html_table(headers, skipped)]
+        parts += ["<h2>Skipped engines</h2>", html_table(headers, skipped)]
     if any(e.e2e for e in report.engines):
-        parts += [f"<h2>{_E2E_TITLE}</h2>", _html_table(*e2e_table(report)), f"<p>{html.escape(_COST_NOTE)}</p>"]
+        parts += [f"<h2>{_E2E_TITLE}</h2>", html_table(*e2e_table(report)), f"<p>{html.escape(_COST_NOTE)}</p>"]
 
     figures = [
         ("Accuracy against latency", _accuracy_latency_figure(report)),
@@ -415,7 +374,7 @@ def render_html(report: Report) -> str:
             f"<li>{html.escape(e.name)}: first divergent block {html.escape(e.first_divergent or 'none')}</li>"
             for e in _with_blocks(report)
         )
-        parts += ["<h2>Per-block error (cosine / max abs err)</h2>", _html_table(*block_table(report))]
+        parts += ["<h2>Per-block error (cosine / max abs err)</h2>", html_table(*block_table(report))]
         parts += [f"<ul>{divergence}</ul>", _html_figure(plots.block_errors(_with_blocks(report)), "Per-block error")]
     if report.comparison is not None:
         parts += _comparison_html(report.comparison)

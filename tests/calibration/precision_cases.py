@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 
 from lkca_deploy.calibration import CALIB_SAMPLES
-from lkca_deploy.calibration.holdout import Holdout, validation_subset
 from lkca_deploy.calibration.sources import load_calibration
+from lkca_deploy.precision.holdout import Holdout, validation_subset
 
 # Block 1 channel 5 of lkca_vit_nano: at 1000x plain INT8 loses ~50 points on digits (its per-tensor range is
 # spent on that channel); at 1e5x the channel peaks near 5e5, past FP16's 65504.

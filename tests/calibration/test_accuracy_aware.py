@@ -6,14 +6,14 @@ import pytest
 from precision_cases import CALIB_SAMPLES, CALIB_SEED, OUTLIER_BLOCK
 
 from lkca_deploy.calibration import quantize
-from lkca_deploy.calibration.accuracy_aware import (
+from lkca_deploy.precision.accuracy_aware import (
     AccuracyBoundError,
     quantize_accuracy_aware,
     run_onnx,
     task_metric,
 )
-from lkca_deploy.calibration.holdout import validation_subset
-from lkca_deploy.calibration.units import find_units
+from lkca_deploy.precision.holdout import validation_subset
+from lkca_deploy.precision.units import find_units
 from lkca_runtime.errors import UserError
 
 BOUND = 0.5
@@ -145,8 +145,8 @@ def test_every_int8_engine_built_from_the_metadata_keeps_the_same_units_float(in
 
     from lkca_deploy.backends.build import build_engine
     from lkca_deploy.backends.registry import get_backend
-    from lkca_deploy.calibration.accuracy_aware import metadata_for
     from lkca_deploy.onnx_meta import set_metadata
+    from lkca_deploy.precision.accuracy_aware import metadata_for
     from lkca_deploy.proof import engine_logits
     from lkca_runtime.backends.base import sidecar_path
     from lkca_runtime.onnx_io import save_onnx_atomic
@@ -173,10 +173,10 @@ def test_localisation_builds_its_block_export_with_the_same_units_float(int8_out
 
     import onnx
 
-    from lkca_deploy.calibration.accuracy_aware import metadata_for, planned_float_nodes
-    from lkca_deploy.calibration.plan import carry_plan
     from lkca_deploy.export import export_model
     from lkca_deploy.onnx_meta import set_metadata
+    from lkca_deploy.precision.accuracy_aware import metadata_for, planned_float_nodes
+    from lkca_deploy.precision.plan import carry_plan
     from lkca_deploy.proof import EvalContext, localise_divergence
     from lkca_runtime.onnx_io import save_onnx_atomic
 

@@ -5,9 +5,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from precision_cases import OUTLIER_BLOCK
 
-from lkca_deploy.calibration import headroom, quantize
-from lkca_deploy.calibration.accuracy_aware import run_onnx
-from lkca_deploy.calibration.units import find_units, nodes_of
+from lkca_deploy.calibration import quantize
+from lkca_deploy.precision import headroom
+from lkca_deploy.precision.accuracy_aware import run_onnx
+from lkca_deploy.precision.units import find_units, nodes_of
 
 
 def agreement(logits: np.ndarray, reference: np.ndarray) -> float:

@@ -11,19 +11,14 @@ import numpy as np
 from conv_graphs import conv_model, random_x, run_ort
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering import forms, rules
+from lkca_deploy import forms
+from lkca_deploy.forms.form import FormRule
+from lkca_deploy.forms.registry import FORM_NAMES, FORMS, form_class
+from lkca_deploy.lowering import rules
 from lkca_deploy.lowering.apply import apply_rules
-from lkca_deploy.lowering.registry import (
-    FORM_NAMES,
-    FORMS,
-    RULES,
-    STRATEGIES,
-    form_class,
-    rule_class,
-    tune_candidates,
-)
+from lkca_deploy.lowering.registry import RULES, STRATEGIES, rule_class, tune_candidates
 from lkca_deploy.lowering.report import NodeChange
-from lkca_deploy.lowering.rule import ConvRule, FormRule, Rewrite
+from lkca_deploy.lowering.rule import ConvRule, Rewrite
 
 
 def _defined_in(package, base) -> set[str]:
@@ -31,7 +26,7 @@ def _defined_in(package, base) -> set[str]:
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")
         names.update(obj.name for _, obj in inspect.getmembers(module, inspect.isclass)
-                     if issubclass(obj, base) and obj.__module__ == module.__name__)
+                     if issubclass(obj, base) and obj is not base and obj.__module__ == module.__name__)
     return names
 
 

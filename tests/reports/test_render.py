@@ -307,7 +307,7 @@ def test_latency_distributions_are_on_a_log_axis_one_labelled_box_per_engine():
 
 
 def _comparison(report: Report, worse_engine: int) -> dict:
-    from lkca_deploy.reports.compare import compare
+    from lkca_deploy.compare import compare
 
     base = report.to_dict()
     new = json.loads(json.dumps(base))

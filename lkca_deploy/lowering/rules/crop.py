@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from lkca_deploy.lowering.graph import FreshNames
 from lkca_deploy.lowering.registry import CROP
 from lkca_deploy.lowering.report import NodeChange, kxk
 from lkca_deploy.lowering.rule import ConvRule, Rewrite
 from lkca_deploy.lowering.sites import ConvSite, cropped_kernel, useful_taps
+from lkca_deploy.onnx_graph import FreshNames
 
 
 class Crop(ConvRule):

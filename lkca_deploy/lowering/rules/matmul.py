@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.graph import FreshNames, int64_tensor
 from lkca_deploy.lowering.registry import MATMUL, MATMUL_BUDGET_MIB
 from lkca_deploy.lowering.report import NodeChange, format_bytes
 from lkca_deploy.lowering.rule import ConvRule, Rewrite
 from lkca_deploy.lowering.sites import ConvSite, kernel_blocks, matmul_nbytes
+from lkca_deploy.onnx_graph import FreshNames, int64_tensor
 from lkca_runtime.errors import UserError
 
 DEFAULT_MATMUL_BUDGET = MATMUL_BUDGET_MIB * 2**20

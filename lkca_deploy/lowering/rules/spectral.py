@@ -11,11 +11,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lkca_deploy.lowering import spectral as dft
-from lkca_deploy.lowering.graph import FreshNames, int64_tensor
 from lkca_deploy.lowering.registry import SPECTRAL
 from lkca_deploy.lowering.report import NodeChange, format_bytes
 from lkca_deploy.lowering.rule import ConvRule, Rewrite
 from lkca_deploy.lowering.sites import ConvSite, kernel_blocks
+from lkca_deploy.onnx_graph import FreshNames, int64_tensor
 
 
 class Spectral(ConvRule):

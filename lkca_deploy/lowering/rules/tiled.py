@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.graph import FreshNames, int64_tensor
 from lkca_deploy.lowering.registry import TILED
 from lkca_deploy.lowering.report import NodeChange, kxk
 from lkca_deploy.lowering.rule import ConvRule, Rewrite
 from lkca_deploy.lowering.sites import ConvSite, even_split
+from lkca_deploy.onnx_graph import FreshNames, int64_tensor
 from lkca_deploy.targets import DLA_KERNEL_LIMIT
 from lkca_runtime.errors import UserError
 

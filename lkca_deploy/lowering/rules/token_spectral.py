@@ -12,12 +12,12 @@ from collections.abc import Sequence
 import onnx
 
 from lkca_deploy.lowering import token_spectral as mixers
-from lkca_deploy.lowering.graph import FreshNames
 from lkca_deploy.lowering.registry import TOKEN_SPECTRAL
 from lkca_deploy.lowering.report import NodeChange, format_bytes
 from lkca_deploy.lowering.rule import Rewrite
 from lkca_deploy.lowering.rules.spectral import Spectral
 from lkca_deploy.lowering.sites import ConvSite, kernel_blocks
+from lkca_deploy.onnx_graph import FreshNames
 
 
 class TokenSpectral(Spectral):

@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lkca_deploy import targets
 from lkca_deploy.export import export_model
-from lkca_deploy.lowering.apply import apply_forms, fp32_nodes
-from lkca_deploy.lowering.graph import opset_of
-from lkca_deploy.lowering.registry import FORM_NAMES, GELU_ERF, LAYERNORM_DECOMPOSED, REDUCE_AXES_ATTRIBUTE
+from lkca_deploy.forms.apply import apply_forms, fp32_nodes
+from lkca_deploy.forms.registry import FORM_NAMES, GELU_ERF, LAYERNORM_DECOMPOSED, REDUCE_AXES_ATTRIBUTE
+from lkca_deploy.onnx_graph import opset_of
 from lkca_runtime.errors import UserError
 
 SHAPE = [2, 5, 8]

@@ -1,8 +1,8 @@
 """Accuracy-aware INT8: quantize, measure the task metric against FP32, and return units to float until it holds.
 
-1. Quantize every unit (calibration/units.py) in each Q/DQ flavour asked for and measure the task metric (top-1,
+1. Quantize every unit (precision/units.py) in each Q/DQ flavour asked for and measure the task metric (top-1,
    or mIoU) of each against the FP32 ONNX on a validation subset of the training split that holds no calibration
-   sample (calibration/holdout.py). Both run in ONNX Runtime, which computes what the Q/DQ says.
+   sample (precision/holdout.py). Both run in ONNX Runtime, which computes what the Q/DQ says.
 2. If the worst flavour's drop exceeds `max_drop`, rank the units by their own quantization error: the KL
    divergence of the logits from FP32 when that unit alone is INT8 (one quantization per unit, the ranges
    calibrated once).
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lkca_deploy.calibration import DEFAULT_MAX_DROP
 from lkca_deploy.calibration import quantize as q
-from lkca_deploy.calibration.units import Unit, find_units, nodes_of
 from lkca_deploy.onnx_meta import INT8_ACCURACY, read_metadata
+from lkca_deploy.precision import DEFAULT_MAX_DROP
+from lkca_deploy.precision.units import Unit, find_units, nodes_of
 from lkca_runtime.errors import UserError
 from lkca_runtime.masks import upsampled_argmax
 from lkca_runtime.metrics import confusion_matrix, kl_divergence, miou_from_confusion

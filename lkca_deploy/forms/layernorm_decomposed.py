@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.graph import int64_tensor
-from lkca_deploy.lowering.registry import LAYERNORM_DECOMPOSED
-from lkca_deploy.lowering.rule import FormGraph, FormRule
+from lkca_deploy.forms.form import FormGraph, FormRule
+from lkca_deploy.forms.registry import LAYERNORM_DECOMPOSED
+from lkca_deploy.onnx_graph import int64_tensor
 
 AXES_INPUT_OPSET = 18  # ReduceMean reads its axes from an input from this opset on
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.registry import REDUCE_AXES_ATTRIBUTE
-from lkca_deploy.lowering.rule import FormGraph, FormRule
+from lkca_deploy.forms.form import FormGraph, FormRule
+from lkca_deploy.forms.registry import REDUCE_AXES_ATTRIBUTE
 
 
 class ReduceAxesAttribute(FormRule):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lkca_deploy.reports.contract import validate_report_dict
+from lkca_deploy.reports.tables import md_table, text_table
 from lkca_runtime.bundle import MANIFEST, engine_name, read_manifest, require_hashes
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import json_loads
@@ -549,17 +550,6 @@ def _notes(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 # Rendering (from the dict, so a comparison stored in a report renders the same way).
 
 
-def _text_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in column) for column in zip(headers, *rows)]
-    lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = [headers, ["---"] * len(headers), *rows]
-    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines)
-
-
 def _changes(engine: Mapping[str, Any]) -> list[Change]:
     return [Change(figure, **fields) for figure, fields in engine["figures"].items()]
 
@@ -645,7 +635,7 @@ def comparison_text(d: Mapping[str, Any]) -> str:
     tables = comparison_tables(d)
     if tables:
         parts.append("Each cell: the new value (its change against the baseline); ! marks a regression.\n"
-                     + "\n\n".join(_text_table(*table) for table in tables))
+                     + "\n\n".join(text_table(*table) for table in tables))
     if d["regressions"]:
         parts.append("Regressions:\n" + "\n".join(f"  {line}" for line in d["regressions"]))
     unmatched = _unmatched_lines(d)
@@ -671,6 +661,6 @@ def comparison_markdown(d: Mapping[str, Any], heading: str | None = "###") -> st
     if d["engines"]:
         table = _table(d, _columns(d, lambda f: f.startswith(_SHORT_FIGURES)), verdict=True)
         summary = "Engines (new value, change against the baseline; ! = regression)"
-        lines += ["", f"<details><summary>{summary}</summary>", "", _md_table(*table), "",
+        lines += ["", f"<details><summary>{summary}</summary>", "", md_table(*table), "",
                   f"{_limits_line(d)}.", "", "</details>"]
     return "\n".join(lines) + "\n"

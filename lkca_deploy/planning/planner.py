@@ -1,7 +1,7 @@
 """`auto`: pick a lowering per conv from the targets table (targets.py) and a small cost model.
 
 The table's numbers are measured on this project's CPUs plus the vendors' documented limits
-(docs/backend-limits.md); lowering/tune.py replaces them with a measurement on the machine at hand.
+(docs/backend-limits.md); planning/tune.py replaces them with a measurement on the machine at hand.
 """
 
 from __future__ import annotations

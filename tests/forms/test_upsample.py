@@ -9,7 +9,7 @@ import openvino as ov
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lkca_deploy.lowering.upsample import upsample_as_matmuls
+from lkca_deploy.forms.upsample import upsample_as_matmuls
 
 
 def resize_model(grid=(5, 7), size=(20, 21), *, mode="linear", coords="half_pixel", antialias=0, channels=3,
@@ -95,7 +95,7 @@ def test_int8_builds_keep_the_upsample_float_as_the_resize_was(tmp_path, backend
     from lkca_deploy.backends.build import build_engine
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.export import export_model
-    from lkca_deploy.lowering.upsample import upsample_nodes
+    from lkca_deploy.forms.upsample import upsample_nodes
     from lkca_runtime.backends.base import sidecar_path
 
     ckpt, _ = zoo_checkpoint(tmp_path, "lkca_seg_nano")

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from lkca_deploy.calibration.quantize import _with_node_names, calibrate, to_fp16
+from lkca_deploy.calibration.quantize import calibrate, to_fp16, with_node_names
 from lkca_deploy.onnx_meta import FP16_HEADROOM, read_metadata
 
 FP16_MAX = 65504.0
@@ -62,7 +62,7 @@ def find_risks(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN
 ) -> list[Risk]:
     """Every tensor of `model` (by its calibrated (lo, hi) in `ranges`) or weight that FP16 cannot hold with
-    `margin`, in graph order. Nodes must be named (exported models are; quantize._with_node_names names others)."""
+    `margin`, in graph order. Nodes must be named (exported models are; quantize.with_node_names names others)."""
     if not margin >= 1:
         raise ValueError(f"the FP16 margin is a factor of at least 1, got {margin}")
     graph = model.graph
@@ -102,7 +102,7 @@ def keep_fp32_nodes(risks: Sequence[Risk]) -> list[str]:
 
 def measure_risks(model: onnx.ModelProto, calib: np.ndarray, margin: float = DEFAULT_MARGIN) -> list[Risk]:
     """find_risks on the ranges of `calib`, nodes named as quantize_int8 and to_fp16_with_headroom name them."""
-    named = _with_node_names(model)
+    named = with_node_names(model)
     return find_risks(named, tensor_ranges(named, calib), margin)
 
 
@@ -115,7 +115,7 @@ def to_fp16_with_headroom(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]], margin: float = DEFAULT_MARGIN
 ) -> tuple[onnx.ModelProto, list[Risk]]:
     """quantize.to_fp16 with the risks' nodes kept FP32; returns the model and the risks."""
-    named = _with_node_names(model)
+    named = with_node_names(model)
     risks = find_risks(named, ranges, margin)
     return to_fp16(named, keep_fp32_nodes=keep_fp32_nodes(risks)), risks
 

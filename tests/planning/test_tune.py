@@ -11,7 +11,7 @@ import pytest
 from conv_graphs import conv_model, random_x, run_ort
 
 from lkca_deploy.lowering.apply import lower_model
-from lkca_deploy.lowering.tune import parse_candidate, tune_lowering
+from lkca_deploy.planning.tune import parse_candidate, tune_lowering
 from lkca_runtime.errors import UserError
 
 

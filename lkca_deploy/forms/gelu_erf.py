@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lkca_deploy.lowering.registry import GELU_ERF
-from lkca_deploy.lowering.rule import FormGraph, FormRule
+from lkca_deploy.forms.form import FormGraph, FormRule
+from lkca_deploy.forms.registry import GELU_ERF
 
 
 class GeluErf(FormRule):

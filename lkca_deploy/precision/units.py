@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from lkca_deploy.calibration.quantize import QUANTIZED_OP_TYPES, _with_node_names
+from lkca_deploy.calibration.quantize import QUANTIZED_OP_TYPES, with_node_names
 from lkca_runtime.errors import UserError
 
 _ADDS = ("Add", "Sum")
@@ -35,7 +35,7 @@ class Unit:
 
 def find_units(model: onnx.ModelProto) -> list[Unit]:
     """The units of `model` in graph order; node names as quantize_int8 sees them (unnamed nodes get its names)."""
-    graph = _with_node_names(model).graph
+    graph = with_node_names(model).graph
     nodes = list(graph.node)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
     ancestors = _ancestors(nodes, producer)  # bit i set: node i feeds this node (itself included)

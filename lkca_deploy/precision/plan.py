@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lkca_deploy.calibration import DEFAULT_METHOD, headroom
-from lkca_deploy.calibration.accuracy_aware import AccuracyAwareResult, metadata_for, quantize_accuracy_aware
-from lkca_deploy.calibration.holdout import validation_subset
+from lkca_deploy.calibration import DEFAULT_METHOD
 from lkca_deploy.onnx_meta import FP16_HEADROOM, INT8_ACCURACY, read_metadata, set_metadata
+from lkca_deploy.precision import headroom
+from lkca_deploy.precision.accuracy_aware import AccuracyAwareResult, metadata_for, quantize_accuracy_aware
+from lkca_deploy.precision.holdout import validation_subset
 from lkca_runtime.onnx_io import load_onnx, save_onnx_atomic
 
 

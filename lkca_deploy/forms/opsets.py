@@ -6,7 +6,7 @@ import onnx
 import onnx.version_converter
 from onnx.defs import SchemaError, get_schema
 
-from lkca_deploy.lowering.graph import DEFAULT_DOMAINS, opset_of
+from lkca_deploy.onnx_graph import DEFAULT_DOMAINS, opset_of
 from lkca_runtime.errors import UserError
 
 

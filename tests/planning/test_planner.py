@@ -9,7 +9,7 @@ import pytest
 from conv_graphs import conv_model, conv_weight, random_x, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
-from lkca_deploy.lowering.planner import apply_plan, choose_lowering, lower_auto, plan_model
+from lkca_deploy.planning.planner import apply_plan, choose_lowering, lower_auto, plan_model
 from lkca_deploy.targets import TARGETS
 from lkca_runtime.errors import UserError
 
