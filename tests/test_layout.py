@@ -1,5 +1,5 @@
 """The house rules of the packages' layout, checked on their source: no import cycles (imports inside functions
-and under TYPE_CHECKING count too), the device runtime never reaches into the toolkit or torch, each target limit
+and under TYPE_CHECKING count too), no room too big, the device runtime never reaches into the toolkit or torch, each target limit
 written once, no comment pointing at a file this repository does not have, and a repository that speaks of itself
 alone (no issue or work-period numbers, no "today", no notes it does not hold)."""
 
@@ -66,6 +66,22 @@ def test_no_module_imports_another_in_a_cycle():
 
     cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a)})
     assert cycles == []
+
+
+def _lines(paths) -> int:
+    return sum(len(path.read_text().splitlines()) for path in paths)
+
+
+def test_no_module_is_over_700_lines():
+    assert not [f"{m}: {_lines([m])}" for package in SOURCES for m in package.rglob("*.py") if _lines([m]) > 700]
+
+
+def test_no_subpackage_of_the_toolkit_holds_over_12_percent_of_its_lines():
+    """A room that grows past it is doing two jobs. (The device runtime is mostly its backends, one module per
+    backend, by design; its rule is the module size above.)"""
+    total = _lines(PACKAGE.rglob("*.py"))
+    shares = {sub.name: _lines(sub.rglob("*.py")) / total for sub in PACKAGE.iterdir() if (sub / "__init__.py").exists()}
+    assert not {name: f"{share:.1%}" for name, share in shares.items() if share > 0.12}
 
 
 def test_the_device_runtime_imports_neither_the_toolkit_nor_torch():
