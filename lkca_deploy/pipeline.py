@@ -22,6 +22,7 @@ from lkca_deploy.bundle import BundleWriter
 from lkca_deploy.bundle_readme import device_check_section
 from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_deploy.checkpoint import read_checkpoint
+from lkca_deploy.compare import compare, load_report
 from lkca_deploy.export import INPUT_NAME, OUTPUT_NAME, export_model
 from lkca_deploy.interrupts import raise_if_interrupted
 from lkca_deploy.lowering.registry import CONV
@@ -41,7 +42,6 @@ from lkca_deploy.proof import (
     localise_divergence,
 )
 from lkca_deploy.ranges import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check
-from lkca_deploy.compare import compare, load_report
 from lkca_deploy.reports.contract import EngineResult, Report
 from lkca_deploy.reports.render import write_report
 from lkca_deploy.targets import BACKEND_TARGETS, DEFAULT_TARGET, TARGETS, get_target

@@ -12,9 +12,9 @@ import pytest
 from cli_runner import assert_user_error, run_cli
 from onnx import numpy_helper
 
+from lkca_deploy.compare import CompareThresholds, compare, load_report
 from lkca_deploy.measure.latency import sweep
 from lkca_deploy.pipeline import PipelineOptions, run_pipeline
-from lkca_deploy.compare import CompareThresholds, compare, load_report
 from lkca_deploy.reports.contract import EngineResult, Report
 from lkca_deploy.reports.render import validate_report_dict, write_report
 from lkca_runtime.errors import UserError

@@ -84,6 +84,14 @@ def test_no_subpackage_of_the_toolkit_holds_over_12_percent_of_its_lines():
     assert not {name: f"{share:.1%}" for name, share in shares.items() if share > 0.12}
 
 
+def test_a_library_a_machine_may_lack_is_imported_through_one_helper():
+    """lkca_runtime.optional turns a missing library into one line saying what to install; nothing else catches
+    ImportError (but the CLI's fallback to click itself under an older typer)."""
+    catching = {path.relative_to(REPO).as_posix() for package in SOURCES for path in package.rglob("*.py")
+                if re.search(r"except \(?(ImportError|ModuleNotFoundError)", path.read_text())}
+    assert catching == {"runtime/lkca_runtime/optional.py", "lkca_deploy/cli/__init__.py"}
+
+
 def test_the_device_runtime_imports_neither_the_toolkit_nor_torch():
     """Never the toolkit; the heavy libraries never at module level (TensorRT may borrow an installed PyTorch's
     CUDA allocator inside a function, where cuda-python is missing)."""

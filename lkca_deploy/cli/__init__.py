@@ -32,9 +32,8 @@ def main() -> None:
             NoArgsIsHelpError,
             UsageError,
         )
-    except ImportError:
+    except ImportError:  # an older typer: click itself
         from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-
 
     stdout = sys.stdout
     sys.stdout = _GuardedOutput(stdout)

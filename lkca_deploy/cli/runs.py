@@ -9,12 +9,12 @@ import typer
 
 from lkca_deploy.calibration import CALIB_SAMPLES
 from lkca_deploy.cli.common import app, echo_json
+from lkca_deploy.compare import CompareThresholds
+from lkca_deploy.compare import compare as run_comparison
 from lkca_deploy.lowering.registry import STRATEGIES
 from lkca_deploy.measure.e2e import STAGES, TOTAL
 from lkca_deploy.precision import DEFAULT_MAX_DROP
 from lkca_deploy.ranges import FRACTION, NON_NEGATIVE, POINTS, POSITIVE, POSITIVE_INT, int_list_option, option
-from lkca_deploy.compare import CompareThresholds
-from lkca_deploy.compare import compare as run_comparison
 from lkca_deploy.reports.render import summary_table, write_report
 from lkca_runtime.backends.base import PRECISIONS
 from lkca_runtime.backends.openvino import cpu_flags, cpu_has_bf16

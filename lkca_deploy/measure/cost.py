@@ -45,6 +45,7 @@ from lkca_deploy.backends.registry import get_backend
 from lkca_deploy.measure.e2e import measure_e2e
 from lkca_runtime.backends.base import read_sidecar
 from lkca_runtime.errors import UserError
+from lkca_runtime.optional import installed
 from lkca_runtime.predictor import Predictor
 from lkca_runtime.spec import PreprocessSpec
 
@@ -204,10 +205,7 @@ def _engine_input_shape(request: Mapping[str, Any]) -> tuple[int, ...]:
 
 def _import_onnx_reader() -> None:
     """The onnx package, where installed: a module import is the process's one-off cost, not the engine's."""
-    try:
-        from lkca_runtime import onnx_io  # noqa: F401
-    except ImportError:  # a device without the onnx package: loads then trust the sidecar
-        pass
+    installed("lkca_runtime.onnx_io")  # None on a device without the onnx package: loads then trust the sidecar
 
 
 def child_main(request: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,15 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lkca_deploy.measure.e2e import TOTAL
-from lkca_deploy.measure.latency import LatencyStats
-from lkca_deploy.reports import figures as plots
 from lkca_deploy.compare import (
     comparison_markdown,
     comparison_summary_lines,
     comparison_tables,
     comparison_text,
 )
+from lkca_deploy.measure.e2e import TOTAL
+from lkca_deploy.measure.latency import LatencyStats
+from lkca_deploy.reports import figures as plots
 from lkca_deploy.reports.contract import (
     E2E_STAGES,
     EngineResult,

@@ -19,6 +19,7 @@ from lkca_runtime.backends.base import (
     read_sidecar,
 )
 from lkca_runtime.errors import UserError
+from lkca_runtime.optional import installed, require
 
 NAME = "onnxruntime"
 INSTALL_HINT = "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu for CUDA/TensorRT)"
@@ -62,14 +63,12 @@ def check_optimization(level: str) -> str:
 
 
 def _ort():
-    import onnxruntime
-
-    return onnxruntime
+    return require("onnxruntime", INSTALL_HINT)
 
 
 def _session_errors() -> tuple[type[Exception], ...]:
     """What ORT raises for a model it cannot open (its own types, none derived from RuntimeError)."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    state = require("onnxruntime.capi.onnxruntime_pybind11_state", INSTALL_HINT)
 
     names = (
         "Fail",
@@ -120,9 +119,8 @@ class OnnxRuntimeLoader:
     interleaved_load_options: ClassVar[dict[str, Any]] = {"allow_spinning": False}
 
     def available(self) -> tuple[bool, str]:
-        try:
-            ort = _ort()
-        except ImportError:
+        ort = installed("onnxruntime")
+        if ort is None:
             return False, INSTALL_HINT
         return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
 
@@ -158,12 +156,11 @@ def _computed_precision(artifact: Path, facts: dict[str, Any]) -> str:
     """What the artifact computes in, read off its graph, refusing an artifact that reads files its sidecar does
     not hash or whose sidecar names another precision. Without the onnx package (a minimal device) the sidecar,
     whose hash binds it to this very artifact, speaks for it."""
-    try:
-        from lkca_runtime.onnx_io import external_data_locations, load_onnx
-    except ImportError:
+    onnx_io = installed("lkca_runtime.onnx_io")  # imports onnx
+    if onnx_io is None:
         return facts["precision"]
-    model = load_onnx(artifact, load_external_data=False)
-    external = external_data_locations(model)
+    model = onnx_io.load_onnx(artifact, load_external_data=False)
+    external = onnx_io.external_data_locations(model)
     if external:
         raise UserError(f"{artifact.name} reads {', '.join(external)}, which its sidecar does not hash: rebuild it "
                         "(lkca-deploy build writes one self-contained file)")

@@ -29,6 +29,7 @@ from lkca_runtime.backends.base import (
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import sha256_file
 from lkca_runtime.machine import parse_cpuinfo
+from lkca_runtime.optional import installed, require
 
 NAME = "openvino"
 INSTALL_HINT = "OpenVINO is not installed: pip install openvino"
@@ -38,9 +39,7 @@ LOAD_OPTIONS = ("performance_hint",)
 
 
 def _ov():
-    import openvino
-
-    return openvino
+    return require("openvino", INSTALL_HINT)
 
 
 # ---------------------------------------------------------------- pure decisions (tested without a device)
@@ -195,9 +194,8 @@ class OpenVinoLoader:
     artifact_suffix = ".xml"
 
     def available(self) -> tuple[bool, str]:
-        try:
-            ov = _ov()
-        except ImportError:
+        ov = installed("openvino")
+        if ov is None:
             return False, INSTALL_HINT
         return True, f"openvino {ov.get_version()} ({', '.join(ov.Core().available_devices)})"
 

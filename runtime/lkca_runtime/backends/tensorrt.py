@@ -45,6 +45,7 @@ from lkca_runtime.backends.trtexec import (
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import atomic_write_bytes
 from lkca_runtime.jetpack import check_recipe_fits, parse_version
+from lkca_runtime.optional import installed, require
 
 if TYPE_CHECKING:
     from lkca_runtime.onnx_io import InputSpec
@@ -58,30 +59,21 @@ LOAD_OPTIONS = ()
 
 
 def _trt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
-    return tensorrt
+    return require("tensorrt", INSTALL_HINT)
 
 
 def installed_version() -> str | None:
     """The TensorRT version installed here, or None."""
-    try:
-        return _trt().__version__
-    except UserError:
-        return None
+    trt = installed("tensorrt")
+    return None if trt is None else trt.__version__
 
 
 # ---------------------------------------------------------------- CUDA (cuda-python, else torch)
 
 
 def _cudart():
-    try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart as runtime  # older cuda-python
-    return runtime
+    """cuda-python's runtime bindings (cuda.bindings.runtime from 12.6, cuda.cudart before), or None."""
+    return installed("cuda.bindings.runtime") or installed("cuda.cudart")
 
 
 def _cuda_call(result):
@@ -95,9 +87,7 @@ def _cuda_call(result):
 
 def current_gpu_facts(gpu_index: int = 0) -> dict[str, str]:
     """This machine's GPU name and compute capability, plus the TensorRT version when it is installed."""
-    try:
-        _cudart()
-    except ImportError:
+    if _cudart() is None:
         gpu_name, capability = _torch_gpu(gpu_index)
     else:
         props = _cuda_call(_cudart().cudaGetDeviceProperties(gpu_index))
@@ -109,10 +99,7 @@ def current_gpu_facts(gpu_index: int = 0) -> dict[str, str]:
 
 
 def _torch_gpu(gpu_index: int) -> tuple[str, str]:
-    try:
-        import torch
-    except ImportError:
-        raise UserError(CUDA_HINT) from None
+    torch = require("torch", CUDA_HINT)
     if not torch.cuda.is_available():
         raise UserError("no CUDA GPU visible to PyTorch here: TensorRT needs an NVIDIA GPU with its driver")
     major, minor = torch.cuda.get_device_capability(gpu_index)
@@ -156,9 +143,7 @@ class TorchCudaMemory:
     """The same through PyTorch's CUDA tensors, for machines with torch but no cuda-python."""
 
     def __init__(self, gpu_index: int):
-        import torch
-
-        self.torch = torch
+        self.torch = torch = require("torch", CUDA_HINT)
         self.device = torch.device("cuda", gpu_index)
         self.stream = torch.cuda.Stream(self.device)
         self.stream_handle = self.stream.cuda_stream
@@ -185,9 +170,7 @@ class TorchCudaMemory:
 
 
 def device_memory(gpu_index: int):
-    try:
-        _cudart()
-    except ImportError:
+    if _cudart() is None:
         _torch_gpu(gpu_index)  # raises the right UserError when torch cannot help either
         return TorchCudaMemory(gpu_index)
     return CudaPythonMemory(gpu_index)
@@ -264,9 +247,8 @@ class TensorRTLoader:
     built_on_device = True  # engines run only where they were built: the device builds it from our files
 
     def available(self) -> tuple[bool, str]:
-        try:
-            trt = _trt()
-        except UserError:
+        trt = installed("tensorrt")
+        if trt is None:
             return False, INSTALL_HINT
         return True, f"tensorrt {trt.__version__}"
 
