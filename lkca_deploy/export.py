@@ -159,7 +159,7 @@ def export_model(
     opset = opset or DEFAULT_OPSET
     _check_arguments(lowering, target, max_kernel, batch, opset, check_samples, tune_backend, precision)
     caps = get_target(target)
-    file_opset = min(opset, caps.max_opset) if caps.max_opset is not None else opset
+    file_opset = min(opset, caps.opsets[1]) if caps.opsets[1] is not None else opset  # what the target reads
     src = load_source(source, seed)
     size = logits_size(src.model, src.config.task, logits)
     base = traced_onnx(src, batch=batch, opset=max(opset, TRACE_MIN_OPSET), simplify=simplify,

@@ -41,14 +41,14 @@ class Target:
     int8_group_multiple: int = 0
     checks: tuple[str, ...] = ()  # the lints of check.py that apply, by name
     # ONNX opsets (default domain) it reads, lowest and highest; None: no documented ceiling, so the newest opset
-    # the installed onnx package defines (a higher one is no released opset). Sources: docs/backend-limits.md.
+    # the installed onnx package defines (a higher one is no released opset). Export writes no opset above the
+    # highest. Sources: docs/backend-limits.md.
     opsets: tuple[int, int | None] = (1, None)
     # A segmentation head's bilinear Resize to the input size as two MatMuls (forms/upsample.py): measured
     # faster on the CPU backends (ONNX Runtime 1.8x, OpenVINO 1.15x at 150 x 32 x 32 -> 512 x 512).
     upsample_matmuls: bool = False
     # The TensorRT releases it means (keys of TENSORRT_RELEASES, oldest first): check reads their parser tables.
     tensorrt: tuple[str, ...] = ()
-    max_opset: int | None = None
     graph_forms: tuple[str, ...] = ()
 
 
@@ -123,7 +123,7 @@ _TENSORRT_GPU = ("10.3", "10.13", "11.4")
 _TENSORRT_DLA = ("10.3", "11.4")
 ONNXRUNTIME_OPSETS = (7, 28)  # ONNX Runtime 1.32, as it says when loading a model outside them
 _TENSORRT_INT8_GROUP_MULTIPLE = 4
-# What each TensorRT 8 release cannot parse, rewritten in the export (lowering rules, by name).
+# What each TensorRT 8 release cannot parse, rewritten in the export (op forms, forms/registry.py).
 _TENSORRT_8_5_FORMS = ("gelu_erf", "reduce_axes_attribute", "layernorm_decomposed")
 _TENSORRT_8_6_FORMS = ("gelu_erf", "reduce_axes_attribute")
 
@@ -135,7 +135,7 @@ def _tensorrt_target(name: str, releases: tuple[str, ...], conv_note: str, **kwa
     return Target(
         name, "tensorrt", kwargs.pop("kernel_limit", None), 0, conv_note,
         checks=kwargs.pop("checks", _TENSORRT_CHECKS), int8_group_multiple=_TENSORRT_INT8_GROUP_MULTIPLE,
-        opsets=(low, ceiling), tensorrt=releases, max_opset=ceiling, **kwargs,
+        opsets=(low, ceiling), tensorrt=releases, **kwargs,
     )
 
 
@@ -231,5 +231,5 @@ def which_jetson_table() -> str:
         forms = ", ".join(target.graph_forms) or "as traced"
         weights = "float + QuantizeLinear" if int8_weight_form(target.name) == "float" else "INT8 initializers"
         rows.append(f"| {line.label} | {line.devices} | {tensorrt} | {line.python} | {line.dla or 'none'} | "
-                    f"`{target.name}` | opset <= {target.max_opset}; {forms} | {weights} |")
+                    f"`{target.name}` | opset <= {target.opsets[1]}; {forms} | {weights} |")
     return "\n".join(rows)

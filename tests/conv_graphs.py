@@ -1,10 +1,12 @@
-"""Small ONNX graphs with one large depthwise conv, and how to run them: shared by the lowering and check tests."""
+"""Small ONNX graphs with one large depthwise conv, and running any ONNX model in ONNX Runtime and OpenVINO (f32):
+shared by the lowering, forms, planning, check and calibration tests."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import openvino as ov
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -81,9 +83,26 @@ def conv_model(
     return model
 
 
-def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def ort_outputs(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def openvino_outputs(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    core = ov.Core()
+    # f32 on purpose: OpenVINO CPU would otherwise compute in bf16 on CPUs that have it.
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(x)
+    return [np.asarray(result[out]) for out in compiled.outputs]
+
+
+def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort_outputs(model, x)[0]
+
+
+def run_openvino(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return openvino_outputs(model, x)[0]
 
 
 def random_x(model: onnx.ModelProto, batch: int, grid=None, seed=1) -> np.ndarray:

@@ -16,10 +16,10 @@ import onnxruntime as ort
 import openvino as ov
 import pytest
 import torch
+from export_checks import strong_checkpoint, torch_logits
 
 import lkca_deploy
 from lkca_deploy import export as exporter
-from lkca_deploy.checkpoint import save_checkpoint
 from lkca_deploy.export import META_KEYS, SelfCheckError, export_model, read_metadata, self_check
 from lkca_deploy.models.zoo import create_model, get_config
 from lkca_runtime.errors import UserError
@@ -29,32 +29,6 @@ LOWERINGS = [("conv", None), ("crop", None), ("matmul", None), ("tiled", 8), ("s
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def strong_checkpoint(
-    folder: Path, name: str, data: str | None, seed: int = 0
-) -> tuple[Path, torch.nn.Module]:
-    """A checkpoint of `name` with weights scaled for O(1) activations (kernel taps ~ 1/K, Linear ~ 1/sqrt(in))."""
-    model = create_model(name, view="conv", seed=seed).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if pname.endswith("mixer.kernel"):
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1])
-            elif p.ndim >= 2:  # Linear and patch-embedding weights
-                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(p[0].numel()))
-            elif "norm" not in pname:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    exporter_spec = exporter.default_spec(get_config(name))
-    path = save_checkpoint(
-        folder / name, model, get_config(name), exporter_spec, {"data": data} if data else {}
-    )
-    return path, model
-
-
-def torch_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
 
 
 def ort_outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:

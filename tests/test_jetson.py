@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_export import strong_checkpoint
+from export_checks import strong_checkpoint
 
 from lkca_deploy.backends.build import build_engine
 from lkca_deploy.check import check_model

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import openvino as ov
 import pytest
 import torch
+from conv_graphs import run_openvino, run_ort
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -84,19 +84,6 @@ def images() -> np.ndarray:
 def quantized(vit, images):
     """Both flavours quantized once (minmax) and shared by the tests that only read them."""
     return {flavor: quantize_int8(vit, images[:64], flavor=flavor) for flavor in ("tensorrt", "cpu")}
-
-
-def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def run_openvino(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    core = ov.Core()
-    # f32 on purpose: OpenVINO CPU would otherwise compute in bf16 on CPUs that have it.
-    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
-    return compiled(x)[0]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

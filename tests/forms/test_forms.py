@@ -91,7 +91,7 @@ def test_an_opset_that_cannot_express_the_graph_is_refused_with_the_form_that_wo
 
 
 def test_an_export_for_a_target_with_forms_is_opset_17_exact_and_has_only_old_ops(tmp_path, monkeypatch):
-    fake = targets.Target("fake-tensorrt-8.5", "tensorrt", None, 0, "the conv", max_opset=17,
+    fake = targets.Target("fake-tensorrt-8.5", "tensorrt", None, 0, "the conv", opsets=(9, 17),
                           graph_forms=(GELU_ERF, LAYERNORM_DECOMPOSED, REDUCE_AXES_ATTRIBUTE))
     monkeypatch.setitem(targets.TARGETS, fake.name, fake)
     result = export_model("lkca_vit_nano", tmp_path / "m.onnx", target=fake.name, lowering="conv", check_samples=8)

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import openvino as ov
 import pytest
+from export_checks import assert_exports_match, strong_checkpoint, torch_logits
 from onnx import TensorProto, helper, numpy_helper
 
 from lkca_deploy.forms.upsample import upsample_as_matmuls
@@ -70,11 +71,9 @@ def test_other_resizes_are_left_as_they_are(kwargs):
 
 
 def test_a_cpu_export_of_a_segmentation_model_upsamples_with_matmuls_and_matches_torch(tmp_path):
-    from test_token_spectral import assert_exports_match, torch_logits, zoo_checkpoint
-
     from lkca_deploy.export import export_model, logits_module
 
-    ckpt, model = zoo_checkpoint(tmp_path, "lkca_seg_nano")
+    ckpt, model = strong_checkpoint(tmp_path, "lkca_seg_nano", None)
     ops = {}
     for target in ("onnxruntime-cpu", "tensorrt"):
         result = export_model(ckpt, tmp_path / f"{target}.onnx", target=target, check_samples=2)
@@ -90,15 +89,13 @@ def test_int8_builds_keep_the_upsample_float_as_the_resize_was(tmp_path, backend
     """Both MatMuls interpolate logits: Q/DQ around them would quantize the output itself (no Resize was)."""
     import json
 
-    from test_token_spectral import zoo_checkpoint
-
     from lkca_deploy.backends.build import build_engine
     from lkca_deploy.backends.registry import get_backend
     from lkca_deploy.export import export_model
     from lkca_deploy.forms.upsample import upsample_nodes
     from lkca_runtime.backends.base import sidecar_path
 
-    ckpt, _ = zoo_checkpoint(tmp_path, "lkca_seg_nano")
+    ckpt, _ = strong_checkpoint(tmp_path, "lkca_seg_nano", None)
     path = export_model(ckpt, tmp_path / "seg.onnx", lowering="matmul", check_samples=1).path
     names = upsample_nodes(onnx.load(str(path)))
     assert len(names) == 2

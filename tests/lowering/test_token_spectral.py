@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-import openvino as ov
 import pytest
+from conv_graphs import openvino_outputs, ort_outputs
+from export_checks import assert_exports_match, strong_checkpoint, torch_logits
 from onnx import TensorProto, helper, numpy_helper
 
 from lkca_deploy.lowering import token_spectral
@@ -76,19 +76,6 @@ def token_mixer_model(
     return model
 
 
-def run_ort(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})
-
-
-def run_openvino(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled(x)
-    return [np.asarray(result[out]) for out in compiled.outputs]
-
-
 def tokens_for(model: onnx.ModelProto, batch: int, seed: int = 1) -> np.ndarray:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return np.random.default_rng(seed).standard_normal((batch, dims[1].dim_value, dims[2].dim_value)).astype(
@@ -143,10 +130,10 @@ def test_exact_in_ort_and_openvino_with_a_dynamic_batch(case, form):
     assert not {"Transpose", "Conv"} & set(op_types(lowered))  # the layout changes went with the conv
     for batch in (1, 3):
         x = tokens_for(model, batch)
-        (want,) = run_ort(model, x)
+        (want,) = ort_outputs(model, x)
         assert np.abs(want).max() > 0.5
-        assert np.abs(run_ort(lowered, x)[0] - want).max() < 1e-5
-        assert np.abs(run_openvino(lowered, x)[0] - want).max() < 1e-5
+        assert np.abs(ort_outputs(lowered, x)[0] - want).max() < 1e-5
+        assert np.abs(openvino_outputs(lowered, x)[0] - want).max() < 1e-5
 
 
 def test_static_batch_exports_are_matched_too(form):
@@ -154,7 +141,7 @@ def test_static_batch_exports_are_matched_too(form):
     lowered, report = lower_model(model, "token_spectral")
     x = tokens_for(model, 2)
     assert len(report.lowered) == 1
-    assert np.abs(run_ort(lowered, x)[0] - run_ort(model, x)[0]).max() < 1e-5
+    assert np.abs(ort_outputs(lowered, x)[0] - ort_outputs(model, x)[0]).max() < 1e-5
 
 
 def test_a_grid_view_read_elsewhere_keeps_the_layout_and_lowers_the_conv_alone():
@@ -165,7 +152,7 @@ def test_a_grid_view_read_elsewhere_keeps_the_layout_and_lowers_the_conv_alone()
     assert change.strategy == "spectral" and "the conv alone: its input is not tokens" in change.reason
     assert op_types(lowered).count("Transpose") == 2 + 2 and "Conv" not in op_types(lowered)  # layout + spectral's
     x = tokens_for(model, 2)
-    for got, want in zip(run_ort(lowered, x), run_ort(model, x)):
+    for got, want in zip(ort_outputs(lowered, x), ort_outputs(model, x)):
         assert np.abs(got - want).max() < 1e-5
 
 
@@ -203,31 +190,11 @@ def test_toeplitz_blocks_are_complex_products_on_re_im_rows():
 # ---------------------------------------------------------------- the zoo's exports, against PyTorch
 
 
-def zoo_checkpoint(folder, name):
-    from test_export import strong_checkpoint  # tests/test_export.py: weights scaled for O(1) activations
-
-    return strong_checkpoint(folder, name, None)
-
-
-def torch_logits(module, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return module(torch.from_numpy(x)).numpy()
-
-
-def assert_exports_match(path, want: np.ndarray, x: np.ndarray) -> None:
-    model = onnx.load(str(path))
-    assert np.abs(want).max() > 0.3  # logits big enough for the tolerance to mean something
-    assert np.abs(run_ort(model, x)[0] - want).max() < TOL
-    assert np.abs(run_openvino(model, x)[0] - want).max() < TOL
-
-
 @pytest.mark.parametrize("logits", [None, "grid"])
 def test_seg_nano_export_matches_torch_and_drops_every_mixer_transpose(tmp_path, logits):
     from lkca_deploy.export import export_model, logits_module
 
-    ckpt, model = zoo_checkpoint(tmp_path, "lkca_seg_nano")
+    ckpt, model = strong_checkpoint(tmp_path, "lkca_seg_nano", None)
     result = export_model(ckpt, tmp_path / "tok.onnx", lowering="token_spectral", logits=logits, check_samples=4)
     assert [c.strategy for c in result.lowering.lowered] == ["token_spectral"] * 4
     assert result.metadata["logits"] == (logits or "input")
@@ -244,7 +211,7 @@ def test_seg_tiny_auto_is_token_spectral_and_exact_with_grid_logits(tmp_path):
     """The ADE20K setting (32x32 grid, K63): what `auto` ships for both CPU backends, within 1e-4 of PyTorch."""
     from lkca_deploy.export import export_model, logits_module
 
-    ckpt, model = zoo_checkpoint(tmp_path, "lkca_seg_tiny")
+    ckpt, model = strong_checkpoint(tmp_path, "lkca_seg_tiny", None)
     result = export_model(ckpt, tmp_path / "auto.onnx", target="openvino-cpu", batch=1, logits="grid",
                           check_samples=1)
     assert {c.strategy for c in result.lowering.lowered} == {"token_spectral"}
@@ -267,5 +234,5 @@ def test_nncf_int8_of_both_forms_compiles_and_stays_close(tmp_path, form):
     x = tokens_for(model, 4, seed=5)
     with OpenVinoBackend().load(artifact) as runner:
         (got,) = runner.run_all(x).values()
-    (want,) = run_ort(model, x)
+    (want,) = ort_outputs(model, x)
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()  # INT8, but the mixers' transforms in float
