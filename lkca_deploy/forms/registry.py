@@ -5,9 +5,9 @@ are (lowering/registry.py).
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
-from lkca_deploy.lowering.registry import load_class
 from lkca_runtime.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,4 +27,5 @@ FORM_NAMES = tuple(FORMS)
 def form_class(name: str) -> type[FormRule]:
     if name not in FORMS:
         raise UserError(f"unknown graph form {name!r}: choose one of {', '.join(FORM_NAMES)}")
-    return load_class(FORMS[name])
+    module, _, cls = FORMS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

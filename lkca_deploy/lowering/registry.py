@@ -34,7 +34,7 @@ STRATEGIES = tuple(RULES)
 def rule_class(strategy: str) -> type[ConvRule]:
     if strategy not in RULES:
         raise UserError(f"unknown lowering strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    return load_class(RULES[strategy])
+    return _load(RULES[strategy])
 
 
 def rule_for(strategy: str, max_kernel: int | None = None) -> ConvRule:
@@ -47,7 +47,6 @@ def tune_candidates() -> tuple[str, ...]:
     return tuple(rule_for(name).label for name in STRATEGIES)
 
 
-def load_class(where: str) -> type:
-    """The class `module:Class` names, its module imported now."""
+def _load(where: str) -> type:
     module, _, name = where.partition(":")
     return getattr(importlib.import_module(module), name)
