@@ -121,3 +121,50 @@ def test_a_first_use_record_that_cannot_be_written_is_a_one_line_warning(tmp_pat
     assert outcome.code == 0, outcome.err
     assert [line for line in outcome.lines if "golden check not recorded" in line] == outcome.lines
     assert len(outcome.lines) == 1 and outcome.lines[0].startswith("warning: golden check not recorded")
+
+
+def _cgroup(root: Path, files: dict[str, str]) -> str:
+    """A cgroup folder as the kernel writes it (the files a container sees under /sys/fs/cgroup)."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    return str(root)
+
+
+def test_a_containers_memory_limit_bounds_what_is_available(tmp_path, monkeypatch):
+    from lkca_runtime import limits
+
+    mib = 2**20
+    nowhere = str(tmp_path / "no-proc-cgroup")  # the cgroup mounted as the root: a container's own view
+    v2 = _cgroup(tmp_path / "v2", {"memory.max": str(1024 * mib), "memory.current": str(512 * mib),
+                                   "memory.stat": f"anon {256 * mib}\ninactive_file {256 * mib}\nactive_file 0"})
+    assert limits.cgroup_headroom(v2, nowhere) == 768 * mib  # inactive page cache counts as free: the kernel reclaims it
+    v1 = _cgroup(tmp_path / "v1", {"memory/memory.limit_in_bytes": str(2048 * mib),
+                                   "memory/memory.usage_in_bytes": str(1024 * mib),
+                                   "memory/memory.stat": "cache 0\ntotal_inactive_file 0"})
+    assert limits.cgroup_headroom(v1, nowhere) == 1024 * mib
+    unlimited = _cgroup(tmp_path / "v2max", {"memory.max": "max", "memory.current": "1"})
+    assert limits.cgroup_headroom(unlimited, nowhere) is None
+    unlimited_v1 = _cgroup(tmp_path / "v1max", {"memory/memory.limit_in_bytes": "9223372036854771712",
+                                                "memory/memory.usage_in_bytes": "1"})
+    assert limits.cgroup_headroom(unlimited_v1, nowhere) is None
+    assert limits.cgroup_headroom(str(tmp_path / "none"), nowhere) is None
+
+    # A host's hierarchy: the process's own cgroup (/proc/self/cgroup) is unlimited, its parent is not
+    host = _cgroup(tmp_path / "host", {"jobs/memory.max": str(512 * mib), "jobs/memory.current": str(128 * mib),
+                                       "jobs/one/memory.max": "max", "jobs/one/memory.current": str(64 * mib)})
+    proc_cgroup = tmp_path / "cgroup"
+    proc_cgroup.write_text("0::/jobs/one\n")
+    assert limits.cgroup_headroom(host, str(proc_cgroup)) == 384 * mib
+    proc_cgroup.write_text("12:cpu,cpuacct:/x\n4:memory:/jobs/one\n0::/\n")  # v1 lines name their controllers
+    v1_host = _cgroup(tmp_path / "v1host", {"memory/jobs/memory.limit_in_bytes": str(256 * mib),
+                                            "memory/jobs/memory.usage_in_bytes": "0"})
+    assert limits.cgroup_headroom(v1_host, str(proc_cgroup)) == 256 * mib
+
+    # A 64 MiB container on a host with GiBs free: a 100 MiB size is refused in one line naming the container's figure
+    small = _cgroup(tmp_path / "small", {"memory.max": str(64 * mib), "memory.current": "0"})
+    monkeypatch.setattr(limits, "CGROUP_ROOT", small)
+    monkeypatch.delenv(limits.ALLOW_LARGE, raising=False)
+    assert limits.available_memory() == 64 * mib
+    with pytest.raises(UserError, match=r"needs about 100 MiB, more than the 64 MiB of memory available here"):
+        limits.check_fits(100 * mib, "this")
