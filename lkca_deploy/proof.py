@@ -21,16 +21,18 @@ from lkca_deploy.data import load_arrays
 from lkca_deploy.export import export_model, logits_module, logits_size
 from lkca_deploy.measure.cost import measure_cost
 from lkca_deploy.measure.e2e import EndToEnd, write_sample_images
+from lkca_deploy.measure.footprint import peak_bytes_per_image
 from lkca_deploy.measure.latency import sweep
 from lkca_deploy.precision.plan import carry_plan
 from lkca_deploy.reports.contract import EngineResult, Report
 from lkca_deploy.targets import BACKEND_TARGETS
 from lkca_runtime.backends.base import run_batched, sidecar_path, static_batch
-from lkca_runtime.bundle import check_engine_precision, read_manifest, require_whole
+from lkca_runtime.bundle import MANIFEST, check_engine_precision, read_manifest, require_whole
 from lkca_runtime.errors import UserError
 from lkca_runtime.fsutil import json_loads
-from lkca_runtime.limits import check_fits
+from lkca_runtime.limits import check_fits, gib
 from lkca_runtime.metrics import Thresholds, first_divergent_block, parity_meter, with_verdict
+from lkca_runtime.onnx_io import load_onnx
 
 EVAL_BATCH = 32
 LOCALISE_SAMPLES = 64
@@ -206,9 +208,9 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
             be = get_backend(backend)
             with be.load(artifact, threads=threads, **be.interleaved_load_options) as runner:
                 shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
-                check_fits(max(batches) * 4 * float(np.prod(shape[1:])) * 2, f"--batches {max(batches)} on "
-                           f"{artifact.name} (inputs {'x'.join(map(str, shape[1:]))}, float32, and as many outputs)",
-                           "give smaller --batches")
+                per_image, counted = _bytes_per_image(artifact, bundle, shape)
+                check_fits(max(batches) * per_image, f"--batches {max(batches)} on {artifact.name} ({gib(per_image)} "
+                           f"per image: {counted})", "give smaller --batches")
                 sample = rng.standard_normal((EVAL_BATCH, *shape[1:])).astype(np.float32)
                 latency = engine_latency(runner, sample, batches, budget_s)
                 row = {"backend": backend, "precision": precision, "artifact": str(artifact),
@@ -217,6 +219,31 @@ def bench_artifacts(paths: Sequence[str | Path], batches: Sequence[int] = (1, 32
                 row.update(_bench_cost(backend, artifact, sample, batches, threads, bundle, images, Path(tmp)))
             rows.append(row)
     return rows
+
+
+def _bytes_per_image(artifact: Path, bundle: Path | None, shape: list[int]) -> tuple[float, str]:
+    """(bytes one image takes while the engine runs, what was counted): its graph's activations where the ONNX it
+    was built from is at hand, else its input and as many output bytes."""
+    graph = _source_onnx(artifact, bundle)
+    if graph is not None:
+        return peak_bytes_per_image(load_onnx(graph, load_external_data=False)), f"activations of {graph.name}"
+    return 4.0 * float(np.prod(shape[1:])) * 2, f"inputs {'x'.join(map(str, shape[1:]))}, float32, and as many outputs"
+
+
+def _source_onnx(artifact: Path, bundle: Path | None) -> Path | None:
+    """The ONNX graph an engine computes: the artifact itself, or the export it was built from (in the onnx/ folder
+    of the bundle holding it, or where the sidecar says it was)."""
+    if artifact.suffix == ".onnx":
+        return artifact
+    try:
+        facts = json_loads(sidecar_path(artifact).read_text())
+    except (OSError, ValueError):
+        return None
+    origin = (facts.get("provenance") or {}).get("origin_onnx")
+    bundle = bundle or next((p for p in artifact.resolve().parents if (p / MANIFEST).is_file()), None)
+    candidates = [bundle / "onnx" / origin] if bundle is not None and origin else []
+    candidates += [Path(facts["source_onnx"])] if facts.get("source_onnx") else []
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def _bench_cost(backend, artifact, sample, batches, threads, bundle, images, tmp: Path) -> dict:

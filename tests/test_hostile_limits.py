@@ -68,7 +68,7 @@ def test_the_bound_has_an_override_and_the_cli_says_it_in_one_line(ckpt, tmp_pat
 def test_command_line_sizes_are_bounded_by_the_memory_they_take(tmp_path):
     classifier = mean_classifier_bundle(tmp_path / "B", tmp_path)
     assert_one_line(cli("bench", classifier, "--batches", "100000000", "--no-cost"), "--batches 100000000",
-                    "GiB", "available")
+                    "per image: activations of", "GiB", "available")
     segmenter = segmenter_bundle(tmp_path / "SEG", tmp_path)
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
