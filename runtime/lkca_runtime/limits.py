@@ -4,7 +4,8 @@ A size a user types (`bench --batches 100000000`, `predict --slide --scale 1e6`)
 carries can ask for hundreds of GiB; left alone, the allocator fails halfway through (a traceback, or the kernel's
 OOM killer). Each such size is turned into the bytes it needs and refused in one line when that is more than the
 memory this machine, or this container's cgroup, has available now. Set LKCA_DEPLOY_ALLOW_LARGE=1 to skip these
-checks (for people who mean it, e.g. with swap or a machine whose available memory this cannot see). Torch-free: the runtime checks its sizes too.
+checks (for people who mean it, e.g. with swap or a machine whose available memory this cannot see). Torch-free:
+the runtime checks its sizes too.
 """
 
 from __future__ import annotations

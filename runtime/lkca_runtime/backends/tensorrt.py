@@ -87,10 +87,11 @@ def _cuda_call(result):
 
 def current_gpu_facts(gpu_index: int = 0) -> dict[str, str]:
     """This machine's GPU name and compute capability, plus the TensorRT version when it is installed."""
-    if _cudart() is None:
+    runtime = _cudart()
+    if runtime is None:
         gpu_name, capability = _torch_gpu(gpu_index)
     else:
-        props = _cuda_call(_cudart().cudaGetDeviceProperties(gpu_index))
+        props = _cuda_call(runtime.cudaGetDeviceProperties(gpu_index))
         gpu_name = (
             props.name.split(b"\0", 1)[0].decode() if isinstance(props.name, bytes) else str(props.name)
         )
